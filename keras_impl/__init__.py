@@ -1,0 +1,35 @@
+"""Keras 3 functional-API twins. Twin package of `torch_impl`: same names, same builders, NHWC input.
+
+    model = keras_impl.build("resnet50", num_classes=10)
+
+Runs on the tensorflow, jax and torch Keras backends (`KERAS_BACKEND`).
+"""
+from __future__ import annotations
+
+import keras
+
+from twins import registry
+
+from . import resnet
+
+_BUILDERS = {
+    "resnet18": resnet.resnet18,
+    "resnet34": resnet.resnet34,
+    "resnet50": resnet.resnet50,
+    "resnet101": resnet.resnet101,
+    "resnet152": resnet.resnet152,
+}
+
+
+def list_models() -> list[str]:
+    return [name for name in registry.names() if name in _BUILDERS]
+
+
+def build(name: str, **kwargs) -> keras.Model:
+    """Build a registered model; `num_classes` and the builder's own options go in `kwargs`."""
+    registry.get(name)
+    if name not in _BUILDERS:
+        raise registry.UnknownModelError(
+            f"model {name!r} has no Keras builder yet; available: {', '.join(list_models())}"
+        )
+    return _BUILDERS[name](**kwargs)

@@ -1,0 +1,112 @@
+"""Helpers every Keras twin uses. Twin of `torch_impl/common.py`.
+
+Every layer that holds weights is named by the torch module path of its twin with `.` written as `-`
+(`layer1-0-conv1` is `layer1.0.conv1`); `keras_impl.weights` relies on that rule alone.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers, ops
+
+
+def he_fan_out():
+    """torchvision's conv init: kaiming_normal_(mode="fan_out", nonlinearity="relu")."""
+    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+
+
+@keras.saving.register_keras_serializable(package="twins")
+class BatchNorm(layers.Layer):
+    """BatchNorm2d with torch's semantics, so one optimiser step matches the torch twin:
+    eps 1e-5, running = (1 - momentum) * running + momentum * batch with momentum 0.1, and the
+    running variance updated with the *unbiased* batch variance (Keras' own layer uses the biased
+    one and momentum 0.99 / eps 1e-3). Normalisation itself uses the biased variance, as torch does.
+
+    `training=True` always uses batch statistics, whatever `trainable` says (torch's meaning; Keras'
+    BatchNormalization switches a non-trainable layer to inference mode). Statistics are computed in
+    float32 under mixed precision."""
+
+    def __init__(self, epsilon=1e-5, momentum=0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+        self.momentum = momentum
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+        self.moving_mean = self.add_weight(
+            shape=(channels,), initializer="zeros", name="moving_mean", trainable=False
+        )
+        self.moving_variance = self.add_weight(
+            shape=(channels,), initializer="ones", name="moving_variance", trainable=False
+        )
+
+    def call(self, x, training=None):
+        dtype = x.dtype
+        x = ops.cast(x, "float32")
+        axes = list(range(len(x.shape) - 1))
+        if training:
+            mean, variance = ops.moments(x, axes=axes)
+            count = ops.cast(ops.size(x), "float32") / x.shape[-1]
+            unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
+            m = self.momentum
+            self.moving_mean.assign(self.moving_mean * (1.0 - m) + mean * m)
+            self.moving_variance.assign(self.moving_variance * (1.0 - m) + unbiased * m)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        inv = ops.rsqrt(variance + self.epsilon) * self.gamma
+        return ops.cast(x * inv + (self.beta - mean * inv), dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}
+
+
+def conv2d(x, filters, kernel, stride=1, padding=0, dilation=1, use_bias=False, *, name):
+    """Conv2d twin. Padding is always explicit (ZeroPadding2D + 'valid'): Keras' 'same' pads a
+    stride-2 conv asymmetrically (extra pixel bottom/right) where torch pads symmetrically."""
+    if padding:
+        x = layers.ZeroPadding2D(padding, name=f"{name}-pad")(x)
+    return layers.Conv2D(
+        filters,
+        kernel,
+        strides=stride,
+        padding="valid",
+        dilation_rate=dilation,
+        use_bias=use_bias,
+        kernel_initializer=he_fan_out(),
+        name=name,
+    )(x)
+
+
+def conv_bn(x, filters, kernel, stride=1, padding=0, dilation=1, *, conv_name, bn_name):
+    x = conv2d(x, filters, kernel, stride, padding, dilation, name=conv_name)
+    return BatchNorm(name=bn_name)(x)
+
+
+def max_pool(x, pool, stride, padding=0, *, name):
+    """MaxPool2d twin with explicit padding. Zero padding equals torch's -inf padding here because
+    every caller pools a post-ReLU (>= 0) tensor."""
+    if padding:
+        x = layers.ZeroPadding2D(padding, name=f"{name}-pad")(x)
+    return layers.MaxPooling2D(pool, strides=stride, padding="valid", name=name)(x)
+
+
+def dense(x, units, *, name):
+    """Linear twin with torch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both tensors."""
+    bound = 1.0 / math.sqrt(x.shape[-1])
+    return layers.Dense(
+        units,
+        kernel_initializer=keras.initializers.RandomUniform(-bound, bound),
+        bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+        name=name,
+    )(x)
+
+
+def image_input(input_shape=(None, None, 3), name="image"):
+    """NHWC input; Keras then rejects an NCHW batch with the expected and the given shape."""
+    return keras.Input(shape=tuple(input_shape), name=name)

@@ -1,0 +1,189 @@
+"""The weight bridge: torch-layout state_dicts in and out of Keras twins, numpy only.
+Twin of `torch_impl/weights.py`.
+
+A Keras layer's name is its torch twin's module path with `.` written as `-`, so one transpose rule
+per layer kind maps every model:
+  Conv2D            kernel (kh, kw, in, out)  <->  weight (out, in, kh, kw)
+  Conv2DTranspose   kernel (kh, kw, out, in)  <->  weight (in, out, kh, kw)
+  Dense             kernel (in, out)          <->  weight (out, in); after a Flatten of an (H, W, C)
+                                                   map the input rows go from H*W*C to C*H*W order
+  BatchNorm         gamma / beta / moving_mean / moving_variance <-> weight / bias / running_mean /
+                                                   running_var
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
+
+import keras
+import numpy as np
+
+from twins import checkpoints
+from twins.checkpoints import CheckpointMismatchError, LoadReport
+
+_BN_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
+
+
+@dataclass
+class Slot:
+    """One Keras variable and the torch key it corresponds to."""
+
+    key: str
+    variable: keras.Variable
+    to_torch: Callable[[np.ndarray], np.ndarray]
+    from_torch: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def torch_shape(self) -> tuple:
+        return tuple(self.to_torch(np.zeros(self.variable.shape, dtype=np.float32)).shape)
+
+
+def _identity(a):
+    return a
+
+
+def _transpose(to_torch_axes):
+    inverse = tuple(np.argsort(to_torch_axes))
+    return (lambda a: np.transpose(a, to_torch_axes)), (lambda a: np.transpose(a, inverse))
+
+
+def _flatten_source_shape(layer) -> tuple | None:
+    """(H, W, C) when `layer` is a Dense fed directly by a Flatten of a feature map."""
+    try:
+        source = layer.input._keras_history.operation
+    except (AttributeError, ValueError):
+        return None
+    if isinstance(source, keras.layers.Flatten) and len(source.input.shape) == 4:
+        return tuple(source.input.shape[1:])
+    return None
+
+
+def _dense_rules(layer):
+    source = _flatten_source_shape(layer)
+    if source is None:
+        return _transpose((1, 0))
+    h, w, c = source
+
+    def to_torch(k):  # (H*W*C, out) -> (out, C*H*W)
+        return k.reshape(h, w, c, -1).transpose(3, 2, 0, 1).reshape(k.shape[1], -1)
+
+    def from_torch(t):  # (out, C*H*W) -> (H*W*C, out)
+        return t.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1)
+
+    return to_torch, from_torch
+
+
+def _iter_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _iter_layers(layer)
+        else:
+            yield layer
+
+
+def slots(model: keras.Model) -> list[Slot]:
+    """Every variable of `model` with its torch key and layout converters, in graph order."""
+    out = []
+    for layer in _iter_layers(model):
+        if not layer.weights:
+            continue
+        prefix = layer.name.replace("-", ".")
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            # (kh, kw, in, out) -> (out, in, kh, kw); a transposed conv stores (kh, kw, out, in) and
+            # torch (in, out, kh, kw), so the same permutation serves both.
+            rules = {"kernel": _transpose((3, 2, 0, 1))}
+        elif isinstance(layer, keras.layers.Dense):
+            rules = {"kernel": _dense_rules(layer)}
+        elif isinstance(layer, keras.layers.BatchNormalization) or type(layer).__name__ == "BatchNorm":
+            rules = {}
+        else:
+            raise NotImplementedError(
+                f"layer {layer.name!r} ({type(layer).__name__}) holds weights but the bridge has no "
+                "rule for its kind"
+            )
+        for variable in layer.weights:
+            name = variable.name
+            if name in ("kernel", "bias"):
+                torch_name = "weight" if name == "kernel" else "bias"
+            elif name in _BN_NAMES:
+                torch_name = _BN_NAMES[name]
+            else:
+                raise NotImplementedError(f"variable {variable.path!r} has no torch counterpart")
+            to_torch, from_torch = rules.get(name, (_identity, _identity))
+            out.append(Slot(f"{prefix}.{torch_name}", variable, to_torch, from_torch))
+    return out
+
+
+def _as_numpy(value) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):  # a torch tensor, handled without importing torch
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _is_counter(key: str) -> bool:
+    return key.endswith("num_batches_tracked")
+
+
+def load_torch_state_dict(
+    model: keras.Model,
+    state_dict: Mapping | str | os.PathLike,
+    *,
+    exclude: Iterable[str] = (),
+    strict: bool = True,
+) -> LoadReport:
+    """Load a torch-layout state_dict (a mapping of torch tensors or numpy arrays, or a `.pth`, `.pt`,
+    `.safetensors` or `.npz` path) into `model`. Keys under an `exclude` prefix keep their fresh
+    initialisation. With `strict=True` every problem is listed in one `CheckpointMismatchError`,
+    raised before any variable is assigned."""
+    if isinstance(state_dict, (str, os.PathLike)):
+        state_dict = checkpoints.read(state_dict)
+    state = dict(state_dict)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    by_key = {slot.key: slot for slot in slots(model)}
+    report = checkpoints.match(
+        {k: slot.torch_shape for k, slot in by_key.items()},
+        {k: tuple(np.shape(v)) for k, v in state.items()},
+        exclude=exclude,
+        ignore=_is_counter,
+    )
+    if strict and not report.ok:
+        raise CheckpointMismatchError(report, model.name)
+    for key in report.loaded:
+        slot = by_key[key]
+        slot.variable.assign(slot.from_torch(_as_numpy(state[key])).astype(slot.variable.dtype))
+    return report
+
+
+def torch_state_dict(model: keras.Model) -> dict[str, np.ndarray]:
+    """The model's variables as a torch-layout state_dict of numpy arrays."""
+    return {
+        slot.key: np.ascontiguousarray(slot.to_torch(keras.ops.convert_to_numpy(slot.variable)))
+        for slot in slots(model)
+    }
+
+
+def to_torch_layout(model: keras.Model, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Map `{variable.path: array}` (e.g. gradients) to `{torch key: array}` in torch layout."""
+    return {
+        slot.key: slot.to_torch(_as_numpy(values[slot.variable.path]))
+        for slot in slots(model)
+        if slot.variable.path in values
+    }
+
+
+def load_file(model: keras.Model, path, *, exclude: Iterable[str] = (), strict: bool = True):
+    """Restore `model` from a Keras `.weights.h5` (written by this model's architecture) or from any
+    torch-layout checkpoint that `twins.checkpoints.read` accepts."""
+    path = str(path)
+    if path.endswith(".weights.h5"):
+        if tuple(exclude):
+            raise ValueError("exclude works on torch-layout checkpoints; convert the .weights.h5 first")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        model.load_weights(path)
+        return None
+    return load_torch_state_dict(model, path, exclude=exclude, strict=strict)

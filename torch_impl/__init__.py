@@ -1,0 +1,33 @@
+"""Native PyTorch twins. Twin package of `keras_impl`: same names, same builders, NCHW input.
+
+    model = torch_impl.build("resnet50", num_classes=10)
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from twins import registry
+
+from . import resnet
+
+_BUILDERS = {
+    "resnet18": resnet.resnet18,
+    "resnet34": resnet.resnet34,
+    "resnet50": resnet.resnet50,
+    "resnet101": resnet.resnet101,
+    "resnet152": resnet.resnet152,
+}
+
+
+def list_models() -> list[str]:
+    return [name for name in registry.names() if name in _BUILDERS]
+
+
+def build(name: str, **kwargs) -> nn.Module:
+    """Build a registered model; `num_classes` and the builder's own options go in `kwargs`."""
+    registry.get(name)
+    if name not in _BUILDERS:
+        raise registry.UnknownModelError(
+            f"model {name!r} has no torch builder yet; available: {', '.join(list_models())}"
+        )
+    return _BUILDERS[name](**kwargs)

@@ -1,0 +1,41 @@
+"""Helpers every torch twin uses. Twin of `keras_impl/common.py`."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def check_nchw(x: torch.Tensor, channels: int = 3, model: str = "model", min_size: int = 1) -> None:
+    """Refuse the input mistakes that would otherwise surface as a shape error deep in the network."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{model} expects a torch.Tensor of shape (N, {channels}, H, W), got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(
+            f"{model} expects a 4-D NCHW batch of shape (N, {channels}, H, W), got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != channels:
+        hint = ""
+        if x.shape[-1] == channels:
+            hint = " This looks like NHWC (channels last); torch_impl models take NCHW: x.permute(0, 3, 1, 2)."
+        raise ValueError(
+            f"{model} expects NCHW input with {channels} channels, shape (N, {channels}, H, W); "
+            f"got shape {tuple(x.shape)}.{hint}"
+        )
+    if min(x.shape[2], x.shape[3]) < min_size:
+        raise ValueError(
+            f"{model} needs images of at least {min_size}x{min_size} pixels, got {x.shape[2]}x{x.shape[3]}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{model} expects a floating-point tensor, got dtype {x.dtype}")
+
+
+def init_weights(model: nn.Module) -> None:
+    """torchvision's ResNet initialisation: He-normal (fan_out) convs, BN gamma 1 / beta 0."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

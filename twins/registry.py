@@ -1,0 +1,76 @@
+"""Model names and metadata, kept once for both twins.
+
+`torch_impl.build(name)` and `keras_impl.build(name)` accept exactly the names registered here that
+have a builder in both packages; the metadata (input size, normalisation, which layer is the
+classifier head) is what the CLI, the data pipelines and the benchmark read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class UnknownModelError(ValueError):
+    """Raised for a model name that is not registered."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    family: str
+    input_size: int
+    # torch module paths of the layers a new `num_classes` replaces (exclude-final-layer restore).
+    classifier: tuple[str, ...]
+    num_classes: int = 1000
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # Smallest spatial size the architecture accepts (every stride still leaves >= 1 pixel).
+    min_input_size: int = 32
+    # Square image size the parity suite and `twins parity` use by default: big enough that every
+    # stage has spatial extent > 1, small enough for a 2-core CPU.
+    parity_size: int = 64
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+_RESNET_NOTE = "torchvision v1.5 layout (stride on the 3x3 conv of a Bottleneck)"
+
+MODELS: dict[str, ModelInfo] = {
+    info.name: info
+    for info in [
+        ModelInfo("resnet18", "resnet", 224, ("fc",), notes=_RESNET_NOTE),
+        ModelInfo("resnet34", "resnet", 224, ("fc",), notes=_RESNET_NOTE),
+        ModelInfo("resnet50", "resnet", 224, ("fc",), notes=_RESNET_NOTE),
+        ModelInfo("resnet101", "resnet", 224, ("fc",), notes=_RESNET_NOTE),
+        ModelInfo("resnet152", "resnet", 224, ("fc",), notes=_RESNET_NOTE),
+    ]
+}
+
+
+def resnet_stage_info(expansion: int, stem: str = "imagenet", dilation=(1, 1, 1, 1)) -> dict:
+    """`{stage: (channels, stride w.r.t. the input)}` of a ResNet's named stage outputs: the stem
+    (after its last ReLU, before the max-pool) and layer1..layer4."""
+    stride = 1 if stem == "cifar" else 2
+    info = {"stem": (128 if stem == "deep" else 64, stride)}
+    if stem != "cifar":
+        stride *= 2  # the max-pool
+    for i, planes in enumerate((64, 128, 256, 512)):
+        if i > 0 and dilation[i] == 1:
+            stride *= 2
+        info[f"layer{i + 1}"] = (planes * expansion, stride)
+    return info
+
+
+def get(name: str) -> ModelInfo:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model name {name!r}; expected one of: {', '.join(MODELS)}"
+        ) from None
+
+
+def names() -> list[str]:
+    return list(MODELS)
