@@ -25,7 +25,7 @@ class BatchNorm(layers.Layer):
 
     `training=True` always uses batch statistics, whatever `trainable` says (torch's meaning; Keras'
     BatchNormalization switches a non-trainable layer to inference mode). Statistics are computed in
-    float32 under mixed precision."""
+    float32 under a float16/bfloat16 policy, in float64 under a float64 one."""
 
     def __init__(self, epsilon=1e-5, momentum=0.1, **kwargs):
         super().__init__(**kwargs)
@@ -45,11 +45,11 @@ class BatchNorm(layers.Layer):
 
     def call(self, x, training=None):
         dtype = x.dtype
-        x = ops.cast(x, "float32")
+        x = ops.cast(x, "float64" if self.compute_dtype == "float64" else "float32")
         axes = list(range(len(x.shape) - 1))
         if training:
             mean, variance = ops.moments(x, axes=axes)
-            count = ops.cast(ops.size(x), "float32") / x.shape[-1]
+            count = ops.cast(ops.size(x) // x.shape[-1], x.dtype)
             unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
             m = self.momentum
             self.moving_mean.assign(self.moving_mean * (1.0 - m) + mean * m)
@@ -108,5 +108,6 @@ def dense(x, units, *, name):
 
 
 def image_input(input_shape=(None, None, 3), name="image"):
-    """NHWC input; Keras then rejects an NCHW batch with the expected and the given shape."""
-    return keras.Input(shape=tuple(input_shape), name=name)
+    """NHWC input; Keras then rejects an NCHW batch with the expected and the given shape. Its dtype
+    follows the dtype policy's variables (keras.Input alone would cast a float64 batch to floatx)."""
+    return keras.Input(shape=tuple(input_shape), dtype=keras.config.dtype_policy().variable_dtype, name=name)

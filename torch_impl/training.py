@@ -1,0 +1,26 @@
+"""Loss, gradients and one optimiser step for torch twins. Twin of `keras_impl/training.py`."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cross_entropy(logits, labels):
+    return F.cross_entropy(logits, labels)
+
+
+def value_and_grad(model: nn.Module, loss_fn, x, y, training: bool = True):
+    """`(loss, grads)` with `grads` keyed by parameter name (None where no gradient reached it)."""
+    model.train(training)
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    return loss, {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn, x, y) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    loss, _ = value_and_grad(model, loss_fn, x, y, training=True)
+    optimizer.step()
+    return float(loss.detach())
