@@ -107,7 +107,45 @@ def dense(x, units, *, name):
     )(x)
 
 
-def image_input(input_shape=(None, None, 3), name="image"):
-    """NHWC input; Keras then rejects an NCHW batch with the expected and the given shape. Its dtype
+@keras.saving.register_keras_serializable(package="twins")
+class ImageCheck(layers.Layer):
+    """Twin of `torch_impl.common.check_nchw`: refuses a batch that is not NHWC with the expected
+    channel count before it reaches the first conv, whose own error would quote a padded shape."""
+
+    def __init__(self, channels=3, model="model", min_size=1, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.model, self.min_size = channels, model, min_size
+
+    def call(self, x):
+        shape = tuple(x.shape)
+        if len(shape) != 4:
+            raise ValueError(
+                f"{self.model} expects a 4-D NHWC batch of shape (N, H, W, {self.channels}), got shape {shape}"
+            )
+        if shape[-1] != self.channels:
+            hint = ""
+            if shape[1] == self.channels:
+                hint = " This looks like NCHW (channels first); keras_impl models take NHWC: x.transpose(0, 2, 3, 1)."
+            raise ValueError(
+                f"{self.model} expects NHWC input with {self.channels} channels, shape (N, H, W, {self.channels}); "
+                f"got shape {shape}.{hint}"
+            )
+        if None not in shape[1:3] and min(shape[1:3]) < self.min_size:
+            raise ValueError(
+                f"{self.model} needs images of at least {self.min_size}x{self.min_size} pixels, "
+                f"got {shape[1]}x{shape[2]}"
+            )
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "model": self.model, "min_size": self.min_size}
+
+
+def image_input(input_shape=(None, None, 3), model="model", name="image"):
+    """`(inputs, checked)`: the NHWC model input and the same tensor after `ImageCheck`. Its dtype
     follows the dtype policy's variables (keras.Input alone would cast a float64 batch to floatx)."""
-    return keras.Input(shape=tuple(input_shape), dtype=keras.config.dtype_policy().variable_dtype, name=name)
+    inputs = keras.Input(shape=tuple(input_shape), dtype=keras.config.dtype_policy().variable_dtype, name=name)
+    return inputs, ImageCheck(input_shape[-1], model, name="image_check")(inputs)

@@ -113,8 +113,8 @@ def _resnet(
         raise ValueError(f"pooling must be None or 'avg', got {pooling!r}")
     if len(dilation) != 4 or dilation[0] != 1:
         raise ValueError(f"dilation must be 4 per-stage factors with layer1 at 1, got {dilation!r}")
-    inputs = image_input(input_shape)
-    x = resnet_backbone(inputs, block, blocks, stem, tuple(dilation))
+    inputs, x = image_input(input_shape, name)
+    x = resnet_backbone(x, block, blocks, stem, tuple(dilation))
     if include_top or pooling == "avg":
         x = layers.GlobalAveragePooling2D(name="avgpool")(x)
     if include_top:

@@ -161,7 +161,7 @@ def load_torch_state_dict(
 def torch_state_dict(model: keras.Model) -> dict[str, np.ndarray]:
     """The model's variables as a torch-layout state_dict of numpy arrays."""
     return {
-        slot.key: np.ascontiguousarray(slot.to_torch(keras.ops.convert_to_numpy(slot.variable)))
+        slot.key: np.array(slot.to_torch(keras.ops.convert_to_numpy(slot.variable)), order="C")
         for slot in slots(model)
     }
 

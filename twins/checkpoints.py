@@ -130,7 +130,7 @@ def write(path: str | os.PathLike, state: Mapping[str, np.ndarray]) -> Path:
     """Write `{torch key: array}` as `.safetensors`, `.npz` or `.pth`, atomically."""
     path = Path(path)
     suffix = _suffix(path)
-    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in state.items()}
+    arrays = {k: np.array(v, order="C") for k, v in state.items()}  # ascontiguousarray makes 0-d 1-d
     if suffix == ".safetensors":
         from safetensors.numpy import save_file
 

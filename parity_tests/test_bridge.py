@@ -1,0 +1,158 @@
+"""The Keras side of the weight bridge: strict errors, exclude, formats, the Flatten->Dense rule, and
+`twins convert` end to end, on the current Keras backend."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import torch_impl
+from parity_tests.conftest import BACKEND
+from torch_impl.weights import state_dict_numpy
+from twins import checkpoints
+from twins.checkpoints import CheckpointMismatchError
+
+pytestmark = pytest.mark.keras
+
+
+def keras_numpy(model):
+    import keras
+
+    return [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
+
+
+def test_resnet18_checkpoint_into_resnet50_fails_with_one_message_listing_everything():
+    import keras_impl
+    from keras_impl.weights import load_torch_state_dict
+
+    model = keras_impl.build("resnet50")
+    before = keras_numpy(model)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_torch_state_dict(model, torch_impl.build("resnet18").state_dict())
+    message = str(info.value)
+    assert message.startswith("checkpoint does not fit resnet50")
+    assert "missing keys (in the model, not in the checkpoint)" in message and "layer1.0.conv3.weight" in message
+    assert "layer1.0.conv1.weight: model (64, 64, 1, 1) vs checkpoint (64, 64, 3, 3)" in message
+    assert "fc.weight: model (1000, 2048) vs checkpoint (1000, 512)" in message
+    # nothing half-loaded
+    assert all(np.array_equal(a, b) for a, b in zip(before, keras_numpy(model)))
+
+
+def test_unexpected_keys_are_listed_and_counters_ignored():
+    import keras_impl
+    from keras_impl.weights import load_torch_state_dict
+
+    state = state_dict_numpy(torch_impl.build("resnet18"))
+    state["extra.weight"] = np.zeros(3, np.float32)
+    model = keras_impl.build("resnet18")
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys.*\n\s+extra.weight"):
+        load_torch_state_dict(model, state)
+    report = load_torch_state_dict(model, state, strict=False)
+    assert report.unexpected == ["extra.weight"] and not report.missing  # num_batches_tracked ignored
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".npz"])
+def test_checkpoint_files_load_through_the_bridge(tmp_path, suffix):
+    import keras
+
+    import keras_impl
+    from keras_impl.weights import load_torch_state_dict
+
+    torch.manual_seed(1)
+    source = torch_impl.build("resnet18", num_classes=4).eval()
+    path = tmp_path / f"r18{suffix}"
+    if suffix == ".pth":
+        torch.save(source.state_dict(), path)
+    else:
+        checkpoints.write(path, state_dict_numpy(source))
+    model = keras_impl.build("resnet18", num_classes=4)
+    assert load_torch_state_dict(model, path).ok
+    x = np.random.RandomState(0).randn(2, 3, 32, 32).astype(np.float32)
+    with torch.no_grad():
+        want = source(torch.from_numpy(x)).numpy()
+    got = keras.ops.convert_to_numpy(model(x.transpose(0, 2, 3, 1), training=False))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_dense_after_flatten_permutes_rows_from_chw_to_hwc():
+    """The rule AlexNet/VGG heads need: torch flattens C*H*W, Keras H*W*C."""
+    import keras
+
+    from keras_impl.weights import load_torch_state_dict, torch_state_dict
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1))
+            self.classifier = torch.nn.Linear(4 * 5 * 6, 7)
+
+        def forward(self, x):
+            return self.classifier(torch.flatten(self.features(x), 1))
+
+    tiny = Tiny().eval()
+    inputs = keras.Input((5, 6, 3))
+    x = keras.layers.ZeroPadding2D(1)(inputs)
+    x = keras.layers.Conv2D(4, 3, name="features-0")(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inputs, keras.layers.Dense(7, name="classifier")(x))
+    load_torch_state_dict(model, tiny.state_dict())
+    x = np.random.RandomState(0).randn(2, 3, 5, 6).astype(np.float32)
+    with torch.no_grad():
+        want = tiny(torch.from_numpy(x)).numpy()
+    got = keras.ops.convert_to_numpy(model(x.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    exported = torch_state_dict(model)
+    assert all(np.array_equal(exported[k], v.numpy()) for k, v in tiny.state_dict().items())
+
+
+def run_twins(*args):
+    env_cmd = [sys.executable, "-m", "twins.cli", *args]
+    import os
+
+    return subprocess.run(env_cmd, capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": BACKEND})
+
+
+def test_convert_torch_to_keras_and_back(tmp_path):
+    torch.manual_seed(2)
+    source = torch_impl.build("resnet18")
+    torch.save(source.state_dict(), tmp_path / "r18.pth")
+    for keras_file in ("r18.weights.h5", "r18.keras"):
+        done = run_twins("convert", str(tmp_path / "r18.pth"), str(tmp_path / keras_file), "--model", "resnet18")
+        assert done.returncode == 0, done.stderr
+        back = tmp_path / f"{keras_file}.safetensors"
+        done = run_twins("convert", str(tmp_path / keras_file), str(back), "--model", "resnet18")
+        assert done.returncode == 0, done.stderr
+        state = checkpoints.read(back)
+        for k, v in source.state_dict().items():
+            if not k.endswith("num_batches_tracked"):
+                assert np.array_equal(state[k], v.numpy()), k
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert not leftovers
+
+
+def test_convert_with_new_class_count_keeps_a_fresh_head(tmp_path):
+    source = torch_impl.build("resnet18")
+    checkpoints.write(tmp_path / "r18.safetensors", state_dict_numpy(source))
+    done = run_twins("convert", str(tmp_path / "r18.safetensors"), str(tmp_path / "r18_2.safetensors"),
+                     "--model", "resnet18", "--num-classes", "2", "--exclude", "fc")
+    assert done.returncode == 0, done.stderr
+    assert "fresh: fc.weight, fc.bias" in done.stdout
+    state = checkpoints.read(tmp_path / "r18_2.safetensors")
+    assert state["fc.weight"].shape == (2, 512)
+    assert np.array_equal(state["layer3.1.conv2.weight"], source.state_dict()["layer3.1.conv2.weight"].numpy())
+
+
+def test_convert_from_a_bad_source_writes_nothing(tmp_path):
+    (tmp_path / "broken.pth").write_bytes(b"PK\x03\x04 not really a zip")
+    done = run_twins("convert", str(tmp_path / "broken.pth"), str(tmp_path / "out.weights.h5"), "--model", "resnet18")
+    assert done.returncode == 2
+    assert "could not read as a PyTorch checkpoint" in done.stderr
+    checkpoints.write(tmp_path / "r18.safetensors", state_dict_numpy(torch_impl.build("resnet18")))
+    done = run_twins("convert", str(tmp_path / "r18.safetensors"), str(tmp_path / "out.weights.h5"), "--model", "resnet50")
+    assert done.returncode == 2 and "checkpoint does not fit resnet50" in done.stderr
+    done = run_twins("convert", str(tmp_path / "r18.safetensors"), str(tmp_path / "out.weights.h5"), "--model", "resnet51")
+    assert done.returncode != 0 and "unknown model name 'resnet51'" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.pth", "r18.safetensors"]

@@ -1,0 +1,191 @@
+"""Per-framework model contract (timm-style), parametrised over every registered model: output shape,
+no NaN, every parameter gets a gradient, stage outputs have the documented channels and strides,
+and bad input is refused with a message that says what was expected and what was given."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import torch_impl
+from parity_tests.conftest import BACKEND, MODELS, model_params
+from twins import registry
+
+SIZE = 64
+
+
+def torch_ids(models=MODELS):
+    return pytest.mark.parametrize("model_name", models, ids=[f"{m}-torch_impl" for m in models])
+
+
+def test_both_registries_list_the_same_names():
+    import keras_impl
+
+    assert torch_impl.list_models() == keras_impl.list_models() == MODELS
+
+
+# ---------------------------------------------------------------------------------------------- torch
+
+
+@torch_ids()
+def test_torch_output_shape_and_finite(model_name):
+    model = torch_impl.build(model_name, num_classes=5).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, SIZE, SIZE))
+    assert out.shape == (2, 5)
+    assert torch.isfinite(out).all()
+
+
+@torch_ids()
+def test_every_torch_parameter_gets_a_gradient(model_name):
+    model = torch_impl.build(model_name, num_classes=3).train()
+    out = model(torch.randn(2, 3, SIZE, SIZE))
+    torch.nn.functional.cross_entropy(out, torch.tensor([0, 2])).backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
+            or float(p.grad.abs().max()) == 0.0]
+    assert not dead, f"no gradient for {dead}"
+
+
+@torch_ids()
+def test_torch_stage_outputs_have_documented_channels_and_strides(model_name):
+    model = torch_impl.build(model_name, include_top=False).eval()
+    with torch.no_grad():
+        stages = model.forward_stages(torch.randn(1, 3, SIZE, SIZE))
+    assert list(stages) == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    for name, (channels, stride) in model.stage_info.items():
+        assert stages[name].shape == (1, channels, SIZE // stride, SIZE // stride), name
+
+
+def test_torch_state_dict_keys_are_torchvisions():
+    keys = list(torch_impl.build("resnet50").state_dict())
+    assert len(keys) == 320
+    assert keys[:6] == ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var",
+                        "bn1.num_batches_tracked"]
+    assert "layer1.0.downsample.0.weight" in keys and "layer1.0.downsample.1.running_mean" in keys
+    assert "layer4.2.conv3.weight" in keys and keys[-2:] == ["fc.weight", "fc.bias"]
+    assert sum(p.numel() for p in torch_impl.build("resnet50").parameters()) == 25_557_032
+    assert sum(p.numel() for p in torch_impl.build("resnet18").parameters()) == 11_689_512
+
+
+def test_torch_options_dilation_cifar_and_deep_stem():
+    dilated = torch_impl.build("resnet50", include_top=False, dilation=(1, 1, 2, 4)).eval()
+    conv = dilated.layer3[0].conv2
+    assert conv.dilation == (2, 2) and conv.stride == (1, 1) and conv.padding == (2, 2)
+    assert dilated.layer4[2].conv2.dilation == (4, 4) and dilated.layer3[0].downsample[0].stride == (1, 1)
+    with torch.no_grad():
+        assert dilated(torch.randn(1, 3, 65, 65)).shape == (1, 2048, 9, 9)  # output stride 8
+    cifar = torch_impl.build("resnet18", stem="cifar", include_top=False, pooling="avg")
+    assert cifar.conv1.weight.shape == (64, 3, 3, 3) and isinstance(cifar.maxpool, torch.nn.Identity)
+    assert cifar(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    deep = torch_impl.build("resnet50", stem="deep")
+    assert deep.conv3.weight.shape == (128, 64, 3, 3) and deep.layer1[0].conv1.weight.shape == (64, 128, 1, 1)
+    with pytest.raises(ValueError, match="does not support dilation"):
+        torch_impl.build("resnet18", dilation=(1, 1, 2, 4))
+
+
+def test_torch_refuses_nhwc_input_with_a_layout_hint():
+    model = torch_impl.build("resnet18")
+    with pytest.raises(ValueError, match=r"NCHW.*got shape \(2, 64, 64, 3\).*NHWC"):
+        model(torch.randn(2, 64, 64, 3))
+
+
+def test_torch_refuses_wrong_channel_count_and_rank():
+    model = torch_impl.build("resnet18")
+    with pytest.raises(ValueError, match=r"3 channels.*got shape \(2, 1, 64, 64\)"):
+        model(torch.randn(2, 1, 64, 64))
+    with pytest.raises(ValueError, match=r"4-D NCHW.*got shape \(3, 64, 64\)"):
+        model(torch.randn(3, 64, 64))
+
+
+def test_unknown_model_name_is_refused_by_both_registries():
+    import keras_impl
+
+    for build in (torch_impl.build, keras_impl.build):
+        with pytest.raises(registry.UnknownModelError, match=r"'resnet51'.*resnet18, resnet34"):
+            build("resnet51")
+
+
+# ---------------------------------------------------------------------------------------------- keras
+
+
+@pytest.mark.keras
+@model_params()
+def test_keras_output_shape_and_finite(model_name):
+    import keras_impl
+
+    model = keras_impl.build(model_name, num_classes=5)
+    out = np.asarray(model(np.random.randn(2, SIZE, SIZE, 3).astype("float32"), training=False))
+    assert out.shape == (2, 5)
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.keras
+@model_params()
+def test_every_keras_parameter_gets_a_gradient(model_name):
+    import keras_impl
+    from keras_impl import training
+
+    model = keras_impl.build(model_name, num_classes=3)
+    x = np.random.randn(2, SIZE, SIZE, 3).astype("float32")
+    _, grads = training.value_and_grad(model, training.cross_entropy, x, np.array([0, 2]))
+    grads = training.gradients_numpy(model, grads)
+    dead = [p for p, g in grads.items() if g is None or not np.isfinite(g).all() or np.abs(g).max() == 0.0]
+    assert len(grads) == len(model.trainable_variables) and not dead, f"no gradient for {dead}"
+
+
+@pytest.mark.keras
+@model_params()
+def test_keras_stage_outputs_have_documented_channels_and_strides(model_name):
+    import keras
+
+    import keras_impl
+
+    model = keras_impl.build(model_name, include_top=False)
+    names = ["stem", "layer1", "layer2", "layer3", "layer4"]
+    taps = keras.Model(model.input, [model.get_layer(n).output for n in names])
+    outs = taps(np.random.randn(1, SIZE, SIZE, 3).astype("float32"))
+    for name, out in zip(names, outs):
+        channels, stride = model.stage_info[name]
+        assert tuple(out.shape) == (1, SIZE // stride, SIZE // stride, channels), name
+
+
+@pytest.mark.keras
+def test_keras_variables_are_named_by_torch_paths():
+    import keras_impl
+    from keras_impl.weights import torch_state_dict
+
+    model = keras_impl.build("resnet50")
+    expected = {k for k in torch_impl.build("resnet50").state_dict() if not k.endswith("num_batches_tracked")}
+    assert set(torch_state_dict(model)) == expected
+    assert all("." not in layer.name for layer in model.layers)
+
+
+@pytest.mark.keras
+def test_keras_dilation_and_stems_match_torch_shapes():
+    import keras_impl
+
+    model = keras_impl.build("resnet50", include_top=False, dilation=(1, 1, 2, 4))
+    assert tuple(model(np.zeros((1, 65, 65, 3), "float32")).shape) == (1, 9, 9, 2048)
+    cifar = keras_impl.build("resnet18", stem="cifar", include_top=False, pooling="avg")
+    assert tuple(cifar(np.zeros((2, 32, 32, 3), "float32")).shape) == (2, 512)
+    deep = keras_impl.build("resnet50", stem="deep", include_top=False)
+    assert tuple(deep.get_layer("stem").output.shape) == (None, None, None, 128)
+
+
+@pytest.mark.keras
+def test_keras_refuses_nchw_input_saying_what_it_expected():
+    import keras_impl
+
+    model = keras_impl.build("resnet18")
+    with pytest.raises(ValueError, match=r"(expected shape=\(None, None, None, 3\).*found shape=\(2, 3, 64, 64\))|"
+                                         r"(NHWC.*got shape \(2, 3, 64, 64\).*looks like NCHW)"):
+        model(np.zeros((2, 3, 64, 64), "float32"))
+
+
+@pytest.mark.keras
+def test_keras_refuses_wrong_channel_count():
+    import keras_impl
+
+    model = keras_impl.build("resnet18")
+    with pytest.raises(ValueError, match=r"3 channels.*got shape \(2, 64, 64, 1\)"):
+        model(np.zeros((2, 64, 64, 1), "float32"))
