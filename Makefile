@@ -1,0 +1,37 @@
+# `make demo` and `make test` set up .venv on first use (torch pinned to the CPU build in
+# constraints.txt; tensorflow, jax and keras from the registry).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST := $(PY) -m pytest parity_tests -q -p no:cacheprovider
+BACKEND ?= tensorflow
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: demo test test-backend parity bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev]"
+	touch $(STAMP)
+
+# The suite once per Keras backend: everything under tensorflow, then the Keras tests (marker
+# `keras`) under jax and torch. The backend is fixed when keras is first imported.
+test: $(STAMP)
+	KERAS_BACKEND=tensorflow $(PYTEST)
+	KERAS_BACKEND=jax $(PYTEST) -m keras
+	KERAS_BACKEND=torch $(PYTEST) -m keras
+
+# One backend only: make test-backend BACKEND=jax
+test-backend: $(STAMP)
+	KERAS_BACKEND=$(BACKEND) $(PYTEST)
+
+demo: $(STAMP)
+	$(PY) -m twins.cli parity all --json reports/parity.json
+
+bench: $(STAMP)
+	$(PY) -m benchmarks --models resnet50 --backends all --mode train,infer
+
+clean:
+	rm -rf $(VENV) reports
