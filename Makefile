@@ -1,3 +1,5 @@
+.DEFAULT_GOAL := demo
+
 # `make demo` and `make test` set up .venv on first use (torch pinned to the CPU build in
 # constraints.txt; tensorflow, jax and keras from the registry).
 PYTHON ?= python3
@@ -8,7 +10,7 @@ PYTEST := $(PY) -m pytest parity_tests -q -p no:cacheprovider
 BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test test-backend parity bench clean
+.PHONY: demo test test-backend clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,9 +31,6 @@ test-backend: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m twins.cli parity all --json reports/parity.json
-
-bench: $(STAMP)
-	$(PY) -m benchmarks --models resnet50 --backends all --mode train,infer
 
 clean:
 	rm -rf $(VENV) reports
