@@ -22,14 +22,9 @@ _BUILDERS = {
 
 
 def list_models() -> list[str]:
-    return [name for name in registry.names() if name in _BUILDERS]
+    return registry.available(_BUILDERS)
 
 
 def build(name: str, **kwargs) -> keras.Model:
     """Build a registered model; `num_classes` and the builder's own options go in `kwargs`."""
-    registry.get(name)
-    if name not in _BUILDERS:
-        raise registry.UnknownModelError(
-            f"model {name!r} has no Keras builder yet; available: {', '.join(list_models())}"
-        )
-    return _BUILDERS[name](**kwargs)
+    return registry.build_with(_BUILDERS, "Keras", name, **kwargs)

@@ -10,12 +10,9 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from twins.registry import resnet_stage_info
+from twins.registry import check_resnet_options, resnet_stage_info
 
 from .common import conv_bn, dense, image_input, max_pool
-
-STEMS = ("imagenet", "cifar", "deep")
-
 
 def conv3x3_bn(x, planes, stride=1, dilation=1, *, conv_name, bn_name):
     return conv_bn(x, planes, 3, stride, dilation, dilation, conv_name=conv_name, bn_name=bn_name)
@@ -107,12 +104,7 @@ def _resnet(
     dilation=(1, 1, 1, 1),
     input_shape=(None, None, 3),
 ) -> keras.Model:
-    if stem not in STEMS:
-        raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
-    if pooling not in (None, "avg"):
-        raise ValueError(f"pooling must be None or 'avg', got {pooling!r}")
-    if len(dilation) != 4 or dilation[0] != 1:
-        raise ValueError(f"dilation must be 4 per-stage factors with layer1 at 1, got {dilation!r}")
+    check_resnet_options(stem, pooling, dilation)
     inputs, x = image_input(input_shape, name)
     x = resnet_backbone(x, block, blocks, stem, tuple(dilation))
     if include_top or pooling == "avg":

@@ -10,12 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from twins.registry import resnet_stage_info
+from twins.registry import check_resnet_options, resnet_stage_info
 
 from .common import check_nchw, init_weights
-
-STEMS = ("imagenet", "cifar", "deep")
-
 
 def conv3x3(inplanes: int, planes: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
     return nn.Conv2d(inplanes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
@@ -86,12 +83,7 @@ class ResNet(nn.Module):
         name="resnet",
     ):
         super().__init__()
-        if stem not in STEMS:
-            raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
-        if pooling not in (None, "avg"):
-            raise ValueError(f"pooling must be None or 'avg', got {pooling!r}")
-        if len(dilation) != 4 or dilation[0] != 1:
-            raise ValueError(f"dilation must be 4 per-stage factors with layer1 at 1, got {dilation!r}")
+        check_resnet_options(stem, pooling, dilation)
         self.name = name
         self.stem = stem
         self.include_top = include_top

@@ -49,6 +49,19 @@ MODELS: dict[str, ModelInfo] = {
 }
 
 
+RESNET_STEMS = ("imagenet", "cifar", "deep")
+
+
+def check_resnet_options(stem, pooling, dilation) -> None:
+    """The option checks both ResNet twins make before building anything."""
+    if stem not in RESNET_STEMS:
+        raise ValueError(f"unknown stem {stem!r}; expected one of {RESNET_STEMS}")
+    if pooling not in (None, "avg"):
+        raise ValueError(f"pooling must be None or 'avg', got {pooling!r}")
+    if len(dilation) != 4 or dilation[0] != 1:
+        raise ValueError(f"dilation must be 4 per-stage factors with layer1 at 1, got {dilation!r}")
+
+
 def resnet_stage_info(expansion: int, stem: str = "imagenet", dilation=(1, 1, 1, 1)) -> dict:
     """`{stage: (channels, stride w.r.t. the input)}` of a ResNet's named stage outputs: the stem
     (after its last ReLU, before the max-pool) and layer1..layer4."""
@@ -74,3 +87,18 @@ def get(name: str) -> ModelInfo:
 
 def names() -> list[str]:
     return list(MODELS)
+
+
+def available(builders: dict) -> list[str]:
+    """Registered names that have a builder, in registry order (`list_models()` of a twin package)."""
+    return [name for name in MODELS if name in builders]
+
+
+def build_with(builders: dict, framework: str, name: str, **kwargs):
+    """Look `name` up in the registry, then in a twin package's `builders`, and build it."""
+    get(name)
+    if name not in builders:
+        raise UnknownModelError(
+            f"model {name!r} has no {framework} builder yet; available: {', '.join(available(builders))}"
+        )
+    return builders[name](**kwargs)
