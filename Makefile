@@ -10,7 +10,7 @@ PYTEST := $(PY) -m pytest parity_tests -q -p no:cacheprovider
 BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test test-backend clean
+.PHONY: demo test test-backend bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,13 @@ test: $(STAMP)
 test-backend: $(STAMP)
 	KERAS_BACKEND=$(BACKEND) $(PYTEST)
 
+# The main job: parity for every model and backend plus a quick benchmark sweep, as one report.
 demo: $(STAMP)
-	$(PY) -m twins.cli parity all --json reports/parity.json
+	$(PY) -m twins.cli report --quick --out reports/latest
+
+# Throughput of resnet50 on all five backends (GPU when one is visible); see README "Benchmarks".
+bench: $(STAMP)
+	$(PY) -m benchmarks --models resnet50 --backends all --mode train,infer
 
 clean:
 	rm -rf $(VENV) reports

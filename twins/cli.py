@@ -1,5 +1,6 @@
-"""`twins` command line: parity tables and checkpoint conversion.
+"""`twins` command line: the report, parity tables and checkpoint conversion.
 
+    twins report [--quick] [--out DIR]
     twins parity resnet50 [--backends tensorflow,jax,torch] [--json out.json]
     twins convert resnet50.pth resnet50.weights.h5 --model resnet50 [--num-classes 10 --exclude fc]
     twins convert resnet50.weights.h5 resnet50.safetensors --model resnet50
@@ -97,7 +98,7 @@ def parity_table(rows: list[dict], backends: list[str]) -> str:
         mine = [r for r in rows if r["model"] == model]
         meta = next((r["meta"] for r in mine if r["meta"]), {})
         lines.append(f"### {model}  (batch {meta.get('batch', '?')}, {meta.get('size', '?')}x{meta.get('size', '?')}, "
-                     f"eval float32, train checks {meta.get('train_dtype', '?')}, CPU)")
+                     f"eval float32, train checks {meta.get('train_dtype', '?')}, Keras on {meta.get('device', '?')}, torch reference on cpu)")
         lines.append("")
         lines.append("| check | " + " | ".join(backends) + " | bound |")
         lines.append("|---|" + "---|" * len(backends) + "---|")
@@ -210,6 +211,16 @@ def _classes_in(state, info) -> int:
     return int(state[head].shape[0]) if head is not None else info.num_classes
 
 
+def cmd_report(args) -> int:
+    from twins.report import build_report
+
+    parity_backends = _parse_backends(args.parity_backends) if args.parity_backends else None
+    result = build_report(args.out, quick=args.quick, parity_backends=parity_backends, bench_backends=args.bench_backends)
+    print(result["text"])
+    print(f"report: {result['markdown']}\n        {result['html']}")
+    return 1 if result["parity_failed"] else 0
+
+
 # ----------------------------------------------------------------------------------------------
 
 
@@ -234,6 +245,13 @@ def main(argv=None) -> int:
     c.add_argument("--exclude", action="append", help="torch key prefix to leave freshly initialised (repeatable)")
     c.add_argument("--backend", choices=BACKENDS, help="Keras backend (default: $KERAS_BACKEND or torch)")
     c.set_defaults(func=cmd_convert)
+
+    r = sub.add_parser("report", help="parity for every model and backend plus a benchmark sweep, as one report")
+    r.add_argument("--quick", action="store_true", help="small benchmark sweep (what `make demo` runs)")
+    r.add_argument("--out", default="reports/latest", help="output folder (default reports/latest)")
+    r.add_argument("--parity-backends", help=f"subset of {','.join(BACKENDS)} (default: installed ones)")
+    r.add_argument("--bench-backends", default="all", help="benchmark backends (default all five)")
+    r.set_defaults(func=cmd_report)
 
     args = parser.parse_args(argv)
     try:

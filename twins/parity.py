@@ -114,6 +114,23 @@ def keras_dtype(dtype: str):
         keras.config.set_dtype_policy(previous)
 
 
+def disable_tf32(backend: str) -> None:
+    """TF32 is on by default in TF and JAX and partly in torch; on a GPU it would swamp a 1e-5 bound.
+    Harmless on a CPU."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    if backend == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "highest")
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+
+
 def randomize_batchnorm(model, seed: int) -> None:
     """Fresh BatchNorm is an identity in eval mode (mean 0, var 1, gamma 1, beta 0); move every
     statistic and affine parameter off those values so an eval comparison tests them."""
@@ -194,6 +211,14 @@ def first_divergence(torch_model, keras_model, x: np.ndarray, bound: float, trai
 # The checks
 
 
+def _jax_devices(backend: str) -> list:
+    if backend != "jax":
+        return []
+    import jax
+
+    return jax.devices()
+
+
 def run_model(
     name: str,
     *,
@@ -216,8 +241,10 @@ def run_model(
 
     info = registry.get(name)
     backend = keras.backend.backend()
+    disable_tf32(backend)
     size = size or info.parity_size
-    meta = {"batch": batch, "size": size, "dtype": "float32", "train_dtype": train_dtype, "device": "cpu",
+    device = "cuda" if torch.cuda.is_available() or any(d.platform == "gpu" for d in _jax_devices(backend)) else "cpu"
+    meta = {"batch": batch, "size": size, "dtype": "float32", "train_dtype": train_dtype, "device": device,
             "keras": keras.__version__, "torch": torch.__version__}
     rng = np.random.RandomState(seed)
     x = rng.randn(batch, 3, size, size).astype(np.float32)

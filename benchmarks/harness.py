@@ -1,0 +1,556 @@
+"""Orchestration: validate the request, start one worker process per backend, collect its rows,
+turn anything a worker did not deliver into a row that says why, compute `ratio_to_torch`, and
+write JSON + Markdown + PNG.
+
+Why this shape:
+- One subprocess per backend (`python -m benchmarks.worker`), run one after another: Keras fixes its
+  backend at import, frameworks hold process-wide GPU/allocator/compile state, and two workers at
+  once would compete for the same cores or GPU. keras-jax on CUDA is the exception that gets one
+  worker per row, because jax cannot reset its peak-memory counter.
+- This process imports no framework. Device detection for `--device auto` happens in a short probe
+  subprocess, so the parent never holds a CUDA context or jax's preallocated GPU memory while a
+  worker measures.
+- A worker writes its rows to a JSON file after every row (atomically). If it crashes, is killed by
+  the OOM killer or runs past `timeout_s`, the rows it finished are kept and every row it did not
+  deliver gets status "worker crashed" / "timeout" with the tail of its output, so a backend never
+  silently vanishes from the report.
+- Environment that a framework reads at import is set here, per worker: KERAS_BACKEND for the
+  Keras backends; for `--device cpu`, CUDA_VISIBLE_DEVICES="" and JAX_PLATFORMS=cpu so no framework
+  touches a GPU that happens to be present.
+"""
+from __future__ import annotations
+
+import collections
+import datetime
+import importlib.metadata
+import json
+import numbers
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from twins import registry
+
+from benchmarks import report, schema
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_OUT_DIR = os.path.join(REPO_ROOT, "benchmarks", "results", "latest")
+DEFAULT_TIMEOUT_S = 1800.0
+# Small on CPU so a default run finishes in minutes on a laptop; timm-like on GPU.
+DEVICE_DEFAULTS = {
+    "cpu": {"batch_sizes": (8,), "warmup": 2, "repeats": 5},
+    "cuda": {"batch_sizes": (64,), "warmup": 10, "repeats": 30},
+}
+PACKAGES = ("torch", "keras", "tensorflow", "jax", "jaxlib", "numpy", "matplotlib")
+FILE_NAMES = {"json": "benchmark.json", "markdown": "benchmark.md", "png": "benchmark.png"}
+STDERR_TAIL_LINES = 25
+STDERR_TAIL_CHARS = 2500
+
+
+def log(message: str) -> None:
+    print(f"[benchmarks] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validating the request
+
+
+def _as_list(value, what: str) -> list:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    else:
+        items = list(value)
+    items = [item for item in items if item != ""]
+    if not items:
+        raise ValueError(f"{what}: expected at least one value, got {value!r}")
+    return list(dict.fromkeys(items))  # de-duplicated, order kept
+
+
+def resolve_models(models) -> list[str]:
+    names = _as_list(models, "models")
+    if names == ["all"]:
+        return registry.names()
+    for name in names:
+        registry.get(name)  # raises UnknownModelError naming every registered model
+    return names
+
+
+def resolve_backends(backends) -> list[str]:
+    names = _as_list(backends, "backends")
+    if names == ["all"]:
+        return list(schema.BACKENDS)
+    unknown = [name for name in names if name not in schema.BACKENDS]
+    if unknown:
+        raise ValueError(
+            f"unknown backend {', '.join(repr(u) for u in unknown)}; expected a comma-separated "
+            f"subset of: {', '.join(schema.BACKENDS)} (or 'all')"
+        )
+    return [name for name in schema.BACKENDS if name in names]
+
+
+def resolve_modes(modes) -> list[str]:
+    names = _as_list(modes, "modes")
+    unknown = [name for name in names if name not in schema.MODES]
+    if unknown:
+        raise ValueError(
+            f"unknown mode {', '.join(repr(u) for u in unknown)}; expected a comma-separated "
+            f"subset of: {', '.join(schema.MODES)}"
+        )
+    return [name for name in schema.MODES if name in names]
+
+
+def _positive_int(value, what: str, minimum: int = 1) -> int:
+    """An integer >= minimum, given as an int or as a string of digits (from the command line)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{what}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def resolve_batch_sizes(batch_sizes) -> list[int] | None:
+    if batch_sizes is None:
+        return None
+    if isinstance(batch_sizes, int):
+        batch_sizes = [batch_sizes]
+    return sorted({_positive_int(b, "batch size") for b in _as_list(batch_sizes, "batch sizes")})
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment facts
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _git_state() -> dict | None:
+    """Commit and dirtiness of the checkout being measured (read-only git calls)."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+        )
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _base_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # tensorflow's INFO chatter only; warnings stay
+    return env
+
+
+def probe_accelerators(timeout_s: float = 300.0) -> dict:
+    """What torch and jax see, asked in a subprocess (see the module docstring for why)."""
+    env = _base_env()
+    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # the probe must not reserve GPU memory
+    with tempfile.TemporaryDirectory(prefix="twins-bench-probe-") as tmp:
+        result = os.path.join(tmp, "probe.json")
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "benchmarks.worker", "--probe", "--result", result],
+                cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            log(f"device probe did not finish in {timeout_s:.0f} s; assuming no GPU")
+            return {"torch_cuda": False, "jax_gpu": False, "gpu_names": [], "cuda_version": None}
+        if done.returncode != 0 or not os.path.exists(result):
+            log(f"device probe failed (exit {done.returncode}); assuming no GPU. Its stderr ends with:\n"
+                + "\n".join(done.stderr.splitlines()[-10:]))
+            return {"torch_cuda": False, "jax_gpu": False, "gpu_names": [], "cuda_version": None}
+        with open(result) as f:
+            return json.load(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        hint = " (on Linux usually the kernel's out-of-memory killer)" if -returncode == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {returncode}"
+
+
+def _tail(lines, n: int = STDERR_TAIL_LINES, limit: int = STDERR_TAIL_CHARS) -> str:
+    wanted = [line.rstrip("\n") for line in lines if not line.startswith(schema.PROGRESS_PREFIX)]
+    text = "\n".join(wanted[-n:])
+    return text[-limit:] if len(text) > limit else text
+
+
+def _config_key(config: dict) -> tuple:
+    return (config["model"], config["mode"], config["batch"], config["img_size"])
+
+
+def run_worker(backend: str, configs: list[dict], options: dict, env: dict, timeout_s: float,
+               workdir: str, tag: str, verbose: bool = True) -> tuple[list[dict], dict, list[str]]:
+    """Run one worker over `configs`; returns (rows, worker info, its output lines). Always one row
+    per config: measured, or a failure row explaining why not."""
+    job_path = os.path.join(workdir, f"{tag}.job.json")
+    result_path = os.path.join(workdir, f"{tag}.rows.json")
+    report.write_atomic(job_path, json.dumps({"backend": backend, "options": options, "configs": configs}))
+    command = [sys.executable, "-m", "benchmarks.worker", "--job", job_path, "--result", result_path]
+    output: collections.deque[str] = collections.deque(maxlen=5000)
+
+    start = time.monotonic()
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, errors="replace", bufsize=1,
+        start_new_session=True,  # its own process group: a timeout also ends compiler subprocesses
+    )
+
+    def pump():
+        for line in process.stdout:
+            output.append(line)
+            if verbose and line.startswith(schema.PROGRESS_PREFIX):
+                print(f"[benchmarks]   {line[len(schema.PROGRESS_PREFIX):].strip()}", file=sys.stderr, flush=True)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    timed_out = False
+    try:
+        returncode = process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_group(process)
+        returncode = process.wait()
+    except BaseException:  # Ctrl-C: do not leave a worker measuring in the background
+        _kill_group(process)
+        process.wait()
+        raise
+    reader.join(timeout=10)
+    wall_s = time.monotonic() - start
+
+    delivered, worker = [], {}
+    if os.path.exists(result_path):
+        try:
+            with open(result_path) as f:
+                payload = json.load(f)
+            delivered, worker = payload.get("rows", []), payload.get("worker", {})
+        except (OSError, json.JSONDecodeError) as exc:
+            output.append(f"[harness] could not read the worker's result file: {exc}\n")
+    by_key = {_config_key(row): row for row in delivered}
+
+    tail = _tail(output)
+    rows = []
+    for config in configs:
+        row = by_key.get(_config_key(config))
+        if row is None:
+            if timed_out:
+                status = schema.STATUS_TIMEOUT
+                error = (f"the {backend} worker ran past its {timeout_s:g} s limit (timeout_s) and was "
+                         f"stopped before it measured this row; its last output:\n{tail}")
+            else:
+                status = schema.STATUS_CRASHED
+                error = (f"the {backend} worker {_describe_exit(returncode)} before it measured this "
+                         f"row; its last output:\n{tail}")
+            row = schema.failed_row(config, options, status, error)
+        rows.append(row)
+    info = {
+        "backend": backend,
+        "tag": tag,
+        "returncode": returncode,
+        "timed_out": timed_out,
+        "wall_s": round(wall_s, 2),
+        "rows": len(configs),
+        "versions": worker.get("versions", {}),
+        "device_name": worker.get("device_name"),
+    }
+    return rows, info, list(output)
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """`ratio_to_torch` = samples/s over the measured native torch row with the same model (peers:
+    the model they are a peer of), mode, batch, dtype and image size; None where there is none."""
+    reference = {
+        (r["model"], r["mode"], r["batch"], r["dtype"], r["img_size"]): r["samples_per_sec"]
+        for r in rows
+        if r["backend"] == schema.REFERENCE_BACKEND and r["status"] == schema.STATUS_OK and r["samples_per_sec"]
+    }
+    for r in rows:
+        base = reference.get((r.get("peer_of") or r["model"], r["mode"], r["batch"], r["dtype"], r["img_size"]))
+        ok = r["status"] == schema.STATUS_OK and r["samples_per_sec"]
+        r["ratio_to_torch"] = r["samples_per_sec"] / base if ok and base else None
+
+
+def _sort_rows(rows: list[dict], models: list[str]) -> list[dict]:
+    def key(r):
+        model = r.get("peer_of") or r["model"]
+        return (
+            models.index(model) if model in models else len(models),
+            schema.MODES.index(r["mode"]),
+            r["batch"],
+            schema.BACKENDS.index(r["backend"]),
+            bool(r.get("peer_of")),
+        )
+
+    return sorted(rows, key=key)
+
+
+# ---------------------------------------------------------------------------------------------
+# The public entry point
+
+
+def run(
+    models="resnet50",
+    backends="all",
+    modes=("train", "infer"),
+    batch_sizes=None,
+    img_size=None,
+    dtype="float32",
+    device="auto",
+    warmup=None,
+    repeats=None,
+    channels_last=False,
+    peers=False,
+    tf32=False,
+    out_dir=None,
+    timeout_s=DEFAULT_TIMEOUT_S,
+    verbose=True,
+) -> dict:
+    """Benchmark `models` x `backends` x `modes` x `batch_sizes`; returns {"meta": ..., "rows": [...]}.
+
+    `models`, `backends`, `modes`, `batch_sizes` take a list or a comma-separated string; `models`
+    and `backends` accept "all". `batch_sizes`, `warmup` and `repeats` default per device
+    (CPU: batch 8, 2 warm-up, 5 timed steps; CUDA: batch 64, 10 warm-up, 30 timed steps).
+    `img_size` None = each model's registry `input_size`. `device` "auto" = cuda when torch sees a
+    CUDA device or jax sees a GPU. `timeout_s` limits each worker process (wall clock).
+    `out_dir` None = return the results without writing files; otherwise writes benchmark.json,
+    benchmark.md, benchmark.png and logs/<backend>.log there (atomically). `verbose` False silences
+    the progress lines on stderr (warnings still print).
+
+    Raises ValueError (registry.UnknownModelError for a model) for a request that cannot mean
+    anything; a backend that cannot run on this machine is not an error but a row with a status.
+    """
+    started = time.monotonic()
+    say = log if verbose else (lambda message: None)  # progress only; warnings always go to stderr
+    model_names = resolve_models(models)
+    backend_names = resolve_backends(backends)
+    mode_names = resolve_modes(modes)
+    batches = resolve_batch_sizes(batch_sizes)
+    if dtype not in schema.DTYPES:
+        raise ValueError(f"dtype: expected one of {', '.join(schema.DTYPES)}, got {dtype!r}")
+    if device not in schema.DEVICES:
+        raise ValueError(f"device: expected one of {', '.join(schema.DEVICES)}, got {device!r}")
+    if img_size is not None:
+        img_size = _positive_int(img_size, "img_size")
+        for name in model_names:
+            info = registry.get(name)
+            if img_size < info.min_input_size:
+                raise ValueError(
+                    f"img_size {img_size} is below {name}'s smallest input size {info.min_input_size}"
+                )
+    if warmup is not None:
+        warmup = _positive_int(warmup, "warmup", minimum=0)
+    if repeats is not None:
+        repeats = _positive_int(repeats, "repeats")
+    timeout_s = float(timeout_s)
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s: expected a positive number of seconds, got {timeout_s!r}")
+
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    probe = None
+    if device == "auto":
+        say("probing for a GPU (torch, then jax) in a subprocess")
+        probe = probe_accelerators()
+        resolved_device = "cuda" if probe.get("torch_cuda") or probe.get("jax_gpu") else "cpu"
+    else:
+        # An explicit --device cuda stays cuda without a GPU: every worker then says why it cannot.
+        resolved_device = device
+    defaults = DEVICE_DEFAULTS[resolved_device]
+    batches = batches or list(defaults["batch_sizes"])
+    warmup = defaults["warmup"] if warmup is None else warmup
+    repeats = defaults["repeats"] if repeats is None else repeats
+
+    options = {
+        "device": resolved_device,
+        "dtype": dtype,
+        "warmup": warmup,
+        "repeats": repeats,
+        "channels_last": bool(channels_last),
+        "tf32": bool(tf32),
+    }
+
+    # The configurations each backend measures.
+    def sizes_for(name):
+        return img_size or registry.get(name).input_size
+
+    peer_models = []
+    if peers:
+        if schema.PEER_OF in model_names:
+            peer_models = [schema.PEER_MODEL]
+        else:
+            log(f"--peers adds {schema.PEER_MODEL} next to {schema.PEER_OF} only; "
+                f"{schema.PEER_OF} is not among the models ({', '.join(model_names)}), so no peer rows")
+        if not any(b in schema.KERAS_BACKENDS for b in backend_names):
+            log("--peers has no effect without a Keras backend")
+    jobs = []
+    for backend in backend_names:
+        configs = []
+        for name in model_names + (peer_models if backend in schema.KERAS_BACKENDS else []):
+            peer_of = schema.PEER_OF if name == schema.PEER_MODEL else None
+            for mode in mode_names:
+                for batch in batches:
+                    configs.append({
+                        "model": name, "backend": backend, "mode": mode, "batch": batch,
+                        "img_size": sizes_for(peer_of or name), "peer_of": peer_of,
+                    })
+        if backend == "keras-jax" and resolved_device == "cuda":
+            jobs += [(backend, [c], f"{backend}-{i}") for i, c in enumerate(configs)]
+        else:
+            jobs.append((backend, configs, backend))
+
+    say(f"device {resolved_device}, dtype {dtype}, {warmup} warm-up + {repeats} timed steps, "
+        f"batch {', '.join(map(str, batches))}; {sum(len(c) for _, c, _ in jobs)} rows in "
+        f"{len(jobs)} worker(s), one at a time")
+    if load_before and load_before[0] > 0.5 * (os.cpu_count() or 1):
+        log(f"warning: load average {load_before[0]:.2f} on {os.cpu_count()} CPUs before starting; "
+            "other processes compete for the CPU and the timings will be noisy")
+
+    rows, workers, logs = [], [], collections.defaultdict(list)
+    with tempfile.TemporaryDirectory(prefix="twins-bench-") as workdir:
+        for backend, configs, tag in jobs:
+            env = _base_env()
+            env.pop("KERAS_BACKEND", None)
+            if backend in schema.KERAS_BACKENDS:
+                env["KERAS_BACKEND"] = schema.KERAS_BACKEND_ENV[backend]
+            if resolved_device == "cpu":
+                env["CUDA_VISIBLE_DEVICES"] = ""
+                env["JAX_PLATFORMS"] = "cpu"
+            say(f"{backend}: starting a worker for {len(configs)} row(s)")
+            worker_rows, info, output = run_worker(
+                backend, configs, options, env, timeout_s, workdir, tag, verbose=verbose
+            )
+            ok = sum(r["status"] == schema.STATUS_OK for r in worker_rows)
+            say(f"{backend}: {ok}/{len(worker_rows)} row(s) measured in {info['wall_s']:.0f} s"
+                + ("" if info["returncode"] == 0 else f" (worker {_describe_exit(info['returncode'])})")
+                + (" (timed out)" if info["timed_out"] else ""))
+            rows += worker_rows
+            workers.append(info)
+            logs[backend] += [f"===== worker {tag}: exit {info['returncode']}, {info['wall_s']} s =====\n"] + output
+
+    add_ratios(rows)
+    rows = _sort_rows(rows, model_names)
+    load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+    cpu_model = _cpu_model()
+    gpu_names = (probe or {}).get("gpu_names") or sorted(
+        {w["device_name"] for w in workers if w.get("device_name") not in (None, "cpu")}
+    )
+    meta = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "hostname": socket.gethostname(),
+        "device": resolved_device,
+        "device_name": (
+            (", ".join(gpu_names) if gpu_names else "no GPU visible to any framework")
+            if resolved_device == "cuda" else cpu_model
+        ),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "gpu_names": gpu_names,
+        "cuda_version": (probe or {}).get("cuda_version"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {name: _version(name) for name in PACKAGES},
+        "tf32": bool(tf32),
+        "options": {
+            "models": model_names,
+            "backends": backend_names,
+            "modes": mode_names,
+            "batch_sizes": batches,
+            "img_size": img_size,
+            "dtype": dtype,
+            "device": device,
+            "warmup": warmup,
+            "repeats": repeats,
+            "channels_last": bool(channels_last),
+            "peers": bool(peers),
+            "tf32": bool(tf32),
+            "timeout_s": timeout_s,
+        },
+        "peak_mem_note": (
+            "CUDA: the framework allocator's peak during the row (torch max_memory_allocated, tf "
+            "get_memory_info peak, jax peak_bytes_in_use)" if resolved_device == "cuda" else
+            "CPU: peak resident set size (ru_maxrss) of the worker process during the row, framework "
+            "libraries included"
+        ),
+        "load_average_before": list(load_before) if load_before else None,
+        "load_average_after": list(load_after) if load_after else None,
+        "load_warning": (
+            f"load average {load_before[0]:.2f} on {os.cpu_count()} CPUs before the run: other "
+            "processes were competing for the CPU, timings are noisy"
+            if load_before and load_before[0] > 0.5 * (os.cpu_count() or 1) else None
+        ),
+        "git": _git_state(),
+        "workers": workers,
+        "wall_s": None,
+        "files": None,
+    }
+    meta["wall_s"] = round(time.monotonic() - started, 1)
+    result = {"meta": meta, "rows": rows}
+    if out_dir is not None:
+        meta["files"] = write_outputs(result, out_dir, logs)
+    return result
+
+
+def write_outputs(result: dict, out_dir: str, logs: dict | None = None) -> dict:
+    """benchmark.json, benchmark.md, benchmark.png (and logs/<backend>.log), each atomically."""
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    files = {kind: os.path.join(out_dir, name) for kind, name in FILE_NAMES.items()}
+    if logs:
+        files["logs"] = os.path.join(out_dir, "logs")
+        for backend, lines in logs.items():
+            report.write_atomic(os.path.join(files["logs"], f"{backend}.log"), "".join(lines))
+    result["meta"]["files"] = files
+    report.write_atomic(files["json"], json.dumps(result, indent=1) + "\n")
+    report.write_atomic(files["markdown"], report.render_markdown(result["rows"], result["meta"]))
+    report.render_chart(result["rows"], files["png"])
+    return files

@@ -1,0 +1,93 @@
+"""The benchmark's vocabulary, shared by the harness, the workers and the report: backend names,
+modes, dtypes, the columns every result row carries, and the status words a row may hold.
+
+Framework-free on purpose: the harness (parent process) imports it without importing torch, keras,
+tensorflow or jax, so no framework state (a CUDA context, jax's GPU memory preallocation) ever
+lives in the parent while a worker is measuring.
+"""
+from __future__ import annotations
+
+# Order matters: it is the order of the rows in every table and of the bars in the chart.
+TORCH_BACKENDS = ("torch", "torch-compile")
+KERAS_BACKENDS = ("keras-tensorflow", "keras-jax", "keras-torch")
+BACKENDS = TORCH_BACKENDS + KERAS_BACKENDS
+# Value of KERAS_BACKEND for each Keras backend; Keras reads it once, at import.
+KERAS_BACKEND_ENV = {"keras-tensorflow": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
+# The native reference every `ratio_to_torch` is computed against.
+REFERENCE_BACKEND = "torch"
+
+MODES = ("train", "infer")
+DTYPES = ("float32", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+
+# `--peers`: Keras' own ResNet50 next to our Keras resnet50, on every Keras backend.
+PEER_MODEL = "keras.applications.ResNet50"
+PEER_OF = "resnet50"
+
+# timm's benchmark columns first, then what makes a row interpretable on its own.
+COLUMNS = (
+    "model",
+    "backend",
+    "mode",
+    "device",
+    "dtype",
+    "batch",
+    "img_size",
+    "samples_per_sec",
+    "step_ms_median",
+    "step_ms_min",
+    "step_ms_max",
+    "peak_mem_mb",
+    "params_m",
+    "ratio_to_torch",
+    "status",
+    "error",
+    "warmup",
+    "steps_timed",
+    "first_step_ms",
+    "compiler",
+    "peak_mem_source",
+    "channels_last",
+    "peer_of",
+)
+
+# `status` is "ok" or one of these reasons; `error` then says what happened in words.
+STATUS_OK = "ok"
+STATUS_NOT_INSTALLED = "not installed"
+STATUS_NO_GPU = "no gpu"
+STATUS_UNSUPPORTED_DTYPE = "unsupported dtype"
+STATUS_OOM = "out of memory"
+STATUS_ERROR = "error"
+STATUS_TIMEOUT = "timeout"
+STATUS_CRASHED = "worker crashed"
+
+# Lines a worker writes to stderr with this prefix are progress messages the harness echoes; every
+# other line (framework warnings, tracebacks) only goes to the worker's log and its failure tail.
+PROGRESS_PREFIX = "[bench]"
+
+
+def empty_row(config: dict, options: dict) -> dict:
+    """A row with every column present: identity columns filled from the config and the run's
+    options, measurements None. Workers fill the measurements; the harness fills the status of a
+    row no worker delivered."""
+    row = {column: None for column in COLUMNS}
+    row.update(
+        model=config["model"],
+        backend=config["backend"],
+        mode=config["mode"],
+        device=options["device"],
+        dtype=options["dtype"],
+        batch=config["batch"],
+        img_size=config["img_size"],
+        warmup=options["warmup"],
+        steps_timed=options["repeats"],
+        channels_last=options["channels_last"] if config["backend"] in TORCH_BACKENDS else None,
+        peer_of=config.get("peer_of"),
+    )
+    return row
+
+
+def failed_row(config: dict, options: dict, status: str, error: str) -> dict:
+    row = empty_row(config, options)
+    row.update(status=status, error=error, steps_timed=0)
+    return row

@@ -1,0 +1,659 @@
+"""Measure one backend, inside its own process. `benchmarks.harness` starts one per backend:
+
+    KERAS_BACKEND=jax python -m benchmarks.worker --job job.json --result rows.json
+
+Why a process per backend: Keras fixes its backend when it is imported (KERAS_BACKEND), and each
+framework keeps process-wide state (CUDA context, allocator pools, jax's GPU memory preallocation,
+compiled-function caches) that would distort the next backend's numbers. Everything that must be set
+before a framework initialises (KERAS_BACKEND, CUDA_VISIBLE_DEVICES, JAX_PLATFORMS) arrives in the
+environment from the harness; this module sets no environment variable. The torch backends never
+import keras, and the Keras backends configure their framework (TF32, device checks) before
+importing keras.
+
+What one step is, per backend and mode (synthetic data, created on the device once):
+- torch / torch-compile, train: `zero_grad`, forward, cross-entropy on random integer labels,
+  backward, `SGD(lr=1e-4, momentum=0.9).step()` (timm's benchmark uses the same optimiser and lr).
+  torch-compile wraps the same module in `torch.compile` (default mode, inductor); the optimiser step
+  stays eager. infer: `model.eval()` under `torch.inference_mode()`.
+  bfloat16 = `torch.autocast(device_type, dtype=torch.bfloat16)` around forward and loss.
+  `--channels-last` converts module and batch to `torch.channels_last`.
+- keras-*, train: the model's own compiled path, what `fit` runs per batch:
+  `model.compile(optimizer=SGD(1e-4, momentum=0.9), loss=SparseCategoricalCrossentropy(
+  from_logits=True), jit_compile="auto")` then `model.train_on_batch(x, y)`.
+  infer: `model.predict_on_batch(x)` on the same compiled model: the single-batch form of
+  `predict`, through Keras' predict function (XLA where `jit_compile` resolved to True), and the
+  path a Keras user deploys without leaving Keras. It returns numpy, so the step includes copying
+  the logits (batch x 1000 floats) to the host; the torch rows leave them on the device.
+  `jit_compile="auto"` resolves, per Keras' own rules, to XLA on jax, to XLA on tensorflow only
+  when a GPU is visible (plain tf.function on a CPU-only machine), and to eager on the torch
+  backend; the `compiler` column says what it resolved to.
+  bfloat16 = the `mixed_bfloat16` dtype policy (bfloat16 compute, float32 variables).
+- A model with several outputs (or a segmentation map) gets one cross-entropy per output, summed,
+  with labels shaped like the output minus its class axis; it is a stand-in objective that costs
+  what the real one costs, not the model's training recipe.
+
+Timing: every step is followed by a device synchronisation before the clock is read
+(`torch.cuda.synchronize()`; Keras' `train_on_batch`/`predict_on_batch` already return host values,
+and the worker then also waits on the updated variables: `jax.block_until_ready`, or a `.numpy()`
+read on tensorflow). The first `warmup` steps (tracing, compilation, autotuning) are excluded; the
+first one is reported as `first_step_ms` so the compile cost stays visible. Then `repeats` steps are
+timed one by one; the row holds their median, min and max.
+
+Peak memory (`peak_mem_mb`, `peak_mem_source` says which): on CUDA the framework allocator's peak
+during the row (torch.cuda.max_memory_allocated, tf get_memory_info()["peak"], jax memory_stats
+peak_bytes_in_use), counted from before the model is built, so weights, optimiser state,
+activations and workspace are all in it. jax cannot reset its peak counter, so the harness gives
+keras-jax on CUDA one worker per row. On CPU: the worker process's peak resident set size
+(getrusage ru_maxrss), reset before each row through /proc/self/clear_refs; it includes the
+framework's own resident memory (libraries, thread pools) and heap that allocators kept from the
+worker's earlier rows, not just this row's tensors: compare CPU figures across backends with that in
+mind, and across rows of one backend only roughly.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import resource
+import statistics
+import sys
+import time
+import traceback
+
+from benchmarks import report, schema
+
+LEARNING_RATE = 1e-4
+MOMENTUM = 0.9
+SEED = 0
+
+
+class Unavailable(Exception):
+    """The backend cannot run here at all (package missing, no GPU); every row gets `status`."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def progress(message: str) -> None:
+    print(f"{schema.PROGRESS_PREFIX} {message}", file=sys.stderr, flush=True)
+
+
+def write_json_atomic(path: str, payload) -> None:
+    report.write_atomic(path, json.dumps(payload, indent=1))
+
+
+def describe_exception(exc: BaseException, limit: int = 400) -> str:
+    """`Type: first lines` — enough to tell a compiler failure from an OOM without the traceback
+    (the full traceback goes to the worker's stderr, kept in the harness's log)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " | ".join(lines[:3])
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def classify_exception(exc: BaseException, dtype: str) -> str:
+    text = f"{type(exc).__name__} {exc}"
+    lowered = text.lower()
+    if (
+        isinstance(exc, MemoryError)
+        or "out of memory" in lowered
+        or "resource_exhausted" in lowered
+        or "resourceexhausted" in lowered
+        or "outofmemory" in lowered
+    ):
+        return schema.STATUS_OOM
+    if dtype == "bfloat16" and "bfloat16" in lowered:
+        return schema.STATUS_UNSUPPORTED_DTYPE
+    return schema.STATUS_ERROR
+
+
+# ---------------------------------------------------------------------------------------------
+# Host memory: peak RSS of this process, reset per row.
+
+
+class ProcessPeakRss:
+    """`ru_maxrss` is a high-water mark for the whole process; writing "5" to /proc/self/clear_refs
+    (Linux >= 4.0) resets it to the current RSS, so each row reports its own peak."""
+
+    def __init__(self):
+        self.resettable = False
+
+    def reset(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.resettable = True
+        except OSError:
+            self.resettable = False
+
+    def read_mb(self) -> float:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak_bytes = peak if sys.platform == "darwin" else peak * 1024  # macOS: bytes, Linux: KiB
+        return peak_bytes / 2**20
+
+    @property
+    def source(self) -> str:
+        if self.resettable:
+            return "cpu: peak RSS of the worker process during this row (ru_maxrss)"
+        return "cpu: peak RSS of the worker process since it started (ru_maxrss; could not reset)"
+
+
+def time_steps(step, sync, warmup: int, repeats: int):
+    """`(first_step_ms, [step_ms, ...])`: warm-up steps run untimed except the first, which is
+    reported separately (it carries tracing/compilation); then `repeats` timed steps."""
+    first_ms = None
+    for i in range(warmup):
+        start = time.perf_counter()
+        step()
+        sync()
+        if i == 0:
+            first_ms = (time.perf_counter() - start) * 1e3
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return first_ms, times
+
+
+def flatten_outputs(out) -> list:
+    """Tensors of a model output that may be a tensor, a (named)tuple, a list or a dict."""
+    if isinstance(out, dict):
+        return [leaf for value in out.values() for leaf in flatten_outputs(value)]
+    if isinstance(out, (list, tuple)):
+        return [leaf for value in out for leaf in flatten_outputs(value)]
+    return [out]
+
+
+def class_axis_error(model: str, shape) -> ValueError:
+    return ValueError(
+        f"the benchmark's loss is cross-entropy over a class axis; {model} returned an output of "
+        f"shape {tuple(shape)}, expected (batch, classes, ...) in torch / (batch, ..., classes) in Keras"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# torch and torch-compile
+
+
+def set_torch_flags(torch, tf32: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    # cuDNN autotuning: tensorflow and XLA autotune convolutions by default, torch only with this.
+    torch.backends.cudnn.benchmark = True
+
+
+class TorchRunner:
+    def __init__(self, backend: str, options: dict):
+        self.backend = backend
+        self.options = options
+        self.compiled = backend == "torch-compile"
+        try:
+            import torch
+        except ImportError as exc:
+            raise Unavailable(schema.STATUS_NOT_INSTALLED, f"{backend} needs torch: {exc}") from None
+        import torch_impl
+
+        self.torch = torch
+        self.torch_impl = torch_impl
+        cuda = options["device"] == "cuda"
+        if cuda and not torch.cuda.is_available():
+            raise Unavailable(
+                schema.STATUS_NO_GPU,
+                f"--device cuda was asked, but torch {torch.__version__} sees no CUDA device "
+                f"(torch.cuda.is_available() is False; torch.version.cuda={torch.version.cuda})",
+            )
+        if cuda and options["dtype"] == "bfloat16" and not torch.cuda.is_bf16_supported():
+            raise Unavailable(
+                schema.STATUS_UNSUPPORTED_DTYPE,
+                f"bfloat16 was asked, but {torch.cuda.get_device_name()} does not support it in torch",
+            )
+        self.device = torch.device("cuda" if cuda else "cpu")
+        set_torch_flags(torch, options["tf32"])
+        self.compiler = "inductor (torch.compile)" if self.compiled else "eager"
+        self.host_memory = ProcessPeakRss()
+        self.device_name = torch.cuda.get_device_name() if cuda else "cpu"
+
+    def versions(self) -> dict:
+        return {"torch": self.torch.__version__}
+
+    def _autocast(self):
+        if self.options["dtype"] == "bfloat16":
+            return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+
+    def measure(self, config: dict) -> dict:
+        torch = self.torch
+        cuda = self.device.type == "cuda"
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        self.host_memory.reset()
+        if self.compiled:
+            torch._dynamo.reset()  # a fresh compile per row, never a cached graph from another row
+        torch.manual_seed(SEED)
+
+        batch, size = config["batch"], config["img_size"]
+        model = self.torch_impl.build(config["model"]).to(self.device)
+        x = torch.randn(batch, 3, size, size, device=self.device)
+        if self.options["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        params = sum(p.numel() for p in model.parameters())
+        forward = torch.compile(model) if self.compiled else model
+
+        if config["mode"] == "train":
+            model.train()
+            # One untimed eager forward to learn the output shapes the labels must match.
+            with torch.no_grad(), self._autocast():
+                outputs = flatten_outputs(model(x))
+            labels = []
+            for out in outputs:
+                if out.ndim < 2:
+                    raise class_axis_error(config["model"], out.shape)
+                labels.append(
+                    torch.randint(0, out.shape[1], (out.shape[0], *out.shape[2:]), device=self.device)
+                )
+            del outputs
+            optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+            cross_entropy = torch.nn.functional.cross_entropy
+
+            def step():
+                optimizer.zero_grad(set_to_none=True)
+                with self._autocast():
+                    outs = flatten_outputs(forward(x))
+                    loss = sum(cross_entropy(out, label) for out, label in zip(outs, labels))
+                loss.backward()
+                optimizer.step()
+
+        else:
+            model.eval()
+
+            def step():
+                with torch.inference_mode(), self._autocast():
+                    forward(x)
+
+        first_ms, times = time_steps(step, self._sync, self.options["warmup"], self.options["repeats"])
+        if cuda:
+            peak_mb = torch.cuda.max_memory_allocated() / 2**20
+            source = "cuda: torch.cuda.max_memory_allocated during this row"
+        else:
+            peak_mb, source = self.host_memory.read_mb(), self.host_memory.source
+        return {
+            "times": times,
+            "first_step_ms": first_ms,
+            "params": params,
+            "peak_mem_mb": peak_mb,
+            "peak_mem_source": source,
+            "compiler": self.compiler,
+        }
+
+    def cleanup(self) -> None:
+        gc.collect()
+        if self.compiled:
+            self.torch._dynamo.reset()
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras on tensorflow, jax or torch
+
+
+class KerasRunner:
+    def __init__(self, backend: str, options: dict):
+        self.backend = backend
+        self.options = options
+        self.framework = schema.KERAS_BACKEND_ENV[backend]
+        given = os.environ.get("KERAS_BACKEND")
+        if given != self.framework:
+            raise RuntimeError(
+                f"the {backend} worker needs KERAS_BACKEND={self.framework} in its environment "
+                f"(Keras reads it once, at import); got KERAS_BACKEND={given!r}"
+            )
+        self.cuda = options["device"] == "cuda"
+        self.host_memory = ProcessPeakRss()
+        self._versions = {}
+        # The framework is configured before keras is imported, so Keras starts on a configured one.
+        getattr(self, f"_setup_{self.framework}")()
+        try:
+            import keras
+        except ImportError as exc:
+            raise Unavailable(schema.STATUS_NOT_INSTALLED, f"{backend} needs keras: {exc}") from None
+        if keras.backend.backend() != self.framework:
+            raise RuntimeError(
+                f"Keras started on backend {keras.backend.backend()!r}, expected {self.framework!r}"
+            )
+        if options["dtype"] == "bfloat16":
+            keras.config.set_dtype_policy("mixed_bfloat16")
+        import keras_impl
+
+        self.keras = keras
+        self.keras_impl = keras_impl
+        self._versions["keras"] = keras.__version__
+
+    def _setup_tensorflow(self) -> None:
+        try:
+            import tensorflow as tf
+        except ImportError as exc:
+            raise Unavailable(schema.STATUS_NOT_INSTALLED, f"{self.backend} needs tensorflow: {exc}") from None
+        self.tf = tf
+        self._versions["tensorflow"] = tf.__version__
+        gpus = tf.config.list_physical_devices("GPU")
+        if self.cuda and not gpus:
+            raise Unavailable(
+                schema.STATUS_NO_GPU,
+                f"--device cuda was asked, but tensorflow {tf.__version__} sees no GPU "
+                f"(tf.config.list_physical_devices('GPU') is empty; built with CUDA: "
+                f"{tf.test.is_built_with_cuda()})",
+            )
+        tf.config.experimental.enable_tensor_float_32_execution(self.options["tf32"])
+        self.device_name = (
+            tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU:0")
+            if self.cuda
+            else "cpu"
+        )
+
+    def _setup_jax(self) -> None:
+        try:
+            import jax
+        except ImportError as exc:
+            raise Unavailable(schema.STATUS_NOT_INSTALLED, f"{self.backend} needs jax: {exc}") from None
+        self.jax = jax
+        self._versions["jax"] = jax.__version__
+        if self.cuda and jax.default_backend() != "gpu":
+            raise Unavailable(
+                schema.STATUS_NO_GPU,
+                f"--device cuda was asked, but jax {jax.__version__} sees no GPU "
+                f"(jax.devices() = {jax.devices()}; a CUDA build of jax, e.g. jax[cuda12], is needed)",
+            )
+        # "highest" = full float32 matmuls/convolutions (no TF32); "tensorfloat32" allows TF32.
+        jax.config.update(
+            "jax_default_matmul_precision", "tensorfloat32" if self.options["tf32"] else "highest"
+        )
+        self.device_name = jax.devices()[0].device_kind if self.cuda else "cpu"
+
+    def _setup_torch(self) -> None:
+        try:
+            import torch
+        except ImportError as exc:
+            raise Unavailable(schema.STATUS_NOT_INSTALLED, f"{self.backend} needs torch: {exc}") from None
+        self.torch = torch
+        self._versions["torch"] = torch.__version__
+        if self.cuda and not torch.cuda.is_available():
+            raise Unavailable(
+                schema.STATUS_NO_GPU,
+                f"--device cuda was asked, but torch {torch.__version__} sees no CUDA device "
+                f"(torch.cuda.is_available() is False; torch.version.cuda={torch.version.cuda})",
+            )
+        set_torch_flags(torch, self.options["tf32"])
+        self.device_name = torch.cuda.get_device_name() if self.cuda else "cpu"
+
+    def versions(self) -> dict:
+        return dict(self._versions)
+
+    # -- per-backend device placement, synchronisation and memory counters --------------------
+
+    def _to_device(self, array):
+        if self.framework == "tensorflow":
+            with self.tf.device("/GPU:0" if self.cuda else "/CPU:0"):
+                return self.tf.identity(self.tf.constant(array))
+        if self.framework == "jax":
+            # On the default device, uncommitted, like Keras' own variables: a batch committed with
+            # jax.device_put(x, device) made Keras' jitted step compile a second time on its second
+            # call (seen on jax 0.10.2), which put a compilation into the first timed step.
+            return self.jax.numpy.asarray(array)
+        return self.keras.ops.convert_to_tensor(array)  # Keras' torch backend picks cuda if visible
+
+    def _sync_fn(self, model):
+        variables = model.trainable_variables
+        smallest = min(variables, key=lambda v: math.prod(v.shape)) if variables else None
+        if self.framework == "jax":
+            return lambda: self.jax.block_until_ready([v.value for v in model.variables])
+        if self.framework == "tensorflow":
+            # A device-to-host read is queued behind every kernel the step launched.
+            return (lambda: smallest.value.numpy()) if smallest is not None else (lambda: None)
+        if self.cuda:
+            return self.torch.cuda.synchronize
+        return lambda: None
+
+    def _reset_memory(self) -> None:
+        self.host_memory.reset()
+        if not self.cuda:
+            return
+        if self.framework == "tensorflow":
+            self.tf.config.experimental.reset_memory_stats("GPU:0")
+        elif self.framework == "torch":
+            self.torch.cuda.empty_cache()
+            self.torch.cuda.reset_peak_memory_stats()
+        # jax has no reset; the harness runs keras-jax on CUDA with one worker per row instead.
+
+    def _read_memory(self):
+        if not self.cuda:
+            return self.host_memory.read_mb(), self.host_memory.source
+        if self.framework == "tensorflow":
+            peak = self.tf.config.experimental.get_memory_info("GPU:0")["peak"]
+            return peak / 2**20, "cuda: tf.config.experimental.get_memory_info('GPU:0')['peak'] during this row"
+        if self.framework == "jax":
+            stats = self.jax.devices()[0].memory_stats() or {}
+            peak = stats.get("peak_bytes_in_use")
+            return (
+                None if peak is None else peak / 2**20,
+                "cuda: jax memory_stats()['peak_bytes_in_use'] of a worker that measured only this row",
+            )
+        return self.torch.cuda.max_memory_allocated() / 2**20, "cuda: torch.cuda.max_memory_allocated during this row"
+
+    def _compiler(self, model) -> str:
+        jit = bool(model.jit_compile)
+        return {
+            "tensorflow": "XLA (jit_compile=True)" if jit else "tf.function (jit_compile=False)",
+            "jax": "XLA (jax.jit)" if jit else "jax, no jit (jit_compile=False)",
+            "torch": "torch.compile (jit_compile=True)" if jit else "eager (jit_compile=False)",
+        }[self.framework]
+
+    def _build(self, config: dict):
+        keras = self.keras
+        if config["model"] == schema.PEER_MODEL:
+            size = config["img_size"]
+            # Logits, like our twins: the loss is computed from_logits.
+            return keras.applications.ResNet50(
+                weights=None, input_shape=(size, size, 3), classifier_activation=None
+            )
+        return self.keras_impl.build(config["model"])
+
+    def measure(self, config: dict) -> dict:
+        import numpy as np
+
+        keras = self.keras
+        keras.backend.clear_session()
+        gc.collect()
+        self._reset_memory()
+        keras.utils.set_random_seed(SEED)
+        rng = np.random.default_rng(SEED)
+
+        batch, size = config["batch"], config["img_size"]
+        model = self._build(config)
+        params = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+        x_host = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
+        spec = model.compute_output_spec(keras.KerasTensor(x_host.shape))
+        for out in keras.tree.flatten(spec):
+            if len(out.shape) < 2:
+                raise class_axis_error(config["model"], out.shape)
+        y_host = keras.tree.map_structure(
+            lambda out: rng.integers(0, out.shape[-1], size=tuple(out.shape[:-1]), dtype=np.int32), spec
+        )
+        loss = keras.tree.map_structure(
+            lambda out: keras.losses.SparseCategoricalCrossentropy(from_logits=True), spec
+        )
+        model.compile(
+            optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE, momentum=MOMENTUM),
+            loss=loss,
+            jit_compile="auto",
+        )
+        x = self._to_device(x_host)
+        y = keras.tree.map_structure(self._to_device, y_host)
+        sync = self._sync_fn(model)
+
+        if config["mode"] == "train":
+            step = lambda: model.train_on_batch(x, y)  # noqa: E731
+        else:
+            step = lambda: model.predict_on_batch(x)  # noqa: E731
+
+        first_ms, times = time_steps(step, sync, self.options["warmup"], self.options["repeats"])
+        peak_mb, source = self._read_memory()
+        return {
+            "times": times,
+            "first_step_ms": first_ms,
+            "params": params,
+            "peak_mem_mb": peak_mb,
+            "peak_mem_source": source,
+            "compiler": self._compiler(model),
+        }
+
+    def cleanup(self) -> None:
+        self.keras.backend.clear_session()
+        gc.collect()
+        if self.cuda and self.framework == "torch":
+            self.torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def make_runner(backend: str, options: dict):
+    if backend in schema.TORCH_BACKENDS:
+        return TorchRunner(backend, options)
+    if backend in schema.KERAS_BACKENDS:
+        return KerasRunner(backend, options)
+    raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(schema.BACKENDS)}")
+
+
+def finished_row(config: dict, options: dict, measured: dict) -> dict:
+    row = schema.empty_row(config, options)
+    times = measured["times"]
+    median = statistics.median(times) if times else None
+    row.update(
+        samples_per_sec=config["batch"] / (median / 1e3) if median else None,
+        step_ms_median=median,
+        step_ms_min=min(times) if times else None,
+        step_ms_max=max(times) if times else None,
+        peak_mem_mb=measured["peak_mem_mb"],
+        params_m=measured["params"] / 1e6,
+        status=schema.STATUS_OK,
+        first_step_ms=measured["first_step_ms"],
+        compiler=measured["compiler"],
+        peak_mem_source=measured["peak_mem_source"],
+        steps_timed=len(times),
+    )
+    return row
+
+
+def run_job(job: dict, result_path: str) -> None:
+    backend, options, configs = job["backend"], job["options"], job["configs"]
+    rows: list[dict] = []
+    worker_info = {"backend": backend, "pid": os.getpid(), "versions": {}, "device_name": None}
+
+    def save():
+        write_json_atomic(result_path, {"worker": worker_info, "rows": rows})
+
+    progress(f"{backend}: importing and configuring the framework")
+    try:
+        runner = make_runner(backend, options)
+    except Unavailable as exc:
+        progress(f"{backend}: cannot run here: {exc.message}")
+        rows.extend(schema.failed_row(c, options, exc.status, exc.message) for c in configs)
+        save()
+        return
+    except Exception as exc:  # a broken install fails every row the same way
+        traceback.print_exc()
+        status = schema.STATUS_NOT_INSTALLED if isinstance(exc, ImportError) else schema.STATUS_ERROR
+        message = f"{backend} failed to start: {describe_exception(exc)}"
+        rows.extend(schema.failed_row(c, options, status, message) for c in configs)
+        save()
+        return
+    worker_info["versions"] = runner.versions()
+    worker_info["device_name"] = runner.device_name
+    save()
+
+    for config in configs:
+        label = f"{backend}: {config['model']} {config['mode']} batch {config['batch']} img {config['img_size']}"
+        progress(f"{label}: measuring ({options['warmup']} warm-up + {options['repeats']} timed steps)")
+        try:
+            row = finished_row(config, options, runner.measure(config))
+            progress(
+                f"{label}: {row['samples_per_sec']:.2f} samples/s, median step {row['step_ms_median']:.1f} ms"
+                + (f", first step {row['first_step_ms']:.0f} ms" if row["first_step_ms"] is not None else "")
+            )
+        except Exception as exc:
+            traceback.print_exc()
+            status = classify_exception(exc, options["dtype"])
+            row = schema.failed_row(config, options, status, describe_exception(exc))
+            row["compiler"] = getattr(runner, "compiler", None)
+            progress(f"{label}: {status}: {row['error']}")
+        rows.append(row)
+        save()
+        try:
+            runner.cleanup()
+        except Exception:  # cleanup is best effort; the next row resets its own counters
+            traceback.print_exc()
+
+
+def probe(result_path: str) -> None:
+    """Which accelerators torch and jax see, for `--device auto` and the run's metadata. Run in its
+    own process so the harness never holds a CUDA context or jax's preallocated GPU memory."""
+    found = {"torch_cuda": False, "jax_gpu": False, "gpu_names": [], "cuda_version": None}
+    try:
+        import torch
+
+        found["torch_cuda"] = torch.cuda.is_available()
+        found["cuda_version"] = torch.version.cuda
+        if found["torch_cuda"]:
+            found["gpu_names"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    if not found["torch_cuda"]:
+        try:
+            import jax
+
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+            found["jax_gpu"] = bool(gpus)
+            found["gpu_names"] = [d.device_kind for d in gpus]
+        except (ImportError, RuntimeError):
+            pass
+    write_json_atomic(result_path, found)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.worker",
+        description="Measure one backend (started by benchmarks.harness; not meant to be run by hand).",
+    )
+    parser.add_argument("--job", help="JSON file: {backend, options, configs}")
+    parser.add_argument("--result", required=True, help="where to write the rows (JSON, atomically)")
+    parser.add_argument("--probe", action="store_true", help="only report which accelerators are visible")
+    args = parser.parse_args(argv)
+    if args.probe:
+        probe(args.result)
+        return 0
+    if not args.job:
+        parser.error("--job is required unless --probe is given")
+    with open(args.job) as f:
+        job = json.load(f)
+    run_job(job, args.result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

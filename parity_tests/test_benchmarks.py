@@ -1,0 +1,163 @@
+"""The benchmark harness (`benchmarks/`): a tiny real run through `benchmarks.run` (native torch and
+the Keras twin on the current KERAS_BACKEND, resnet18, batch 1, 32x32, inference) checks that the
+JSON, Markdown and PNG files are written and parse, that every row carries every column and that the
+torch row is its own reference. Then the ways a request or a backend can fail: an unknown backend or
+model is a clear ValueError, and a backend that cannot run (no GPU, a worker past its time limit)
+is a row that says why instead of a missing row.
+
+Worker processes import their frameworks afresh, so each `benchmarks.run` costs a few seconds; the
+module stays well under a minute on a 2-core CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import benchmarks
+from benchmarks import harness, schema
+from twins import registry
+
+pytestmark = pytest.mark.keras
+
+KERAS_BACKEND = "keras-" + os.environ.get("KERAS_BACKEND", "tensorflow")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(models=["resnet18"], modes=["infer"], batch_sizes=[1], img_size=32, warmup=1, repeats=2, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("bench")
+    result = benchmarks.run(
+        backends=["torch", KERAS_BACKEND], device="cpu", out_dir=str(out_dir), timeout_s=300, **TINY
+    )
+    return result, out_dir
+
+
+def test_writes_json_markdown_and_png(tiny_run):
+    result, out_dir = tiny_run
+    with open(out_dir / "benchmark.json") as f:
+        saved = json.load(f)
+    assert saved["rows"] == result["rows"]
+    meta = saved["meta"]
+    for key in ("date", "hostname", "device", "device_name", "cpu_model", "python", "versions", "tf32", "options"):
+        assert key in meta, key
+    assert meta["tf32"] is False and meta["device"] == "cpu"
+    assert meta["options"]["repeats"] == 2 and meta["options"]["warmup"] == 1
+
+    markdown = (out_dir / "benchmark.md").read_text()
+    assert "## resnet18 · infer" in markdown
+    assert "| torch | 1 | 32 |" in markdown
+    assert f"| {KERAS_BACKEND} | 1 | 32 |" in markdown
+    assert markdown == benchmarks.render_markdown(saved["rows"], saved["meta"])
+
+    from matplotlib.image import imread
+
+    image = imread(out_dir / "benchmark.png")
+    assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
+    # Atomic writes leave no temporary files behind.
+    assert not [p for p in os.listdir(out_dir) if p.startswith(".tmp-")]
+
+
+def test_rows_carry_every_column_and_measurements(tiny_run):
+    result, _ = tiny_run
+    rows = result["rows"]
+    assert [r["backend"] for r in rows] == ["torch", KERAS_BACKEND]
+    for row in rows:
+        assert list(row) == list(schema.COLUMNS), row
+        assert row["status"] == "ok", row["error"]
+        assert row["error"] is None
+        assert (row["model"], row["mode"], row["batch"], row["img_size"]) == ("resnet18", "infer", 1, 32)
+        assert row["device"] == "cpu" and row["dtype"] == "float32"
+        assert row["warmup"] == 1 and row["steps_timed"] == 2
+        assert 0 < row["step_ms_min"] <= row["step_ms_median"] <= row["step_ms_max"]
+        assert row["samples_per_sec"] == pytest.approx(1 / (row["step_ms_median"] / 1e3))
+        assert row["peak_mem_mb"] > 0 and row["peak_mem_source"].startswith("cpu:")
+        # The twins have the same trainable parameters (torchvision resnet18: 11,689,512).
+        assert row["params_m"] == pytest.approx(11.689512)
+
+
+def test_torch_row_is_its_own_reference(tiny_run):
+    result, _ = tiny_run
+    torch_row, keras_row = result["rows"]
+    assert torch_row["ratio_to_torch"] == 1.0
+    assert keras_row["ratio_to_torch"] == pytest.approx(keras_row["samples_per_sec"] / torch_row["samples_per_sec"])
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown backend 'keras-mxnet'.*torch, torch-compile, keras-tensorflow"):
+        benchmarks.run(backends=["torch", "keras-mxnet"], device="cpu", **TINY)
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(registry.UnknownModelError, match=r"unknown model name 'resnet19'.*resnet18"):
+        benchmarks.run(backends=["torch"], device="cpu", **{**TINY, "models": ["resnet19"]})
+
+
+def test_command_line_rejects_an_unknown_backend():
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--backends", "torch,bogus"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "unknown backend 'bogus'" in done.stderr
+
+
+def test_backend_without_a_gpu_says_so_in_its_row(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible; this test needs a machine without one")
+    result = benchmarks.run(backends=["torch"], device="cuda", out_dir=str(tmp_path), timeout_s=120, **TINY)
+    (row,) = result["rows"]
+    assert row["status"] == schema.STATUS_NO_GPU
+    assert "--device cuda" in row["error"] and "torch.cuda.is_available() is False" in row["error"]
+    assert row["samples_per_sec"] is None and row["ratio_to_torch"] is None
+    assert list(row) == list(schema.COLUMNS)
+    # The failed row is reported, not dropped.
+    assert "**no gpu**" in (tmp_path / "benchmark.md").read_text()
+    assert (tmp_path / "benchmark.png").stat().st_size > 0
+
+
+def test_torch_worker_imports_no_keras_and_the_harness_no_framework():
+    script = (
+        "import sys\n"
+        "import benchmarks\n"
+        "assert not {'torch', 'keras', 'tensorflow', 'jax'} & set(sys.modules), 'harness imported a framework'\n"
+        "from benchmarks import worker\n"
+        "options = dict(device='cpu', dtype='float32', warmup=0, repeats=1, channels_last=False, tf32=False)\n"
+        "worker.make_runner('torch', options)\n"
+        "assert 'torch' in sys.modules\n"
+        "assert not {'keras', 'tensorflow', 'jax'} & set(sys.modules), sorted({'keras', 'tensorflow', 'jax'} & set(sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_crashed_worker_yields_rows_with_its_output_tail(tmp_path):
+    # A Python that cannot start (PYTHONHOME pointing nowhere) stands for a worker that dies early.
+    options = {"device": "cpu", "dtype": "float32", "warmup": 1, "repeats": 2, "channels_last": False, "tf32": False}
+    configs = [
+        {"model": "resnet18", "backend": "torch", "mode": mode, "batch": 1, "img_size": 32, "peer_of": None}
+        for mode in ("train", "infer")
+    ]
+    env = dict(os.environ, PYTHONHOME=str(tmp_path / "no-python-here"))
+    rows, info, _ = harness.run_worker("torch", configs, options, env, 60, str(tmp_path), "torch", verbose=False)
+    assert [r["mode"] for r in rows] == ["train", "infer"]
+    for row in rows:
+        assert row["status"] == schema.STATUS_CRASHED
+        assert row["error"].startswith("the torch worker exited with code 1 before it measured this row")
+        assert "encodings" in row["error"]  # the tail of the worker's own output
+        assert list(row) == list(schema.COLUMNS)
+    assert info["returncode"] == 1 and info["timed_out"] is False
+
+
+def test_worker_past_its_time_limit_yields_a_timeout_row():
+    result = benchmarks.run(backends=["torch"], device="cpu", timeout_s=0.5, **TINY)
+    (row,) = result["rows"]
+    assert row["status"] == schema.STATUS_TIMEOUT
+    assert "ran past its 0.5 s limit" in row["error"]
+    (worker,) = result["meta"]["workers"]
+    assert worker["timed_out"] is True

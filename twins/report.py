@@ -1,0 +1,156 @@
+"""`twins report`: the main job. Parity for every registered model on every installed Keras backend,
+a throughput sweep over all five benchmark backends, and one report in Markdown and in a
+self-contained HTML page (chart embedded) that a team reads to choose a framework per deployment.
+
+    twins report [--quick] [--out DIR]
+
+Files in DIR (default `reports/latest`): report.md, report.html, parity.json, and the benchmark's
+benchmark.json / benchmark.md / benchmark.png. Every file is written atomically.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from twins import checkpoints, registry
+from twins.parity import CHECKS
+
+# --quick: what `make demo` runs; sized to finish in well under 10 minutes on a 2-core CPU.
+QUICK_BENCH = {"models": ["resnet18"], "batch_sizes": [2], "img_size": 64, "warmup": 1, "repeats": 3}
+FULL_BENCH = {"models": "all", "batch_sizes": None, "img_size": None, "warmup": None, "repeats": None}
+
+
+def parity_matrix(rows: list[dict], backends: list[str]) -> str:
+    """One line per model, one cell per backend: checks passed and the eval-output error."""
+    lines = ["| model | " + " | ".join(backends) + " |", "|---|" + "---|" * len(backends)]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        cells = []
+        for backend in backends:
+            mine = [r for r in rows if r["model"] == model and r["backend"] == backend]
+            if not mine:
+                cells.append("-")
+                continue
+            passed = sum(r["passed"] for r in mine)
+            failed = [r["check"] for r in mine if not r["passed"]]
+            ev = next((r["error"] for r in mine if r["check"] == "eval_output"), None)
+            cell = f"{passed}/{len(mine)} ok"
+            if ev is not None:
+                cell += f", eval {ev:.1e}"
+            if failed:
+                cell += " — FAILED: " + ", ".join(failed)
+            cells.append(cell)
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_to_html(text: str, title: str, image_png: bytes | None) -> str:
+    """Render the Markdown this module writes (headings, bullet lists, pipe tables, paragraphs) as one
+    self-contained page; the chart goes in as a data URI."""
+    out, table = [], None
+
+    def inline(s):
+        s = html.escape(s)
+        parts = s.split("**")
+        s = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+        parts = s.split("`")
+        return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+    def flush():
+        nonlocal table
+        if table:
+            head, body = table[0], [r for r in table[1:] if not set(r.replace("|", "").strip()) <= set("-:")]
+            cells = lambda r: [c.strip() for c in r.strip().strip("|").split("|")]
+            out.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells(head)) + "</tr></thead><tbody>")
+            for r in body:
+                out.append("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells(r)) + "</tr>")
+            out.append("</tbody></table>")
+        table = None
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            table = (table or []) + [line]
+            continue
+        flush()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("- "):
+            out.append(f"<ul><li>{inline(line[2:])}</li></ul>")
+        elif line.startswith("![chart]"):
+            if image_png:
+                data = base64.b64encode(image_png).decode()
+                out.append(f'<img alt="throughput chart" src="data:image/png;base64,{data}">')
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+    flush()
+    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
+             "padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+             "img{max-width:100%}code{background:#f4f4f4}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+def build_report(out_dir="reports/latest", quick=False, parity_backends=None, bench_backends="all",
+                 log=sys.stderr) -> dict:
+    import benchmarks
+    from twins.cli import installed_backends, parity_table, run_parity
+
+    out = Path(out_dir)
+    start = time.time()
+    models = registry.names()
+    backends = parity_backends or installed_backends()
+    print(f"[report] parity: {len(models)} models x {', '.join(backends)}", file=log, flush=True)
+    parity_rows = run_parity(models, backends, log=log)
+    parity_s = time.time() - start
+    checkpoints.write_atomic(out / "parity.json", lambda tmp: tmp.write_text(json.dumps(parity_rows, indent=1)))
+
+    settings = QUICK_BENCH if quick else FULL_BENCH
+    print(f"[report] benchmarks: {settings}", file=log, flush=True)
+    bench = benchmarks.run(
+        models=settings["models"], backends=bench_backends, modes=("train", "infer"),
+        batch_sizes=settings["batch_sizes"], img_size=settings["img_size"], warmup=settings["warmup"],
+        repeats=settings["repeats"], out_dir=str(out), peers=not quick,
+    )
+    bench_s = time.time() - start - parity_s
+
+    failed = [r for r in parity_rows if not r["passed"]]
+    stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    lines = [
+        "# twins report: Keras twin vs PyTorch twin",
+        "",
+        f"- generated {stamp} on {platform.node()} ({platform.machine()}), {'quick' if quick else 'full'} run; "
+        f"parity {parity_s:.0f} s, benchmarks {bench_s:.0f} s",
+        f"- parity: **{len(parity_rows) - len(failed)} passed, {len(failed)} failed** over "
+        f"{len(models)} models x {len(backends)} Keras backends x {len(CHECKS)} checks",
+        "",
+        "## Parity matrix",
+        "",
+        "Each cell: checks passed on that Keras backend, and the eval-output relative error against the "
+        "torch twin (bound 1e-5). Checks: " + ", ".join(f"`{c}`" for c in CHECKS) + ". Details per model below.",
+        "",
+        parity_matrix(parity_rows, backends),
+        "",
+        "## Throughput",
+        "",
+        "![chart](benchmark.png)",
+        "",
+        benchmarks.render_markdown(bench["rows"], bench["meta"]).replace("# Benchmark results", "").strip(),
+        "",
+        "## Parity details",
+        "",
+        parity_table(parity_rows, backends),
+    ]
+    text = "\n".join(lines) + "\n"
+    md = checkpoints.write_atomic(out / "report.md", lambda tmp: tmp.write_text(text))
+    chart = out / "benchmark.png"
+    page = markdown_to_html(text, "twins report", chart.read_bytes() if chart.is_file() else None)
+    page_path = checkpoints.write_atomic(out / "report.html", lambda tmp: tmp.write_text(page))
+    return {"markdown": str(md), "html": str(page_path), "parity_failed": len(failed),
+            "parity_rows": parity_rows, "bench": bench, "text": text}
