@@ -12,35 +12,16 @@ dropped.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
 
 from benchmarks import schema
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from twins import checkpoints
 
 
 def write_atomic(path: str, data: str | bytes) -> None:
-    """Write to a temporary file in the same directory, then `os.replace` it over `path`, so a
-    reader never sees a half-written file and an interrupted run leaves the previous one intact."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write `data` to `path` through a temporary file and a rename (`twins.checkpoints.write_atomic`)."""
+    payload = data.encode() if isinstance(data, str) else data
+    checkpoints.write_atomic(path, lambda tmp: tmp.write_bytes(payload))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,16 +282,5 @@ def render_chart(rows: list[dict], path: str, title: str | None = None) -> str:
     if backends:
         axes[0].legend(fontsize=8, ncols=min(len(backends), 5), loc="upper right")
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=130)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    checkpoints.write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
     return path

@@ -113,12 +113,20 @@ def atomic_path(path: Path):
     return Path(tmp)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
-    """Run `writer(tmp_path)` and rename the result over `path`; on any error nothing is left."""
+    """Run `writer(tmp_path)` and rename the result over `path`; on any error nothing is left, and a
+    reader never sees a half-written file."""
     path = Path(path)
     tmp = atomic_path(path)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
