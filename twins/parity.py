@@ -211,12 +211,19 @@ def first_divergence(torch_model, keras_model, x: np.ndarray, bound: float, trai
 # The checks
 
 
-def _jax_devices(backend: str) -> list:
-    if backend != "jax":
-        return []
-    import jax
+def keras_device(backend: str) -> str:
+    """Where the Keras twin runs: each backend puts it on a GPU when it sees one."""
+    if backend == "jax":
+        import jax
 
-    return jax.devices()
+        return "cuda" if any(d.platform == "gpu" for d in jax.devices()) else "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "cuda" if tf.config.list_physical_devices("GPU") else "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def run_model(
@@ -243,8 +250,7 @@ def run_model(
     backend = keras.backend.backend()
     disable_tf32(backend)
     size = size or info.parity_size
-    device = "cuda" if torch.cuda.is_available() or any(d.platform == "gpu" for d in _jax_devices(backend)) else "cpu"
-    meta = {"batch": batch, "size": size, "dtype": "float32", "train_dtype": train_dtype, "device": device,
+    meta = {"batch": batch, "size": size, "dtype": "float32", "train_dtype": train_dtype, "device": keras_device(backend),
             "keras": keras.__version__, "torch": torch.__version__}
     rng = np.random.RandomState(seed)
     x = rng.randn(batch, 3, size, size).astype(np.float32)
