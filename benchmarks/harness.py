@@ -83,28 +83,25 @@ def resolve_models(models) -> list[str]:
     return names
 
 
-def resolve_backends(backends) -> list[str]:
-    names = _as_list(backends, "backends")
-    if names == ["all"]:
-        return list(schema.BACKENDS)
-    unknown = [name for name in names if name not in schema.BACKENDS]
+def _subset(names: list, known, what: str, allow_all: bool) -> list[str]:
+    """`names` in the canonical order of `known`; an unknown name is a ValueError listing `known`."""
+    if allow_all and names == ["all"]:
+        return list(known)
+    unknown = [name for name in names if name not in known]
     if unknown:
         raise ValueError(
-            f"unknown backend {', '.join(repr(u) for u in unknown)}; expected a comma-separated "
-            f"subset of: {', '.join(schema.BACKENDS)} (or 'all')"
+            f"unknown {what} {', '.join(repr(u) for u in unknown)}; expected a comma-separated "
+            f"subset of: {', '.join(known)}" + (" (or 'all')" if allow_all else "")
         )
-    return [name for name in schema.BACKENDS if name in names]
+    return [name for name in known if name in names]
+
+
+def resolve_backends(backends) -> list[str]:
+    return _subset(_as_list(backends, "backends"), schema.BACKENDS, "backend", allow_all=True)
 
 
 def resolve_modes(modes) -> list[str]:
-    names = _as_list(modes, "modes")
-    unknown = [name for name in names if name not in schema.MODES]
-    if unknown:
-        raise ValueError(
-            f"unknown mode {', '.join(repr(u) for u in unknown)}; expected a comma-separated "
-            f"subset of: {', '.join(schema.MODES)}"
-        )
-    return [name for name in schema.MODES if name in names]
+    return _subset(_as_list(modes, "modes"), schema.MODES, "mode", allow_all=False)
 
 
 def _positive_int(value, what: str, minimum: int = 1) -> int:

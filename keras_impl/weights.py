@@ -123,10 +123,6 @@ def _as_numpy(value) -> np.ndarray:
     return np.asarray(value)
 
 
-def _is_counter(key: str) -> bool:
-    return key.endswith("num_batches_tracked")
-
-
 def load_torch_state_dict(
     model: keras.Model,
     state_dict: Mapping | str | os.PathLike,
@@ -140,15 +136,13 @@ def load_torch_state_dict(
     raised before any variable is assigned."""
     if isinstance(state_dict, (str, os.PathLike)):
         state_dict = checkpoints.read(state_dict)
-    state = dict(state_dict)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = checkpoints.strip_data_parallel(state_dict)
     by_key = {slot.key: slot for slot in slots(model)}
     report = checkpoints.match(
         {k: slot.torch_shape for k, slot in by_key.items()},
         {k: tuple(np.shape(v)) for k, v in state.items()},
         exclude=exclude,
-        ignore=_is_counter,
+        ignore=checkpoints.is_counter,
     )
     if strict and not report.ok:
         raise CheckpointMismatchError(report, model.name)

@@ -18,16 +18,6 @@ from twins import checkpoints
 from twins.checkpoints import CheckpointMismatchError, LoadReport
 
 
-def _is_counter(key: str) -> bool:
-    return key.endswith("num_batches_tracked")
-
-
-def _strip_data_parallel(state: Mapping) -> dict:
-    if state and all(k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
-    return dict(state)
-
-
 def load_state_dict(
     model: nn.Module,
     state_dict: Mapping[str, "torch.Tensor | np.ndarray"] | str | os.PathLike,
@@ -38,13 +28,13 @@ def load_state_dict(
     """Load `state_dict` (a mapping, or a checkpoint file path) into `model`; returns the report."""
     if isinstance(state_dict, (str, os.PathLike)):
         state_dict = checkpoints.read(state_dict)
-    state = _strip_data_parallel(state_dict)
+    state = checkpoints.strip_data_parallel(state_dict)
     own = model.state_dict()
     report = checkpoints.match(
         {k: tuple(v.shape) for k, v in own.items()},
         {k: tuple(np.shape(v)) for k, v in state.items()},
         exclude=exclude,
-        ignore=_is_counter,
+        ignore=checkpoints.is_counter,
     )
     if strict and not report.ok:
         raise CheckpointMismatchError(report, getattr(model, "name", type(model).__name__))

@@ -176,6 +176,18 @@ def excluded(key: str, exclude: Iterable[str]) -> bool:
     return False
 
 
+def is_counter(key: str) -> bool:
+    """BatchNorm's `num_batches_tracked`: bookkeeping that neither loader compares."""
+    return key.endswith("num_batches_tracked")
+
+
+def strip_data_parallel(state: Mapping) -> dict:
+    """Drop the `module.` prefix that DataParallel / DistributedDataParallel checkpoints carry."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
 @dataclass
 class LoadReport:
     loaded: list[str] = field(default_factory=list)
