@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import json
 import math
 import os
@@ -64,6 +65,7 @@ import time
 import traceback
 
 from benchmarks import report, schema
+from twins.precision import set_tf32
 
 LEARNING_RATE = 1e-4
 MOMENTUM = 0.9
@@ -183,11 +185,27 @@ def class_axis_error(model: str, shape) -> ValueError:
 # torch and torch-compile
 
 
-def set_torch_flags(torch, tf32: bool) -> None:
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+def require(module: str, backend: str):
+    """Import a framework, or report the backend as not installed."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise Unavailable(schema.STATUS_NOT_INSTALLED, f"{backend} needs {module}: {exc}") from None
+
+
+def setup_torch(backend: str, cuda: bool, tf32: bool):
+    """Import torch for a torch or keras-torch worker: CUDA present if asked for, TF32 as asked."""
+    torch = require("torch", backend)
+    if cuda and not torch.cuda.is_available():
+        raise Unavailable(
+            schema.STATUS_NO_GPU,
+            f"--device cuda was asked, but torch {torch.__version__} sees no CUDA device "
+            f"(torch.cuda.is_available() is False; torch.version.cuda={torch.version.cuda})",
+        )
+    set_tf32("torch", tf32)
     # cuDNN autotuning: tensorflow and XLA autotune convolutions by default, torch only with this.
     torch.backends.cudnn.benchmark = True
+    return torch
 
 
 class TorchRunner:
@@ -195,28 +213,18 @@ class TorchRunner:
         self.backend = backend
         self.options = options
         self.compiled = backend == "torch-compile"
-        try:
-            import torch
-        except ImportError as exc:
-            raise Unavailable(schema.STATUS_NOT_INSTALLED, f"{backend} needs torch: {exc}") from None
+        cuda = options["device"] == "cuda"
+        torch = setup_torch(backend, cuda, options["tf32"])
         import torch_impl
 
         self.torch = torch
         self.torch_impl = torch_impl
-        cuda = options["device"] == "cuda"
-        if cuda and not torch.cuda.is_available():
-            raise Unavailable(
-                schema.STATUS_NO_GPU,
-                f"--device cuda was asked, but torch {torch.__version__} sees no CUDA device "
-                f"(torch.cuda.is_available() is False; torch.version.cuda={torch.version.cuda})",
-            )
         if cuda and options["dtype"] == "bfloat16" and not torch.cuda.is_bf16_supported():
             raise Unavailable(
                 schema.STATUS_UNSUPPORTED_DTYPE,
                 f"bfloat16 was asked, but {torch.cuda.get_device_name()} does not support it in torch",
             )
         self.device = torch.device("cuda" if cuda else "cpu")
-        set_torch_flags(torch, options["tf32"])
         self.compiler = "inductor (torch.compile)" if self.compiled else "eager"
         self.host_memory = ProcessPeakRss()
         self.device_name = torch.cuda.get_device_name() if cuda else "cpu"
@@ -328,10 +336,7 @@ class KerasRunner:
         self._versions = {}
         # The framework is configured before keras is imported, so Keras starts on a configured one.
         getattr(self, f"_setup_{self.framework}")()
-        try:
-            import keras
-        except ImportError as exc:
-            raise Unavailable(schema.STATUS_NOT_INSTALLED, f"{backend} needs keras: {exc}") from None
+        keras = require("keras", backend)
         if keras.backend.backend() != self.framework:
             raise RuntimeError(
                 f"Keras started on backend {keras.backend.backend()!r}, expected {self.framework!r}"
@@ -345,10 +350,7 @@ class KerasRunner:
         self._versions["keras"] = keras.__version__
 
     def _setup_tensorflow(self) -> None:
-        try:
-            import tensorflow as tf
-        except ImportError as exc:
-            raise Unavailable(schema.STATUS_NOT_INSTALLED, f"{self.backend} needs tensorflow: {exc}") from None
+        tf = require("tensorflow", self.backend)
         self.tf = tf
         self._versions["tensorflow"] = tf.__version__
         gpus = tf.config.list_physical_devices("GPU")
@@ -359,7 +361,7 @@ class KerasRunner:
                 f"(tf.config.list_physical_devices('GPU') is empty; built with CUDA: "
                 f"{tf.test.is_built_with_cuda()})",
             )
-        tf.config.experimental.enable_tensor_float_32_execution(self.options["tf32"])
+        set_tf32("tensorflow", self.options["tf32"])
         self.device_name = (
             tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU:0")
             if self.cuda
@@ -367,10 +369,7 @@ class KerasRunner:
         )
 
     def _setup_jax(self) -> None:
-        try:
-            import jax
-        except ImportError as exc:
-            raise Unavailable(schema.STATUS_NOT_INSTALLED, f"{self.backend} needs jax: {exc}") from None
+        jax = require("jax", self.backend)
         self.jax = jax
         self._versions["jax"] = jax.__version__
         if self.cuda and jax.default_backend() != "gpu":
@@ -379,26 +378,13 @@ class KerasRunner:
                 f"--device cuda was asked, but jax {jax.__version__} sees no GPU "
                 f"(jax.devices() = {jax.devices()}; a CUDA build of jax, e.g. jax[cuda12], is needed)",
             )
-        # "highest" = full float32 matmuls/convolutions (no TF32); "tensorfloat32" allows TF32.
-        jax.config.update(
-            "jax_default_matmul_precision", "tensorfloat32" if self.options["tf32"] else "highest"
-        )
+        set_tf32("jax", self.options["tf32"])
         self.device_name = jax.devices()[0].device_kind if self.cuda else "cpu"
 
     def _setup_torch(self) -> None:
-        try:
-            import torch
-        except ImportError as exc:
-            raise Unavailable(schema.STATUS_NOT_INSTALLED, f"{self.backend} needs torch: {exc}") from None
+        torch = setup_torch(self.backend, self.cuda, self.options["tf32"])
         self.torch = torch
         self._versions["torch"] = torch.__version__
-        if self.cuda and not torch.cuda.is_available():
-            raise Unavailable(
-                schema.STATUS_NO_GPU,
-                f"--device cuda was asked, but torch {torch.__version__} sees no CUDA device "
-                f"(torch.cuda.is_available() is False; torch.version.cuda={torch.version.cuda})",
-            )
-        set_torch_flags(torch, self.options["tf32"])
         self.device_name = torch.cuda.get_device_name() if self.cuda else "cpu"
 
     def versions(self) -> dict:

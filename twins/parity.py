@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from twins import registry
+from twins.precision import set_tf32
 
 CHECKS = (
     "eval_output",
@@ -115,20 +116,10 @@ def keras_dtype(dtype: str):
 
 
 def disable_tf32(backend: str) -> None:
-    """TF32 is on by default in TF and JAX and partly in torch; on a GPU it would swamp a 1e-5 bound.
-    Harmless on a CPU."""
-    import torch
-
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    if backend == "jax":
-        import jax
-
-        jax.config.update("jax_default_matmul_precision", "highest")
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_tensor_float_32_execution(False)
+    """Full float32 for both twins: the torch reference and the Keras backend."""
+    set_tf32("torch", False)
+    if backend != "torch":
+        set_tf32(backend, False)
 
 
 def randomize_batchnorm(model, seed: int) -> None:
