@@ -31,7 +31,7 @@ test-backend: $(STAMP)
 
 # The main job: parity for every model and backend plus a quick benchmark sweep, as one report.
 demo: $(STAMP)
-	$(PY) -m twins.cli report --quick --out reports/latest
+	$(PY) -m twins_cli.main report --quick --out reports/latest
 
 # Throughput of resnet50 on all five backends (GPU when one is visible); see README "Benchmarks".
 bench: $(STAMP)

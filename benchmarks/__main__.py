@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", choices=schema.DEVICES, default="auto",
                         help="auto = cuda when torch sees a CUDA device or jax sees a GPU (default)")
     parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed warm-up steps per row (default: 2 on CPU, 10 on GPU)")
+                        help="untimed warm-up steps per row, at least 1: the first step compiles (default: 2 on CPU, 10 on GPU)")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed steps per row; the row reports their median/min/max (default: 5 CPU, 30 GPU)")
     parser.add_argument("--tf32", type=_on_off, default=False, metavar="on|off",

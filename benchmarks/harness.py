@@ -385,7 +385,8 @@ def run(
                     f"img_size {img_size} is below {name}'s smallest input size {info.min_input_size}"
                 )
     if warmup is not None:
-        warmup = _positive_int(warmup, "warmup", minimum=0)
+        # At least one: the first step (tracing, compilation, autotuning) is never among the timed ones.
+        warmup = _positive_int(warmup, "warmup", minimum=1)
     if repeats is not None:
         repeats = _positive_int(repeats, "repeats")
     timeout_s = float(timeout_s)

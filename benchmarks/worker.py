@@ -65,7 +65,7 @@ import time
 import traceback
 
 from benchmarks import report, schema
-from twins.precision import set_tf32
+from twins_cli.precision import set_tf32
 
 LEARNING_RATE = 1e-4
 MOMENTUM = 0.9

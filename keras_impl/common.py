@@ -50,14 +50,19 @@ class BatchNorm(layers.Layer):
         if training:
             mean, variance = ops.moments(x, axes=axes)
             count = ops.cast(ops.size(x) // x.shape[-1], x.dtype)
-            unbiased = variance * count / ops.maximum(count - 1.0, 1.0)
             m = self.momentum
             self.moving_mean.assign(self.moving_mean * (1.0 - m) + mean * m)
-            self.moving_variance.assign(self.moving_variance * (1.0 - m) + unbiased * m)
+            self.moving_variance.assign(self.moving_variance * (1.0 - m) + self.running_variance(variance, count) * m)
         else:
             mean, variance = self.moving_mean, self.moving_variance
         inv = ops.rsqrt(variance + self.epsilon) * self.gamma
         return ops.cast(x * inv + (self.beta - mean * inv), dtype)
+
+    @staticmethod
+    def running_variance(variance, count):
+        """What the running variance moves towards: torch uses the unbiased batch variance
+        (n / (n - 1) times the biased one that normalises the batch); Keras' own layer the biased."""
+        return variance * count / ops.maximum(count - 1.0, 1.0)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -110,7 +115,11 @@ def dense(x, units, *, name):
 @keras.saving.register_keras_serializable(package="twins")
 class ImageCheck(layers.Layer):
     """Twin of `torch_impl.common.check_nchw`: refuses a batch that is not NHWC with the expected
-    channel count before it reaches the first conv, whose own error would quote a padded shape."""
+    channel count before it reaches the first conv, whose own error would quote a padded shape.
+
+    The model input leaves the channel axis open (see `image_input`) so that an NCHW batch reaches
+    this check, which names the layout mistake, instead of Keras' generic input-spec error; the
+    output declares `channels`, which is what the first conv is built for."""
 
     def __init__(self, channels=3, model="model", min_size=1, **kwargs):
         super().__init__(**kwargs)
@@ -122,7 +131,7 @@ class ImageCheck(layers.Layer):
             raise ValueError(
                 f"{self.model} expects a 4-D NHWC batch of shape (N, H, W, {self.channels}), got shape {shape}"
             )
-        if shape[-1] != self.channels:
+        if shape[-1] is not None and shape[-1] != self.channels:
             hint = ""
             if shape[1] == self.channels:
                 hint = " This looks like NCHW (channels first); keras_impl models take NHWC: x.transpose(0, 2, 3, 1)."
@@ -138,14 +147,19 @@ class ImageCheck(layers.Layer):
         return x
 
     def compute_output_shape(self, input_shape):
-        return input_shape
+        return (*input_shape[:-1], self.channels)
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor(self.compute_output_shape(x.shape), dtype=x.dtype)
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "model": self.model, "min_size": self.min_size}
 
 
 def image_input(input_shape=(None, None, 3), model="model", name="image"):
-    """`(inputs, checked)`: the NHWC model input and the same tensor after `ImageCheck`. Its dtype
-    follows the dtype policy's variables (keras.Input alone would cast a float64 batch to floatx)."""
-    inputs = keras.Input(shape=tuple(input_shape), dtype=keras.config.dtype_policy().variable_dtype, name=name)
-    return inputs, ImageCheck(input_shape[-1], model, name="image_check")(inputs)
+    """`(inputs, checked)`: the NHWC model input and the same tensor after `ImageCheck`. The input's
+    channel axis is left open for the check's sake; its dtype follows the dtype policy's variables
+    (keras.Input alone would cast a float64 batch to floatx)."""
+    height, width, channels = input_shape
+    inputs = keras.Input(shape=(height, width, None), dtype=keras.config.dtype_policy().variable_dtype, name=name)
+    return inputs, ImageCheck(channels, model, name="image_check")(inputs)

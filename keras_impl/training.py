@@ -1,7 +1,7 @@
-"""Loss, gradients and one optimiser step for Keras twins, on whichever backend Keras runs.
+"""Loss, gradients and the optimiser for Keras twins, on whichever backend Keras runs.
 Twin of `torch_impl/training.py`.
 
-Keras 3 has no backend-neutral gradient call, so `value_and_grad` is written once per backend, the
+Keras 3 has no backend-neutral gradient call, so `value_and_grad_fn` is written once per backend, the
 way Keras' own "custom train_step" guides do it. BatchNorm running statistics are updated in place
 by a training-mode call, as in torch.
 """
@@ -13,44 +13,65 @@ from keras import ops
 
 
 def cross_entropy(logits, labels):
-    """Mean softmax cross-entropy over the batch; `labels` are class indices (torch's CrossEntropyLoss)."""
+    """Mean softmax cross-entropy over the class axis (the last one, NHWC); `labels` are class indices
+    shaped like `logits` without that axis. torch's CrossEntropyLoss, for classifiers and for maps."""
     return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
 
 
-def value_and_grad(model: keras.Model, loss_fn, x, y, training: bool = True):
-    """`(loss, grads)` with `grads` aligned with `model.trainable_variables` (backend tensors)."""
+def sgd(learning_rate: float, momentum: float = 0.0) -> keras.optimizers.SGD:
+    """Twin of `torch_impl.training.sgd`. Keras keeps `m = momentum * m - lr * g; p += m`, torch
+    `b = momentum * b + g; p -= lr * b`: the same updates while the learning rate is constant."""
+    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+
+
+def value_and_grad_fn(model: keras.Model, loss_fn, training: bool = True):
+    """`f(x, y) -> (loss, grads)`, `grads` aligned with `model.trainable_variables` (backend tensors).
+    Build it once and call it for every step: on jax the forward+backward is traced and compiled once
+    (op-by-op eager differentiation is several times slower)."""
     variables = model.trainable_variables
     backend = keras.backend.backend()
     if backend == "tensorflow":
         import tensorflow as tf
 
-        with tf.GradientTape() as tape:
-            loss = loss_fn(model(x, training=training), y)
-        grads = tape.gradient(loss, variables)
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(model(x, training=training), y)
+            return loss, tape.gradient(loss, variables)
+
     elif backend == "jax":
         import jax
 
         state = model.non_trainable_variables
 
-        def compute(trainable_values, state_values):
+        def compute(trainable_values, state_values, x, y):
             out, new_state = model.stateless_call(trainable_values, state_values, x, training=training)
             return loss_fn(out, y), new_state
 
-        # One jitted forward+backward: op-by-op eager differentiation is several times slower.
-        (loss, new_state), grads = jax.jit(jax.value_and_grad(compute, has_aux=True))(
-            [v.value for v in variables], [v.value for v in state]
-        )
-        for variable, value in zip(state, new_state):
-            variable.assign(value)
+        compiled = jax.jit(jax.value_and_grad(compute, has_aux=True))
+
+        def step(x, y):
+            (loss, new_state), grads = compiled([v.value for v in variables], [v.value for v in state], x, y)
+            for variable, value in zip(state, new_state):
+                variable.assign(value)
+            return loss, grads
+
     elif backend == "torch":
-        for variable in variables:
-            variable.value.grad = None
-        loss = loss_fn(model(x, training=training), y)
-        loss.backward()
-        grads = [variable.value.grad for variable in variables]
+
+        def step(x, y):
+            for variable in variables:
+                variable.value.grad = None
+            loss = loss_fn(model(x, training=training), y)
+            loss.backward()
+            return loss, [variable.value.grad for variable in variables]
+
     else:
         raise NotImplementedError(f"no gradient rule for Keras backend {backend!r}")
-    return loss, grads
+    return step
+
+
+def value_and_grad(model: keras.Model, loss_fn, x, y, training: bool = True):
+    """`(loss, grads)` for one batch; see `value_and_grad_fn` to compute many."""
+    return value_and_grad_fn(model, loss_fn, training)(x, y)
 
 
 def gradients_numpy(model: keras.Model, grads) -> dict[str, np.ndarray]:

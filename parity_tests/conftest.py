@@ -2,7 +2,9 @@
 the suite once per backend); tests marked `keras` carry the backend in their ids."""
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,18 @@ BACKEND = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 MODELS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+MANIFEST = Path(__file__).with_name("torchvision_manifest.json")
+
+
+def torchvision_state_dict(name: str) -> list[tuple[str, tuple]]:
+    """`[(key, shape), ...]` of torchvision's own model, in its state_dict order
+    (`torchvision_manifest.json`, written by tools/torchvision_manifest.py)."""
+    entry = json.loads(MANIFEST.read_text())["models"][name]
+    return [(key, tuple(shape)) for key, shape in entry["state_dict"]]
+
+
+def torchvision_parameter_count(name: str) -> int:
+    return json.loads(MANIFEST.read_text())["models"][name]["parameters"]
 
 
 def model_params(models=MODELS):

@@ -19,6 +19,7 @@ import pytest
 
 import benchmarks
 from benchmarks import harness, schema
+from twins import checkpoints
 from twins import registry
 
 pytestmark = pytest.mark.keras
@@ -50,16 +51,20 @@ def test_writes_json_markdown_and_png(tiny_run):
 
     markdown = (out_dir / "benchmark.md").read_text()
     assert "## resnet18 · infer" in markdown
-    assert "| torch | 1 | 32 |" in markdown
-    assert f"| {KERAS_BACKEND} | 1 | 32 |" in markdown
-    assert markdown == benchmarks.render_markdown(saved["rows"], saved["meta"])
+    # Each measured row appears with its own figures, formatted from the JSON.
+    for row in saved["rows"]:
+        line = next(l for l in markdown.splitlines() if l.startswith(f"| {row['backend']} | 1 | 32 |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[3].replace(",", "")) == pytest.approx(row["samples_per_sec"], rel=5e-3)
+        assert float(cells[4].replace(",", "")) == pytest.approx(row["step_ms_median"], rel=5e-3)
+        assert cells[7] == f"{row['ratio_to_torch']:.2f}" and cells[-1] == "ok"
 
     from matplotlib.image import imread
 
     image = imread(out_dir / "benchmark.png")
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200
-    # Atomic writes leave no temporary files behind.
-    assert not [p for p in os.listdir(out_dir) if p.startswith(".tmp-")]
+    # Atomic writes leave no temporary files behind (`temp_files` is shown to find one in test_checkpoints).
+    assert checkpoints.temp_files(out_dir) == []
 
 
 def test_rows_carry_every_column_and_measurements(tiny_run):
@@ -80,11 +85,19 @@ def test_rows_carry_every_column_and_measurements(tiny_run):
         assert row["params_m"] == pytest.approx(11.689512)
 
 
-def test_torch_row_is_its_own_reference(tiny_run):
-    result, _ = tiny_run
-    torch_row, keras_row = result["rows"]
-    assert torch_row["ratio_to_torch"] == 1.0
-    assert keras_row["ratio_to_torch"] == pytest.approx(keras_row["samples_per_sec"] / torch_row["samples_per_sec"])
+def test_ratios_divide_by_the_torch_row_of_the_same_configuration():
+    """Hand-made rows: two torch rows that differ only in batch (or dtype), a Keras row and a peer row for
+    each; every ratio must use the torch row of its own model/mode/batch/dtype/size."""
+    def row(backend, batch, sps, dtype="float32", model="resnet50", peer_of=None, status="ok"):
+        return {"model": model, "peer_of": peer_of, "backend": backend, "mode": "train", "batch": batch,
+                "dtype": dtype, "img_size": 224, "samples_per_sec": sps, "status": status}
+
+    rows = [row("torch", 8, 100.0), row("torch", 64, 400.0), row("torch", 8, 250.0, dtype="bfloat16"),
+            row("keras-jax", 8, 80.0), row("keras-jax", 64, 200.0), row("keras-jax", 8, 50.0, dtype="bfloat16"),
+            row("keras-jax", 64, 300.0, model="ResNet50", peer_of="resnet50"),
+            row("keras-torch", 64, None, status="timeout"), row("keras-tensorflow", 32, 10.0)]
+    harness.add_ratios(rows)
+    assert [r["ratio_to_torch"] for r in rows] == [1.0, 1.0, 1.0, 0.8, 0.5, 0.2, 0.75, None, None]
 
 
 def test_unknown_backend_is_a_clear_error():
@@ -95,6 +108,13 @@ def test_unknown_backend_is_a_clear_error():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(registry.UnknownModelError, match=r"unknown model name 'resnet19'.*resnet18"):
         benchmarks.run(backends=["torch"], device="cpu", **{**TINY, "models": ["resnet19"]})
+
+
+def test_warmup_zero_is_refused():
+    """Warm-up is excluded from the timings, and the first step compiles: zero warm-up steps would put
+    the compile into the median."""
+    with pytest.raises(ValueError, match=r"warmup: expected an integer >= 1, got 0"):
+        benchmarks.run(backends=["torch"], device="cpu", **{**TINY, "warmup": 0})
 
 
 def test_command_line_rejects_an_unknown_backend():

@@ -109,7 +109,7 @@ def test_dense_after_flatten_permutes_rows_from_chw_to_hwc():
 @pytest.fixture
 def run_twins(capsys):
     """`twins ...` in this process (its Keras backend is this run's), returning code and output."""
-    from twins.cli import main
+    from twins_cli.main import main
 
     def run(*args):
         code = main(list(args))
@@ -133,8 +133,7 @@ def test_convert_torch_to_keras_and_back(tmp_path, run_twins):
         for k, v in source.state_dict().items():
             if not k.endswith("num_batches_tracked"):
                 assert np.array_equal(state[k], v.numpy()), k
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
-    assert not leftovers
+    assert checkpoints.temp_files(tmp_path) == []
 
 
 def test_convert_with_new_class_count_keeps_a_fresh_head(tmp_path, run_twins):
@@ -147,6 +146,30 @@ def test_convert_with_new_class_count_keeps_a_fresh_head(tmp_path, run_twins):
     state = checkpoints.read(tmp_path / "r18_2.safetensors")
     assert state["fc.weight"].shape == (2, 512)
     assert np.array_equal(state["layer3.1.conv2.weight"], source.state_dict()["layer3.1.conv2.weight"].numpy())
+
+
+def test_convert_keeps_a_trained_head_whose_class_count_is_asked_for(tmp_path, run_twins):
+    """A fine-tuned 10-class checkpoint converted with --num-classes 10: the same class count as the
+    checkpoint's, so the trained head is kept, bit for bit (not compared with the registry's 1000)."""
+    torch.manual_seed(3)
+    source = torch_impl.build("resnet50", num_classes=10)
+    torch.save(source.state_dict(), tmp_path / "ck10.pth")
+    done = run_twins("convert", str(tmp_path / "ck10.pth"), str(tmp_path / "out.safetensors"),
+                     "--model", "resnet50", "--num-classes", "10")
+    assert done.returncode == 0, done.stderr
+    assert "skipped 0" in done.stdout and "fresh:" not in done.stdout
+    state = checkpoints.read(tmp_path / "out.safetensors")
+    for key in ("fc.weight", "fc.bias", "layer4.2.bn3.running_var"):
+        assert np.array_equal(state[key], source.state_dict()[key].numpy()), key
+    # Without --num-classes the checkpoint's own count is used, with the same result.
+    done = run_twins("convert", str(tmp_path / "ck10.pth"), str(tmp_path / "out2.safetensors"), "--model", "resnet50")
+    assert done.returncode == 0 and np.array_equal(checkpoints.read(tmp_path / "out2.safetensors")["fc.weight"],
+                                                   state["fc.weight"])
+    # Another count means a fresh head of that size.
+    done = run_twins("convert", str(tmp_path / "ck10.pth"), str(tmp_path / "out3.safetensors"),
+                     "--model", "resnet50", "--num-classes", "4")
+    assert done.returncode == 0 and "fresh: fc.weight, fc.bias" in done.stdout
+    assert checkpoints.read(tmp_path / "out3.safetensors")["fc.weight"].shape == (4, 2048)
 
 
 def test_convert_from_a_bad_source_writes_nothing(tmp_path, run_twins):

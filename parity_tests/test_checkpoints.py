@@ -1,6 +1,8 @@
 """Checkpoint files and the torch-side exclude-final-layer restore (no Keras needed)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch_impl
 from torch_impl.weights import load_state_dict, state_dict_numpy
 from twins import checkpoints
 from twins.checkpoints import CheckpointError, CheckpointMismatchError
+from parity_tests.conftest import torchvision_state_dict
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,8 @@ def test_every_format_round_trips(tmp_path, resnet18_state, suffix):
     back = checkpoints.read(path)
     assert sorted(back) == sorted(resnet18_state)  # safetensors stores keys sorted
     assert all(np.array_equal(back[k], resnet18_state[k]) for k in back)
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert checkpoints.temp_files(tmp_path) == []
 
 
 def test_pth_written_by_torch_save_with_a_wrapper_is_read(tmp_path):
@@ -101,13 +105,62 @@ def test_torch_exclude_final_layer_restore_keeps_the_fresh_head(resnet18_state):
     assert not checkpoints.excluded("fc2.weight", ("fc",)) and checkpoints.excluded("fc.weight", ("fc.",))
 
 
-def test_torchvision_style_checkpoint_file_loads_strictly(tmp_path):
-    """A file saved the way torchvision's models are (a bare state_dict through torch.save, including
-    num_batches_tracked counters) loads into the twin with strict=True."""
-    source = torch_impl.build("resnet34")
-    torch.save(source.state_dict(), tmp_path / "resnet34.pth")
-    target = torch_impl.build("resnet34")
-    report = load_state_dict(target, tmp_path / "resnet34.pth", strict=True)
-    assert report.ok and len(report.loaded) == len([k for k in source.state_dict() if "num_batches" not in k])
-    for k, v in source.state_dict().items():
-        assert torch.equal(v, target.state_dict()[k])
+@pytest.mark.parametrize("model_name", ["resnet18", "resnet50"])
+def test_a_checkpoint_laid_out_as_torchvisions_loads_strictly(tmp_path, model_name):
+    """A file with torchvision's own keys and shapes (from the committed manifest, not from our twin),
+    saved as torchvision's files are (a bare state_dict through torch.save, counters included), loads
+    into the twin with strict=True, every tensor where its key says."""
+    rng = np.random.RandomState(0)
+    state = {}
+    for key, shape in torchvision_state_dict(model_name):
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(7)
+        else:
+            state[key] = torch.from_numpy(rng.randn(*shape).astype(np.float32))
+    torch.save(state, tmp_path / f"{model_name}.pth")
+    target = torch_impl.build(model_name)
+    report = load_state_dict(target, tmp_path / f"{model_name}.pth", strict=True)
+    assert report.ok and not report.skipped
+    assert len(report.loaded) == len([k for k in state if not k.endswith("num_batches_tracked")])
+    ours = target.state_dict()
+    for key, value in state.items():
+        if not key.endswith("num_batches_tracked"):
+            assert torch.equal(ours[key], value), key
+
+
+def test_a_pickle_with_code_is_refused_without_advice_to_run_it(tmp_path):
+    torch.save({"weights": torch.zeros(2), "hook": print}, tmp_path / "untrusted.pth")
+    with pytest.raises(CheckpointError) as info:
+        checkpoints.read(tmp_path / "untrusted.pth")
+    message = str(info.value)
+    assert "untrusted.pth" in message and "refers to print" in message
+    assert "weights_only" not in message and "Re-running" not in message
+
+
+def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    out = tmp_path / "out.safetensors"
+    checkpoints.write(out, {"w": np.ones(3, np.float32)})
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["fsync", "replace", "fsync"]
+    assert events[0][1].endswith(".tmp") and events[1][1] == str(out) and events[2][1] == str(tmp_path)
+
+
+def test_temp_files_finds_what_a_killed_writer_leaves(tmp_path):
+    """The check the other tests use for "no temporary file left behind" must see one when there is."""
+    checkpoints.write(tmp_path / "kept.npz", {"w": np.ones(2)})
+    assert checkpoints.temp_files(tmp_path) == []
+    leftover = checkpoints.atomic_path(tmp_path / "report.json")  # what a SIGKILL mid-write leaves
+    assert checkpoints.temp_files(tmp_path) == [leftover]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 
-from twins.cli import parity_table
-from twins.report import markdown_to_html, parity_matrix
+from twins_cli.report import parity_table
+from twins_cli.report import markdown_to_html, parity_matrix
 
 
 def rows():

@@ -1,4 +1,4 @@
-"""Loss, gradients and one optimiser step for torch twins. Twin of `keras_impl/training.py`."""
+"""Loss, gradients and the optimiser for torch twins. Twin of `keras_impl/training.py`."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +7,14 @@ from torch import nn
 
 
 def cross_entropy(logits, labels):
+    """Mean softmax cross-entropy over the class axis (dim 1, NCHW); `labels` are class indices shaped
+    like `logits` without that axis."""
     return F.cross_entropy(logits, labels)
+
+
+def sgd(parameters, learning_rate: float, momentum: float = 0.0) -> torch.optim.SGD:
+    """Twin of `keras_impl.training.sgd`."""
+    return torch.optim.SGD(parameters, lr=learning_rate, momentum=momentum)
 
 
 def value_and_grad(model: nn.Module, loss_fn, x, y, training: bool = True):

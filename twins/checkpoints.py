@@ -11,6 +11,7 @@ missing, unexpected or mismatched; `torch_impl.weights.load_state_dict` and
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,8 +93,7 @@ def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except Exception as exc:  # every reader has its own exception zoo; name the file and format
         kind = {".safetensors": "safetensors", ".npz": "numpy .npz"}.get(suffix, "PyTorch")
         raise CheckpointError(
-            f"{path}: could not read as a {kind} checkpoint (truncated or not a checkpoint?): "
-            f"{type(exc).__name__}: {exc}"
+            f"{path}: could not read as a {kind} checkpoint (truncated or not a checkpoint?): {_reason(exc)}"
         ) from exc
     out = {}
     for key, value in state.items():
@@ -103,6 +103,22 @@ def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not out:
         raise CheckpointError(f"{path}: the checkpoint holds no tensors")
     return out
+
+
+def _reason(exc: Exception) -> str:
+    """What is wrong with the file, in the reader's words, without the advice torch appends to a
+    refused unpickling (re-running `torch.load` with `weights_only=False` runs arbitrary code from an
+    untrusted file; that is not ours to suggest)."""
+    text = str(exc)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return (f"{type(exc).__name__}: the pickle refers to {refused.group(1)}, which a weights-only load "
+                "does not execute; the file holds Python objects, not just tensors")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    if "weights_only" in first or "Weights only load failed" in first:
+        return f"{type(exc).__name__}: its pickle holds something other than tensors and plain containers"
+    sentence = re.split(r"(?<=\.)\s", first, maxsplit=1)[0]
+    return f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
 
 
 def atomic_path(path: Path):
@@ -119,19 +135,36 @@ def _umask() -> int:
     return mask
 
 
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
     """Run `writer(tmp_path)` and rename the result over `path`; on any error nothing is left, and a
-    reader never sees a half-written file."""
+    reader never sees a half-written file. The file's data reaches the disk before the rename and the
+    rename before we return (fsync of the file, then of its folder), so a crash leaves the old file or
+    the new one under `path`, never an empty one."""
     path = Path(path)
     tmp = atomic_path(path)
     try:
         writer(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync(path.parent, directory=True)
     return path
+
+
+def temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Temporary files `write_atomic` left in `folder` (only a killed process leaves one)."""
+    return sorted(p for p in Path(folder).iterdir() if p.name.startswith(".") and p.name.endswith(".tmp"))
 
 
 def write(path: str | os.PathLike, state: Mapping[str, np.ndarray]) -> Path:

@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from twins import checkpoints, registry
-from twins.parity import CHECKS
+from twins import checkpoints
+from twins_cli import parity
+from twins_cli.parity import CHECKS
 
 # --quick: what `make demo` runs; sized to finish in well under 10 minutes on a 2-core CPU.
 QUICK_BENCH = {"models": ["resnet18"], "batch_sizes": [2], "img_size": 64, "warmup": 1, "repeats": 3}
@@ -46,6 +47,41 @@ def parity_matrix(rows: list[dict], backends: list[str]) -> str:
                 cell += " — FAILED: " + ", ".join(failed)
             cells.append(cell)
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(error) -> str:
+    return "n/a" if error is None else f"{error:.1e}"
+
+
+def parity_table(rows: list[dict], backends: list[str]) -> str:
+    """Markdown table per model: one line per check, one column per backend."""
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        meta = next((r["meta"] for r in mine if r["meta"]), {})
+        options = meta.get("options") or {}
+        built = f", built with {', '.join(f'{k}={v}' for k, v in options.items())}" if options else ""
+        lines.append(f"### {model}  (batch {meta.get('batch', '?')}, {meta.get('size', '?')}x{meta.get('size', '?')}, "
+                     f"eval float32, train checks {meta.get('train_dtype', '?')}, Keras on {meta.get('device', '?')}, "
+                     f"torch reference on cpu{built})")
+        lines.append("")
+        lines.append("| check | " + " | ".join(backends) + " | bound |")
+        lines.append("|---|" + "---|" * len(backends) + "---|")
+        checks = [c for c in CHECKS if any(r["check"] == c for r in mine)] + \
+                 [c for c in dict.fromkeys(r["check"] for r in mine) if c not in CHECKS]
+        for check in checks:
+            cells, bound = [], None
+            for backend in backends:
+                row = next((r for r in mine if r["check"] == check and r["backend"] == backend), None)
+                if row is None:
+                    cells.append("-")
+                    continue
+                bound = row["bound"]
+                cells.append(f"{_fmt(row['error'])} {'ok' if row['passed'] else 'FAIL'}"
+                             + ("" if row["passed"] or not row["detail"] else f" ({row['detail']})"))
+            lines.append(f"| {check} | " + " | ".join(cells) + f" | {'' if bound is None else f'{bound:.0e}'} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -100,14 +136,13 @@ def markdown_to_html(text: str, title: str, image_png: bytes | None) -> str:
 def build_report(out_dir="reports/latest", quick=False, parity_backends=None, bench_backends="all",
                  log=sys.stderr) -> dict:
     import benchmarks
-    from twins.cli import installed_backends, parity_table, run_parity
 
     out = Path(out_dir)
     start = time.time()
-    models = registry.names()
-    backends = parity_backends or installed_backends()
-    print(f"[report] parity: {len(models)} models x {', '.join(backends)}", file=log, flush=True)
-    parity_rows = run_parity(models, backends, log=log)
+    models = parity.names()
+    backends = parity_backends or parity.installed_backends()
+    print(f"[report] parity: {len(models)} models and variants x {', '.join(backends)}", file=log, flush=True)
+    parity_rows = parity.run_parity(models, backends, log=log)
     parity_s = time.time() - start
     checkpoints.write_atomic(out / "parity.json", lambda tmp: tmp.write_text(json.dumps(parity_rows, indent=1)))
 
@@ -128,12 +163,12 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
         f"- generated {stamp} on {platform.node()} ({platform.machine()}), {'quick' if quick else 'full'} run; "
         f"parity {parity_s:.0f} s, benchmarks {bench_s:.0f} s",
         f"- parity: **{len(parity_rows) - len(failed)} passed, {len(failed)} failed** over "
-        f"{len(models)} models x {len(backends)} Keras backends x {len(CHECKS)} checks",
+        f"{len(models)} models and variants x {len(backends)} Keras backends, up to {len(CHECKS)} checks each",
         "",
         "## Parity matrix",
         "",
         "Each cell: checks passed on that Keras backend, and the eval-output relative error against the "
-        "torch twin (bound 1e-5). Checks: " + ", ".join(f"`{c}`" for c in CHECKS) + ". Details per model below.",
+        "torch twin (bound 1e-5). Checks (those that apply to the model): " + ", ".join(f"`{c}`" for c in CHECKS) + ". Details per model below.",
         "",
         parity_matrix(parity_rows, backends),
         "",

@@ -1,0 +1,58 @@
+"""The parity engine's metrics on hand-made tensors: a NaN or an infinity anywhere is an infinite
+error (never hidden by `max`), an empty comparison is an error, key sets are compared from both sides,
+and shape mismatches are named."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from twins_cli.parity import FLOAT32_BOUNDS, FLOAT64_BOUNDS, abs_err, bound_for, key_set_problem, rel_err, worst
+
+
+def test_rel_err_is_relative_to_the_torch_side():
+    assert rel_err(np.array([1.0, 2.001]), np.array([1.0, 2.0])) == pytest.approx(0.0005)
+    assert rel_err(np.zeros(3), np.zeros(3)) == 0.0
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_value_on_either_side_is_an_infinite_error(bad):
+    a, b = np.ones(4), np.ones(4)
+    a[2] = bad
+    assert rel_err(a, b) == math.inf and rel_err(b, a) == math.inf
+    assert abs_err(a, b) == math.inf
+
+
+def test_worst_does_not_hide_a_nan_behind_the_first_tensor():
+    """`max` over (error, key) tuples keeps a NaN only when it comes first; ours keeps it anywhere."""
+    b = {"first": np.ones(3), "second": np.ones(3), "third": np.ones(3)}
+    a = {"first": np.ones(3) * 1.1, "second": np.array([1.0, np.nan, 1.0]), "third": np.ones(3)}
+    assert worst(a, b, b) == (math.inf, "second")
+
+
+def test_an_empty_comparison_is_an_error():
+    with pytest.raises(ValueError, match="nothing to compare"):
+        worst({}, {}, [])
+
+
+def test_missing_values_and_shape_mismatches_are_named():
+    err, detail = worst({"a": np.ones(2), "b": None}, {"a": np.ones(2), "b": np.ones(2)}, ["a", "b"])
+    assert err == math.inf and "no value for b" in detail
+    err, detail = worst({"a": np.ones((2, 3))}, {"a": np.ones((3, 2))}, ["a"])
+    assert err == math.inf and "a: shape (2, 3) against the torch twin's (3, 2)" in detail
+
+
+def test_key_sets_are_compared_from_both_sides():
+    assert key_set_problem({"a", "b"}, {"a", "b"}, "tensors") is None
+    extra = key_set_problem({"a", "b", "x.running_mean"}, {"a", "b"}, "tensors")
+    assert extra == "Keras has 1 tensors the torch twin lacks: x.running_mean"
+    lacking = key_set_problem({"a"}, {"a", "fc.weight"}, "tensors")
+    assert lacking == "Keras lacks 1 torch tensors: fc.weight"
+
+
+def test_float64_bounds_sit_above_their_measured_errors_and_below_float32_ones():
+    for check, (bound, measured) in FLOAT64_BOUNDS.items():
+        assert measured < bound <= FLOAT32_BOUNDS[check], check
+        assert bound_for("resnet50", check, "float64") == bound
+        assert bound_for("resnet50", check, "float32") == FLOAT32_BOUNDS[check]

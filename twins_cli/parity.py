@@ -1,0 +1,823 @@
+"""The parity protocol of DESIGN.md: both twins on the same weights and batches, compared check by check.
+
+`run_model(name)` runs in a process whose Keras backend is already fixed (`KERAS_BACKEND`) and returns
+one `Row` per check. `twins parity` runs it once per backend, each in its own subprocess
+(`python -m twins_cli.parity --model M --backend B`, see `run_parity`), and tabulates the rows.
+
+A name is a registered model (`resnet50`) or a builder-option variant of one (`VARIANTS`:
+`resnet50-deep-dilated` is resnet50 with PSPNet's deep stem and dilated layer3/layer4), so the
+options the later models are built on go through the same checks as the registered models.
+
+The checks, each an independent computation on both sides compared against the torch twin:
+- `eval_output`: eval-mode outputs (float32).
+- `stage_outputs`: every named stage tap (`stem`, `layer1`..`layer4`), Keras `get_layer(name).output`
+  against torch `forward_stages(x)[name]`, by name (float32; models with stage taps).
+- `train_loss`: training-mode cross-entropy over the output's class axis.
+- `gradients`: the gradient of every parameter. The key sets must be equal, counted from the torch side:
+  a Keras trainable with no torch parameter (or the reverse) fails the row.
+- `sgd_step_params`, `sgd_step_bn_stats`: the *updates* of every parameter and of every BatchNorm
+  running statistic over two SGD-momentum steps on two batches (the second step is the first one that
+  uses the momentum buffer).
+- `round_trip`: torch state -> Keras -> torch state, bit-exact by key; and Keras' own init (BatchNorm
+  randomised) -> torch-layout .safetensors -> torch twin, whose eval output must equal the Keras
+  twin's (a mapping that is wrong the same way in both directions comes back bit-exact, but computes
+  something else), -> Keras again, bit-exact by variable.
+- `exclude_restore`: the fine-tuning restore (all but the classifier into a new class count) and the
+  full restore, on both sides: exactly the head is skipped and keeps its fresh values, everything else
+  is loaded bit-exact (models with a classifier head).
+
+Training-mode checks run in float64 by default. A randomly initialised deep Bottleneck ResNet in
+training mode is too ill-conditioned for float32 to resolve its gradients: torch float32 against torch
+float64 alone differs by ~0.2 (resnet50) to ~0.7 (resnet152) relative on the worst parameter, so a
+float32 comparison of two correct twins measures rounding chaos, not the implementation. Their float64
+bounds come from measured errors (`FLOAT64_BOUNDS`, measured figure beside each); `train_dtype="float32"`
+runs the same checks against the float32 bounds of DESIGN.md.
+
+Metric: relative max error `max|a - b| / max(max|b|, 1e-6)` with the torch result as `b`; a NaN or an
+infinity on either side makes it `inf`. Over a dict of tensors the worst tensor counts and is named; an
+empty comparison is an error, never a pass. A failing output or loss comparison names the first layer,
+in graph order, whose output diverges. A check that raises becomes a failed row that says what it raised.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from twins import checkpoints, registry
+
+CHECKS = (
+    "eval_output",
+    "stage_outputs",
+    "train_loss",
+    "gradients",
+    "sgd_step_params",
+    "sgd_step_bn_stats",
+    "round_trip",
+    "exclude_restore",
+)
+TRAIN_CHECKS = ("train_loss", "gradients", "sgd_step_params", "sgd_step_bn_stats")
+# Float32 on CPU, the defaults of DESIGN.md "Parity". A looser bound for one model goes in MODEL_BOUNDS
+# with the measured value and the reason next to it.
+FLOAT32_BOUNDS = {
+    "eval_output": 1e-5,
+    "stage_outputs": 1e-5,
+    "train_loss": 1e-5,  # absolute
+    "gradients": 1e-3,
+    "sgd_step_params": 1e-4,
+    "sgd_step_bn_stats": 1e-4,
+    "round_trip": 0.0,  # bit-exact
+    "exclude_restore": 0.0,  # bit-exact
+}
+# The training checks in float64: check -> (bound, worst error measured by `twins parity all` over every
+# model, variant and Keras backend: batch 2, 2-core CPU, keras 3.15.1), the bound 10x or more above it.
+# Where the measured figure comes from: float64 rounding through deep ill-conditioned networks, except
+# for the SGD updates on tensorflow, where Keras' SGD applies the momentum 0.9 as a float32 constant
+# (3.2e-8 on the step-2 updates; with momentum 0.5, exact in float32, it is 5e-13). See `keras_dtype`
+# for the float32 corners the parity engine lifts for these runs.
+FLOAT64_BOUNDS = {
+    "train_loss": (1e-11, 1.1e-12),  # absolute; resnet152 on jax
+    "gradients": (1e-9, 3.4e-11),  # resnet152 on torch
+    "sgd_step_params": (1e-6, 3.2e-8),  # resnet152 on tensorflow (the momentum constant)
+    "sgd_step_bn_stats": (2e-8, 1.3e-9),  # resnet152 on torch
+}
+MODEL_BOUNDS: dict[str, dict[str, float]] = {}
+BACKENDS = ("tensorflow", "jax", "torch")
+SGD_LR = 0.1
+SGD_MOMENTUM = 0.9
+NEW_CLASSES = 7  # the class count of the fine-tuning restore in `exclude_restore`
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A registered model built with non-default builder options, checked like a model of its own."""
+
+    model: str
+    options: dict
+    size: int
+    why: str
+
+
+VARIANTS = {
+    "resnet18-cifar": Variant("resnet18", {"stem": "cifar"}, 32, "SimCLR's encoder: 3x3/1 stem, no max-pool"),
+    "resnet18-features": Variant(
+        "resnet18", {"include_top": False, "pooling": "avg"}, 64, "headless, pooled feature vector"
+    ),
+    "resnet50-deep-dilated": Variant(
+        "resnet50", {"stem": "deep", "dilation": (1, 1, 2, 4), "include_top": False}, 33,
+        "PSPNet's backbone: deep stem, dilated layer3/layer4, the output-stride-8 map",
+    ),
+}
+
+
+def names() -> list[str]:
+    """What `twins parity all` runs: every registered model, then every variant."""
+    return registry.names() + list(VARIANTS)
+
+
+def resolve(name: str) -> tuple[str, dict, int]:
+    """`(registered model, builder options, default parity size)` of a model name or variant id."""
+    if name in VARIANTS:
+        v = VARIANTS[name]
+        return v.model, dict(v.options), v.size
+    try:
+        info = registry.get(name)
+    except registry.UnknownModelError:
+        raise registry.UnknownModelError(
+            f"unknown model name {name!r}; expected one of: {', '.join(names())}"
+        ) from None
+    return name, {}, info.parity_size
+
+
+@dataclass
+class Row:
+    model: str
+    backend: str
+    check: str
+    error: float | None
+    bound: float
+    passed: bool
+    detail: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics
+
+
+def rel_err(a, b) -> float:
+    """`max|a - b| / max(max|b|, 1e-6)`; `inf` when either side holds a NaN or an infinity."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("inf")
+    if not b.size:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-6))
+
+
+def abs_err(a, b) -> float:
+    """`max|a - b|` for the bit-exact checks; `inf` for a NaN or an infinity on either side."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("inf")
+    return float(np.max(np.abs(a - b))) if b.size else 0.0
+
+
+def worst(a: dict, b: dict, keys, metric=rel_err) -> tuple[float, str]:
+    """Largest per-tensor error of `a` against `b` over `keys`, and which key it was. Every key must
+    have a value on both sides; an empty key list is an error (a comparison of nothing passes nothing)."""
+    keys = list(keys)
+    if not keys:
+        raise ValueError("nothing to compare: the key list is empty")
+    missing = [k for k in keys if a.get(k) is None or b.get(k) is None]
+    if missing:
+        return float("inf"), f"no value for {missing[0]} ({len(missing)} keys)"
+    for k in keys:
+        if np.shape(a[k]) != np.shape(b[k]):
+            return float("inf"), f"{k}: shape {np.shape(a[k])} against the torch twin's {np.shape(b[k])}"
+    errors = [(metric(a[k], b[k]), k) for k in keys]
+    return max(errors, key=lambda e: e[0])
+
+
+def key_set_problem(keras_keys, torch_keys, what: str) -> str | None:
+    """None when the two key sets are equal; else a sentence listing what either side lacks."""
+    extra = sorted(set(keras_keys) - set(torch_keys))
+    lacking = sorted(set(torch_keys) - set(keras_keys))
+    if not extra and not lacking:
+        return None
+    parts = []
+    if extra:
+        parts.append(f"Keras has {len(extra)} {what} the torch twin lacks: {', '.join(extra[:5])}")
+    if lacking:
+        parts.append(f"Keras lacks {len(lacking)} torch {what}: {', '.join(lacking[:5])}")
+    return "; ".join(parts)
+
+
+def bound_for(model: str, check: str, train_dtype: str = "float32") -> float:
+    if model in MODEL_BOUNDS and check in MODEL_BOUNDS[model]:
+        return MODEL_BOUNDS[model][check]
+    if train_dtype == "float64" and check in FLOAT64_BOUNDS:
+        return FLOAT64_BOUNDS[check][0]
+    return FLOAT32_BOUNDS[check]
+
+
+def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
+
+
+def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(x, -1, 1)) if x.ndim == 4 else x
+
+
+# ----------------------------------------------------------------------------------------------
+# Setting up both sides
+
+
+@contextlib.contextmanager
+def keras_dtype(dtype: str):
+    """Build and run Keras models under a dtype policy, floatx included (the optimiser's learning
+    rate is a floatx variable).
+
+    float64 needs two more switches, both undone on exit so that float32 work later in the same
+    process runs as it would in a fresh one: JAX's x64 mode, and Keras' own 32-bit cap on type
+    promotion. Keras' `result_type` maps every 64-bit result to 32 bits ("aligned with JAX's default
+    behaviour", i.e. x64 off), so ops that promote through it (`ops.mean` in GlobalAveragePooling2D
+    and in the loss on jax and torch, `ops.matmul` in Dense on torch) compute a float64 model in
+    float32: a ~1e-7 error that a second training step amplifies to 1e-1. The twins stay plain
+    Keras; the parity engine lifts the cap for its float64 runs."""
+    import keras
+
+    x64_before = None
+    cap = {}
+    if dtype == "float64":
+        from keras.src.backend.common import dtypes as keras_dtypes
+
+        cap = getattr(keras_dtypes, "BIT64_TO_BIT32_DTYPE", {})
+        if keras.backend.backend() == "jax":
+            import jax
+
+            x64_before = bool(jax.config.jax_enable_x64)
+            jax.config.update("jax_enable_x64", True)
+    saved_cap = dict(cap)
+    policy, floatx = keras.config.dtype_policy(), keras.config.floatx()
+    cap.clear()
+    keras.config.set_dtype_policy(dtype)
+    keras.config.set_floatx(dtype)
+    try:
+        if dtype == "float64" and keras.backend.result_type("float64", "float32") != "float64":
+            raise RuntimeError("Keras still promotes float64 to float32 (keras.backend.result_type); this Keras "
+                               f"{keras.__version__} needs another way to lift its 32-bit cap for float64 parity")
+        yield
+    finally:
+        cap.update(saved_cap)
+        keras.config.set_dtype_policy(policy)
+        keras.config.set_floatx(floatx)
+        if x64_before is not None:
+            import jax
+
+            jax.config.update("jax_enable_x64", x64_before)
+
+
+def disable_tf32(backend: str) -> None:
+    """Full float32 for both twins: the torch reference and the Keras backend."""
+    from twins_cli.precision import set_tf32
+
+    set_tf32("torch", False)
+    if backend != "torch":
+        set_tf32(backend, False)
+
+
+def randomize_batchnorm(model, seed: int) -> None:
+    """Fresh BatchNorm is an identity in eval mode (mean 0, var 1, gamma 1, beta 0); move every
+    statistic and affine parameter off those values so an eval comparison tests them."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.weight.copy_(0.5 + torch.rand(c, generator=gen))
+                m.bias.copy_(0.1 * torch.randn(c, generator=gen))
+                m.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
+
+
+def randomize_keras_batchnorm(model, seed: int) -> None:
+    """The Keras-side twin of `randomize_batchnorm`, by variable name (not through the bridge, which
+    the round trip is testing)."""
+    import keras
+
+    rng = np.random.RandomState(seed)
+    draws = {
+        "gamma": lambda c: 0.5 + rng.rand(c),
+        "beta": lambda c: 0.1 * rng.randn(c),
+        "moving_mean": lambda c: 0.1 * rng.randn(c),
+        "moving_variance": lambda c: 0.5 + rng.rand(c),
+    }
+    for variable in model.weights:
+        if variable.name in draws and len(variable.shape) == 1:
+            variable.assign(draws[variable.name](variable.shape[0]).astype(keras.backend.standardize_dtype(variable.dtype)))
+
+
+def keras_values(model) -> dict[str, np.ndarray]:
+    """`{variable.path: numpy}`: the Keras model's own view, independent of the bridge."""
+    import keras
+
+    return {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.weights}
+
+
+def labels_for(output_shape: tuple, rng: np.random.RandomState) -> np.ndarray:
+    """Class indices for an NCHW-style output (classes on axis 1): shaped like it without that axis."""
+    classes = output_shape[1]
+    return rng.randint(0, classes, size=(output_shape[0], *output_shape[2:])).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# First diverging layer
+
+
+def _torch_intermediates(model, x, training: bool) -> dict[str, np.ndarray]:
+    """Output of every named submodule called exactly once in a forward pass."""
+    import torch
+
+    outputs: dict[str, list] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if not name:
+            continue
+
+        def hook(_module, _inputs, output, name=name):
+            if isinstance(output, torch.Tensor):  # clone: a later in-place ReLU would overwrite it
+                outputs.setdefault(name, []).append(output.detach().clone().numpy())
+
+        handles.append(module.register_forward_hook(hook))
+    model.train(training)
+    try:
+        with torch.no_grad():
+            model(torch.from_numpy(x))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: values[0] for name, values in outputs.items() if len(values) == 1}
+
+
+def first_divergence(torch_model, keras_model, x: np.ndarray, bound: float, training: bool = False):
+    """`(torch module path, relative error)` of the first layer in Keras graph order whose output
+    differs from its torch twin's by more than `bound`; None when every comparable layer agrees.
+    Works on deep copies: a training-mode pass would move BatchNorm statistics."""
+    import keras
+
+    torch_model = copy.deepcopy(torch_model)
+    reference = _torch_intermediates(torch_model, x, training)
+    taps = [layer for layer in keras_model.layers if layer.name.replace("-", ".") in reference]
+    if not taps:
+        return None
+    probe = keras.Model(keras_model.inputs, [layer.output for layer in taps])
+    snapshot = [keras.ops.convert_to_numpy(v) for v in keras_model.non_trainable_variables]
+    values = probe(nchw_to_nhwc(x), training=training)
+    for variable, value in zip(keras_model.non_trainable_variables, snapshot):
+        variable.assign(value)
+    for layer, value in zip(taps, values):
+        key = layer.name.replace("-", ".")
+        got = nhwc_to_nchw(keras.ops.convert_to_numpy(value))
+        want = reference[key]
+        if got.shape != want.shape:  # e.g. torch's pooled (N, C, 1, 1) against Keras' (N, C)
+            if got.size != want.size:
+                continue
+            got = got.reshape(want.shape)
+        err = rel_err(got, want)
+        if err > bound:
+            return key, err
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# The checks
+
+
+def keras_device(backend: str) -> str:
+    """Where the Keras twin runs: each backend puts it on a GPU when it sees one."""
+    if backend == "jax":
+        import jax
+
+        return "cuda" if any(d.platform == "gpu" for d in jax.devices()) else "cpu"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "cuda" if tf.config.list_physical_devices("GPU") else "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class ParityRun:
+    """Both twins of one model on one Keras backend: the shared reference weights and batches, and one
+    method per check returning `(error, detail)`. The twin packages are looked up at call time, so a
+    test can substitute a deliberately broken piece (see `parity_tests/mutations.py`)."""
+
+    def __init__(self, name: str, *, batch: int, size: int | None, seed: int, train_dtype: str):
+        import keras
+        import torch
+
+        import torch_impl
+        from torch_impl.weights import state_dict_numpy
+
+        self.name = name
+        self.model, self.options, default_size = resolve(name)
+        self.info = registry.get(self.model)
+        self.size = size or default_size
+        self.seed = seed
+        self.train_dtype = train_dtype
+        torch.manual_seed(seed)
+        keras.utils.set_random_seed(seed)
+        self.reference = torch_impl.build(self.model, **self.options).eval()
+        randomize_batchnorm(self.reference, seed)
+        self.state = state_dict_numpy(self.reference)
+        rng = np.random.RandomState(seed)
+        self.batches = [rng.randn(batch, 3, self.size, self.size).astype(np.float32) for _ in range(2)]
+        self.x = self.batches[0]
+        with torch.no_grad():
+            self.expected = self.reference(torch.from_numpy(self.x)).numpy()
+        self.labels = [labels_for(self.expected.shape, rng) for _ in self.batches]
+
+    def bound(self, check: str) -> float:
+        return bound_for(self.name, check, self.train_dtype)
+
+    def build_torch(self, **overrides):
+        import torch_impl
+
+        return torch_impl.build(self.model, **{**self.options, **overrides})
+
+    def build_keras(self, dtype: str = "float32", **overrides):
+        import keras_impl
+
+        with keras_dtype(dtype):
+            return keras_impl.build(self.model, **{**self.options, **overrides})
+
+    def keras_twin(self, dtype: str = "float32"):
+        """A Keras twin holding the reference weights, loaded through the bridge."""
+        from keras_impl import weights
+
+        model = self.build_keras(dtype)
+        weights.load_torch_state_dict(model, self.state, strict=True)
+        return model
+
+    def keras_eval(self, model, x: np.ndarray) -> np.ndarray:
+        import keras
+
+        return nhwc_to_nchw(keras.ops.convert_to_numpy(model(nchw_to_nhwc(x), training=False)))
+
+    def diagnose(self, training: bool) -> str:
+        hit = first_divergence(self.reference, self.keras_twin(), self.x, self.bound("eval_output"), training)
+        return f"first diverging layer: {hit[0]} (rel err {hit[1]:.2e})" if hit else "no single layer over the bound"
+
+    # -- eval mode -------------------------------------------------------------------------------
+
+    def eval_output(self):
+        err = rel_err(self.keras_eval(self.keras_twin(), self.x), self.expected)
+        return err, "" if err <= self.bound("eval_output") else self.diagnose(False)
+
+    def has_stage_taps(self) -> bool:
+        return hasattr(self.reference, "forward_stages")
+
+    def stage_outputs(self):
+        import keras
+        import torch
+
+        kmodel = self.keras_twin()
+        with torch.no_grad():
+            expected = {k: v.numpy() for k, v in self.reference.forward_stages(torch.from_numpy(self.x)).items()}
+        names = list(self.reference.stage_info)
+        problem = key_set_problem(expected, names, "stage taps")
+        if problem:
+            return float("inf"), f"torch forward_stages and stage_info disagree: {problem}"
+        taps = keras.Model(kmodel.inputs, [kmodel.get_layer(n).output for n in names])
+        outs = taps(nchw_to_nhwc(self.x), training=False)
+        got = {n: nhwc_to_nchw(keras.ops.convert_to_numpy(v)) for n, v in zip(names, outs)}
+        err, key = worst(got, expected, names)
+        return err, f"worst: {key} ({len(names)} taps: {', '.join(names)})"
+
+    # -- training mode: loss, gradients, two SGD steps ---------------------------------------------
+
+    def training(self) -> dict:
+        """Both sides' two training steps, run once for the four training checks (a failure too)."""
+        if not hasattr(self, "_training"):
+            try:
+                self._training = self._train_both()
+            except Exception as exc:
+                self._training = exc
+        if isinstance(self._training, Exception):
+            raise self._training
+        return self._training
+
+    def _train_both(self) -> dict:
+        import keras
+        import torch
+
+        from keras_impl import training as ktrain
+        from keras_impl import weights as kweights
+        from torch_impl import training as ttrain
+        from torch_impl.weights import state_dict_numpy
+
+        dtype = self.train_dtype
+        tmodel = copy.deepcopy(self.reference).to(getattr(torch, dtype))
+        t_opt = ttrain.sgd(tmodel.parameters(), SGD_LR, SGD_MOMENTUM)
+        t_states, t_losses, t_grads = [state_dict_numpy(tmodel)], [], None
+        for x, y in zip(self.batches, self.labels):
+            loss, grads = ttrain.value_and_grad(tmodel, ttrain.cross_entropy, torch.from_numpy(x).to(getattr(torch, dtype)),
+                                                torch.from_numpy(y))
+            t_losses.append(float(loss.detach()))
+            if t_grads is None:
+                t_grads = {k: g.numpy().copy() for k, g in grads.items() if g is not None}
+                t_param_keys = [k for k, p in tmodel.named_parameters() if p.requires_grad]
+            t_opt.step()
+            t_states.append(state_dict_numpy(tmodel))
+
+        with keras_dtype(dtype):
+            kmodel = self.keras_twin(dtype)
+            step = ktrain.value_and_grad_fn(kmodel, ktrain.cross_entropy)
+            k_opt = ktrain.sgd(SGD_LR, SGD_MOMENTUM)
+            k_states, k_losses, k_grads = [kweights.torch_state_dict(kmodel)], [], None
+            for x, y in zip(self.batches, self.labels):
+                # Labels carry no channel axis: (N,) or (N, H, W) read the same in both layouts.
+                loss, grads = step(nchw_to_nhwc(x).astype(dtype), y)
+                loss = keras.ops.convert_to_numpy(loss)
+                if loss.dtype.itemsize < np.dtype(dtype).itemsize:  # e.g. JAX without x64
+                    raise RuntimeError(f"Keras computed the loss in {loss.dtype}, asked for {dtype}")
+                k_losses.append(float(loss))
+                if k_grads is None:
+                    k_grads = kweights.to_torch_layout(kmodel, ktrain.gradients_numpy(kmodel, grads))
+                k_opt.apply_gradients(zip(grads, kmodel.trainable_variables))
+                k_states.append(kweights.torch_state_dict(kmodel))
+        return {"t_losses": t_losses, "k_losses": k_losses, "t_grads": t_grads, "k_grads": k_grads,
+                "t_param_keys": t_param_keys, "t_states": t_states, "k_states": k_states}
+
+    def train_loss(self, run: dict):
+        err = abs(run["k_losses"][0] - run["t_losses"][0])
+        return err, "" if err <= self.bound("train_loss") else self.diagnose(True)
+
+    def gradients(self, run: dict):
+        problem = key_set_problem(run["k_grads"], run["t_param_keys"], "trainable tensors")
+        if problem:
+            return float("inf"), problem
+        err, key = worst(run["k_grads"], run["t_grads"], run["t_param_keys"])
+        return err, f"worst: {key}"
+
+    def _updates(self, run: dict, keys: list[str], check: str):
+        """Worst relative error of the per-step updates `state[s] - state[s-1]`, over both steps; the
+        detail gives each step's own worst tensor (a NaN from step 1 spreads to every tensor in step 2)."""
+        t_states, k_states = run["t_states"], run["k_states"]
+        steps = []
+        for s in (1, 2):
+            missing = [k for k in keys if k not in k_states[s]]
+            if missing:
+                return float("inf"), f"the Keras twin has no {missing[0]} ({len(missing)} keys)"
+            dt = {k: t_states[s][k] - t_states[s - 1][k] for k in keys}
+            dk = {k: k_states[s][k] - k_states[s - 1][k] for k in keys}
+            steps.append(worst(dk, dt, keys))
+        bound = self.bound(check)
+        detail = "; ".join(f"step {s} {'within' if err <= bound else 'over'} the bound: {err:.1e} ({key})"
+                           for s, (err, key) in enumerate(steps, 1))
+        return max(err for err, _ in steps), detail
+
+    def sgd_step_params(self, run: dict):
+        return self._updates(run, run["t_param_keys"], "sgd_step_params")
+
+    def sgd_step_bn_stats(self, run: dict):
+        keys = [k for k in run["t_states"][0] if k.endswith(("running_mean", "running_var"))]
+        return self._updates(run, keys, "sgd_step_bn_stats")
+
+    # -- the bridge ------------------------------------------------------------------------------
+
+    def round_trip(self):
+        import torch
+
+        from keras_impl import weights as kweights
+        from torch_impl import weights as tweights
+        from torch_impl.weights import state_dict_numpy
+
+        # torch -> Keras -> torch, by key against the torch twin's own state.
+        expected = {k: v for k, v in self.state.items() if not checkpoints.is_counter(k)}
+        back = kweights.torch_state_dict(self.keras_twin())
+        problem = key_set_problem(back, expected, "tensors")
+        if problem:
+            return float("inf"), f"torch -> Keras -> torch: {problem}"
+        err_a, key_a = worst(back, expected, expected, abs_err)
+
+        # Keras -> torch (through a file) -> Keras, with the torch twin's output checked in between.
+        source = self.build_keras()
+        randomize_keras_batchnorm(source, self.seed + 1)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = checkpoints.write(Path(tmp) / "keras.safetensors", kweights.torch_state_dict(source))
+            tmodel = self.build_torch().eval()
+            tweights.load_state_dict(tmodel, checkpoints.read(path), strict=True)
+        with torch.no_grad():
+            t_out = tmodel(torch.from_numpy(self.x)).numpy()
+        out_err = rel_err(t_out, self.keras_eval(source, self.x))
+        if out_err > self.bound("eval_output"):
+            return out_err, (f"the torch twin loaded from the Keras twin's export computes something else: "
+                             f"eval output differs by {out_err:.2e} (bound {self.bound('eval_output'):.0e}); "
+                             f"the bridge maps a tensor to the wrong place")
+        target = self.build_keras()
+        kweights.load_torch_state_dict(target, state_dict_numpy(tmodel), strict=True)
+        a, b = keras_values(target), keras_values(source)
+        problem = key_set_problem(a, b, "variables")
+        if problem:
+            return float("inf"), f"Keras -> torch -> Keras: {problem}"
+        err_b, key_b = worst(a, b, b, abs_err)
+        return max(err_a, err_b), (f"torch -> Keras -> torch {err_a:.1e} at {key_a}; Keras -> torch -> Keras "
+                                   f"{err_b:.1e} at {key_b}; the torch twin on Keras' export: eval {out_err:.1e}")
+
+    def head_keys(self) -> list[str]:
+        heads = self.info.classifier
+        return [k for k in self.state if not checkpoints.is_counter(k)
+                and any(k == p or k.startswith(p + ".") for p in heads)]
+
+    def exclude_restore(self):
+        from keras_impl import weights as kweights
+        from torch_impl import weights as tweights
+        from torch_impl.weights import state_dict_numpy
+
+        head = self.head_keys()
+        body = [k for k in self.state if not checkpoints.is_counter(k) and k not in head]
+        layer_prefixes = tuple(p.replace(".", "-") + "/" for p in self.info.classifier)
+        problems, errors = [], []
+
+        def restore(side, model, load, export, values, exclude, classes):
+            before = values(model)
+            report = load(model, self.state, exclude=exclude, strict=True)
+            now = export(model)
+            skipped = head if exclude else []
+            loaded = body if exclude else body + head
+            if sorted(report.skipped) != sorted(skipped):
+                problems.append(f"{side} skipped {sorted(report.skipped)}, expected {sorted(skipped)}")
+            if sorted(report.loaded) != sorted(loaded):
+                problems.append(f"{side} reported {len(report.loaded)} keys loaded, expected {len(loaded)}")
+            missing = [k for k in loaded if k not in now]
+            if missing:
+                problems.append(f"{side} model has no {missing[0]}")
+                return
+            errors.append((*worst(now, self.state, loaded, abs_err), side, "full" if not exclude else "fine-tune"))
+            if exclude:
+                after = values(model)
+                if side == "torch":
+                    fresh = [k for k in head if not np.array_equal(after[k], before[k])]
+                else:
+                    fresh = [p for p in before if p.startswith(layer_prefixes) and not np.array_equal(after[p], before[p])]
+                if fresh:
+                    problems.append(f"{side} overwrote the excluded head: {', '.join(fresh)}")
+                wrong = [k for k in head if now[k].shape[0] != classes]
+                if wrong:
+                    problems.append(f"{side} head {', '.join(wrong)} does not have {classes} classes")
+
+        for exclude, classes in ((self.info.classifier, NEW_CLASSES), ((), self.info.num_classes)):
+            restore("Keras", self.build_keras(num_classes=classes), kweights.load_torch_state_dict,
+                    kweights.torch_state_dict, keras_values, exclude, classes)
+            restore("torch", self.build_torch(num_classes=classes), tweights.load_state_dict,
+                    state_dict_numpy, state_dict_numpy, exclude, classes)
+        if problems:
+            return float("inf"), "; ".join(problems)
+        err, key, side, kind = max(errors, key=lambda e: e[0])
+        return err, (f"skipped {', '.join(head)} into {NEW_CLASSES} classes; {len(body)} loaded; "
+                     f"worst: {key} ({side}, {kind} restore)")
+
+    def has_head(self) -> bool:
+        return bool(self.head_keys())
+
+
+def run_model(
+    name: str,
+    *,
+    batch: int = 2,
+    size: int | None = None,
+    seed: int = 0,
+    checks=CHECKS,
+    train_dtype: str = "float64",
+) -> list[Row]:
+    """Run the parity checks for one model (or variant) on the current Keras backend. A check that
+    does not apply (stage taps on a model without them, the head restore on a headless variant) has
+    no row; a check that raises has a failed row saying what it raised."""
+    import keras
+    import torch
+
+    backend = keras.backend.backend()
+    disable_tf32(backend)
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown:
+        raise ValueError(f"unknown check(s) {', '.join(unknown)}; expected a subset of {', '.join(CHECKS)}")
+    run = ParityRun(name, batch=batch, size=size, seed=seed, train_dtype=train_dtype)
+    meta = {"batch": batch, "size": run.size, "dtype": "float32", "train_dtype": train_dtype,
+            "device": keras_device(backend), "keras": keras.__version__, "torch": torch.__version__,
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in run.options.items()}}
+    rows: list[Row] = []
+
+    def add(check, compute):
+        bound = run.bound(check)
+        try:
+            error, detail = compute()
+        except Exception as exc:  # a crashed check is a failed row, not a crashed parity run
+            rows.append(Row(name, backend, check, None, bound, False, f"raised {type(exc).__name__}: {exc}", meta))
+            return
+        passed = bool(np.isfinite(error) and error <= bound)
+        rows.append(Row(name, backend, check, float(error), bound, passed, detail, meta))
+
+    wanted = [c for c in CHECKS if c in checks]
+    if not run.has_stage_taps():
+        wanted = [c for c in wanted if c != "stage_outputs"]
+    if not run.has_head():
+        wanted = [c for c in wanted if c != "exclude_restore"]
+    for check in wanted:
+        if check in TRAIN_CHECKS:
+            add(check, lambda check=check: getattr(run, check)(run.training()))
+        else:
+            add(check, getattr(run, check))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# One subprocess per Keras backend
+
+
+def installed_backends() -> list[str]:
+    import importlib.util
+
+    return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
+
+
+def failed_row(model, backend, reason) -> dict:
+    return {"model": model, "backend": backend, "check": "run", "error": None, "bound": 0.0,
+            "passed": False, "detail": reason, "meta": {}}
+
+
+def run_parity(models, backends, *, batch=2, size=None, checks=None, timeout=1800, log=sys.stderr) -> list[dict]:
+    """Run the parity worker for `models` once per backend; a backend that cannot run yields rows
+    with `passed: False` and the reason, rather than vanishing."""
+    rows = []
+    available = installed_backends()
+    for backend in backends:
+        if backend not in available:
+            rows += [failed_row(m, backend, f"{backend} is not installed") for m in models]
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "rows.json"
+            cmd = [sys.executable, "-m", "twins_cli.parity", "--backend", backend, "--batch", str(batch),
+                   "--json-out", str(out)]
+            for m in models:
+                cmd += ["--model", m]
+            if size:
+                cmd += ["--size", str(size)]
+            if checks:
+                cmd += ["--checks", ",".join(checks)]
+            env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+            print(f"[parity] {backend}: {', '.join(models)} ...", file=log, flush=True)
+            start = time.time()
+            try:
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+                reason = None if proc.returncode == 0 else (
+                    f"worker exited {proc.returncode}: " + (proc.stderr.strip().splitlines() or ["?"])[-1])
+            except subprocess.TimeoutExpired:
+                reason = f"worker timed out after {timeout} s"
+            if reason is None:
+                rows += json.loads(out.read_text())
+                print(f"[parity] {backend}: done in {time.time() - start:.0f} s", file=log, flush=True)
+            else:
+                print(f"[parity] {backend}: FAILED: {reason}", file=log, flush=True)
+                rows += [failed_row(m, backend, reason) for m in models]
+    return rows
+
+
+def release_memory() -> None:
+    """Drop what one model's checks left in the process (Keras' global state, JAX's compiled
+    functions), so a worker running many models holds one model's memory, not the sum."""
+    import gc
+
+    import keras
+
+    keras.backend.clear_session()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        jax.clear_caches()
+    gc.collect()
+
+
+def worker_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m twins_cli.parity")
+    parser.add_argument("--model", required=True, action="append")
+    parser.add_argument("--backend", required=True, choices=BACKENDS)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--checks", default=",".join(CHECKS))
+    parser.add_argument("--json-out", required=True)
+    args = parser.parse_args(argv)
+    if os.environ.get("KERAS_BACKEND") != args.backend:
+        print(f"KERAS_BACKEND must be {args.backend!r} before keras is imported", file=sys.stderr)
+        return 2
+    checks = tuple(c for c in args.checks.split(",") if c)
+    rows = []
+    for model in args.model:
+        rows += [asdict(r) for r in run_model(model, batch=args.batch, size=args.size, checks=checks)]
+        release_memory()
+    checkpoints.write_atomic(args.json_out, lambda tmp: tmp.write_text(json.dumps(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
