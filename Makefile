@@ -10,7 +10,7 @@ PYTEST := $(PY) -m pytest parity_tests -q -p no:cacheprovider
 BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test test-backend bench clean
+.PHONY: demo test test-backend parity bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test-backend: $(STAMP)
 # The main job: parity for every model and backend plus a quick benchmark sweep, as one report.
 demo: $(STAMP)
 	$(PY) -m twins_cli.main report --quick --out reports/latest
+
+# The full parity matrix: every check for every model and variant on every installed backend
+# (make test runs resnet101/152 in eval mode only; see README "Parity").
+parity: $(STAMP)
+	$(PY) -m twins_cli.main parity all --json reports/parity-all.json
 
 # Throughput of resnet50 on all five backends (GPU when one is visible); see README "Benchmarks".
 bench: $(STAMP)

@@ -161,12 +161,14 @@ def torch_state_dict(model: keras.Model) -> dict[str, np.ndarray]:
 
 
 def to_torch_layout(model: keras.Model, values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Map `{variable.path: array}` (e.g. gradients) to `{torch key: array}` in torch layout."""
-    return {
-        slot.key: slot.to_torch(_as_numpy(values[slot.variable.path]))
-        for slot in slots(model)
-        if slot.variable.path in values
-    }
+    """Map `{variable.path: array}` (e.g. gradients) to `{torch key: array}` in torch layout; a None
+    (a variable that got no gradient) stays None."""
+    out = {}
+    for slot in slots(model):
+        if slot.variable.path in values:
+            value = values[slot.variable.path]
+            out[slot.key] = None if value is None else slot.to_torch(_as_numpy(value))
+    return out
 
 
 def load_file(model: keras.Model, path, *, exclude: Iterable[str] = (), strict: bool = True):

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import ctypes
 import json
 import os
 import subprocess
@@ -783,19 +784,24 @@ def run_parity(models, backends, *, batch=2, size=None, checks=None, timeout=180
     return rows
 
 
-def release_memory() -> None:
-    """Drop what one model's checks left in the process (Keras' global state, JAX's compiled
-    functions), so a worker running many models holds one model's memory, not the sum."""
+def release_memory(compiled: bool = True) -> None:
+    """Drop what a model's checks left in the process: Keras' global state, JAX's compiled functions
+    (`compiled=False` keeps them: clearing also drops the per-op executables every later test would
+    compile again), and the heap pages glibc keeps mapped after they are freed."""
     import gc
 
     import keras
 
     keras.backend.clear_session()
-    if keras.backend.backend() == "jax":
+    if compiled and keras.backend.backend() == "jax":
         import jax
 
         jax.clear_caches()
     gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def worker_main(argv=None) -> int:
