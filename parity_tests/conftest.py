@@ -39,15 +39,13 @@ def rng():
 
 @pytest.fixture(autouse=True)
 def release_framework_memory(request):
-    """After every Keras test, drop what it left in the process: Keras' global state and the heap pages
-    the allocator would otherwise keep. Without this the pytest process of the jax pass grows past
-    5 GB over the in-process tests (DESIGN.md's 8 GB budget). JAX's compiled functions stay: clearing
-    them after every test makes each later test recompile every op, doubling the pass."""
+    """After every Keras test, drop what it left in the process (`twins_cli.parity.release_memory`).
+    Without this the pytest process of the jax pass grows past 5 GB over the in-process tests."""
     yield
     if request.node.get_closest_marker("keras") is not None:
         from twins_cli.parity import release_memory
 
-        release_memory(compiled=False)
+        release_memory()
 
 
 def pytest_collection_modifyitems(items):

@@ -1,9 +1,10 @@
 """The benchmark harness (`benchmarks/`): a tiny real run through `benchmarks.run` (native torch and
 the Keras twin on the current KERAS_BACKEND, resnet18, batch 1, 32x32, inference) checks that the
-JSON, Markdown and PNG files are written and parse, that every row carries every column and that the
-torch row is its own reference. Then the ways a request or a backend can fail: an unknown backend or
-model is a clear ValueError, and a backend that cannot run (no GPU, a worker past its time limit)
-is a row that says why instead of a missing row.
+JSON, Markdown and PNG files are written and parse, that the Markdown cells carry the JSON's figures
+and that every row carries every column; hand-made rows check that each ratio divides by the torch row
+of its own configuration. Then the ways a request or a backend can fail: an unknown backend or model
+is a clear ValueError, zero warm-up steps are refused, and a backend that cannot run (no GPU, a worker
+past its time limit) is a row that says why instead of a missing row.
 
 Worker processes import their frameworks afresh, so each `benchmarks.run` costs a few seconds; the
 module stays well under a minute on a 2-core CPU.

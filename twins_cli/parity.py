@@ -156,21 +156,8 @@ class Row:
 # Metrics
 
 
-def rel_err(a, b) -> float:
-    """`max|a - b| / max(max|b|, 1e-6)`; `inf` when either side holds a NaN or an infinity."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return float("inf")
-    if not b.size:
-        return 0.0
-    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-6))
-
-
 def abs_err(a, b) -> float:
-    """`max|a - b|` for the bit-exact checks; `inf` for a NaN or an infinity on either side."""
+    """`max|a - b|`, the bit-exact checks' metric; `inf` for a NaN or an infinity on either side."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
@@ -178,6 +165,14 @@ def abs_err(a, b) -> float:
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         return float("inf")
     return float(np.max(np.abs(a - b))) if b.size else 0.0
+
+
+def rel_err(a, b) -> float:
+    """`max|a - b| / max(max|b|, 1e-6)`; `inf` when either side holds a NaN or an infinity."""
+    err = abs_err(a, b)
+    if err == 0.0 or err == float("inf"):
+        return err
+    return err / max(float(np.max(np.abs(np.asarray(b, dtype=np.float64)))), 1e-6)
 
 
 def worst(a: dict, b: dict, keys, metric=rel_err) -> tuple[float, str]:
@@ -784,19 +779,16 @@ def run_parity(models, backends, *, batch=2, size=None, checks=None, timeout=180
     return rows
 
 
-def release_memory(compiled: bool = True) -> None:
-    """Drop what a model's checks left in the process: Keras' global state, JAX's compiled functions
-    (`compiled=False` keeps them: clearing also drops the per-op executables every later test would
-    compile again), and the heap pages glibc keeps mapped after they are freed."""
+def release_memory() -> None:
+    """Drop what a model's checks left in the process: Keras' global state, and the heap pages glibc
+    keeps mapped after they are freed. JAX's compiled functions stay: clearing them makes every later
+    model recompile each op, and the peak (XLA compiling one model's float64 training step: 10 GB for
+    resnet152 on jax) does not move."""
     import gc
 
     import keras
 
     keras.backend.clear_session()
-    if compiled and keras.backend.backend() == "jax":
-        import jax
-
-        jax.clear_caches()
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
