@@ -156,10 +156,11 @@ class ImageCheck(layers.Layer):
         return {**super().get_config(), "channels": self.channels, "model": self.model, "min_size": self.min_size}
 
 
-def image_input(input_shape=(None, None, 3), model="model", name="image"):
+def image_input(input_shape=(None, None, 3), model="model", name="image", min_size=1):
     """`(inputs, checked)`: the NHWC model input and the same tensor after `ImageCheck`. The input's
     channel axis is left open for the check's sake; its dtype follows the dtype policy's variables
-    (keras.Input alone would cast a float64 batch to floatx)."""
+    (keras.Input alone would cast a float64 batch to floatx). `min_size` is the registry's
+    `min_input_size`, refused by name rather than by a pooling layer's negative-size error."""
     height, width, channels = input_shape
     inputs = keras.Input(shape=(height, width, None), dtype=keras.config.dtype_policy().variable_dtype, name=name)
-    return inputs, ImageCheck(channels, model, name="image_check")(inputs)
+    return inputs, ImageCheck(channels, model, min_size, name="image_check")(inputs)

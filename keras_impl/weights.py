@@ -48,10 +48,18 @@ def _transpose(to_torch_axes):
     return (lambda a: np.transpose(a, to_torch_axes)), (lambda a: np.transpose(a, inverse))
 
 
+# Layers that pass the tensor through unchanged in layout: a Dense behind one of them still reads the
+# Flatten's row order (AlexNet's classifier.0 Dropout sits between the flatten and classifier.1).
+_PASS_THROUGH = (keras.layers.Dropout, keras.layers.Identity)
+
+
 def _flatten_source_shape(layer) -> tuple | None:
-    """(H, W, C) when `layer` is a Dense fed directly by a Flatten of a feature map."""
+    """(H, W, C) when `layer` is a Dense fed by a Flatten of a feature map, directly or through
+    `_PASS_THROUGH` layers."""
     try:
         source = layer.input._keras_history.operation
+        while isinstance(source, _PASS_THROUGH):
+            source = source.input._keras_history.operation
     except (AttributeError, ValueError):
         return None
     if isinstance(source, keras.layers.Flatten) and len(source.input.shape) == 4:

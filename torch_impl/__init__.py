@@ -9,6 +9,9 @@ from torch import nn
 from twins import registry
 
 from . import resnet
+from . import alexnet, vgg
+from . import densenet, squeezenet
+from . import inception
 
 _BUILDERS = {
     "resnet18": resnet.resnet18,
@@ -16,6 +19,11 @@ _BUILDERS = {
     "resnet50": resnet.resnet50,
     "resnet101": resnet.resnet101,
     "resnet152": resnet.resnet152,
+    "alexnet": alexnet.alexnet,
+    "vgg11_bn": vgg.vgg11_bn,
+    "squeezenet1_0": squeezenet.squeezenet1_0,
+    "densenet121": densenet.densenet121,
+    "inception_v3": inception.inception_v3,
 }
 
 

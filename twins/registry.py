@@ -31,6 +31,14 @@ class ModelInfo:
     # Square image size the parity suite and `twins parity` use by default: big enough that every
     # stage has spatial extent > 1, small enough for a 2-core CPU.
     parity_size: int = 64
+    # Torch module paths of auxiliary classifier heads (inception's `AuxLogits.fc`): in training mode
+    # the torch twin returns `(logits, aux...)`, the Keras twin exposes them as extra outputs of a
+    # training view, and the loss is CE(logits) + aux_weight * CE(aux).
+    aux_heads: tuple[str, ...] = ()
+    aux_weight: float = 0.4
+    # Builder options of the twins the parity engine trains: dropout off, so both twins compute the
+    # same training-mode function (two frameworks never draw the same dropout masks).
+    parity_train_options: dict = field(default_factory=dict)
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -45,6 +53,16 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("resnet50", "resnet", 224, ("fc",), notes=_RESNET_NOTE),
         ModelInfo("resnet101", "resnet", 224, ("fc",), notes=_RESNET_NOTE),
         ModelInfo("resnet152", "resnet", 224, ("fc",), notes=_RESNET_NOTE),
+        ModelInfo("alexnet", "alexnet", 224, ("classifier.6",), min_input_size=63, parity_size=64,
+                  parity_train_options={"dropout": 0.0}),
+        ModelInfo("vgg11_bn", "vgg", 224, ("classifier.6",), min_input_size=32, parity_size=32,
+                  parity_train_options={"dropout": 0.0}),
+        ModelInfo("squeezenet1_0", "squeezenet", 224, ("classifier.1",), min_input_size=21, parity_size=64,
+                  parity_train_options={"dropout": 0.0}),
+        ModelInfo("densenet121", "densenet", 224, ("classifier",), min_input_size=29, parity_size=64),
+        ModelInfo("inception_v3", "inception", 299, ("AuxLogits.fc", "fc"), min_input_size=75,
+                  parity_size=299, aux_heads=("AuxLogits.fc",), parity_train_options={"dropout": 0.0},
+                  notes="aux logits returned in training mode only; BatchNorm eps 1e-3"),
     ]
 }
 

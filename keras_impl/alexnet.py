@@ -1,0 +1,76 @@
+"""AlexNet (torchvision's) in the Keras 3 functional API. Twin of `torch_impl/alexnet.py`.
+
+Layer names are the torch twin's module paths with `.` as `-` (`features-0`, `classifier-1`,
+`classifier-6`), so `keras_impl.weights` moves torchvision checkpoints in and out; the layers that
+hold no weights carry their torch paths too (`features-1` ReLU, `avgpool`), so a parity failure can
+name the first diverging one.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import layers
+
+from twins import registry
+
+from .common import dense, image_input, max_pool
+
+MIN_SIZE = registry.get("alexnet").min_input_size
+
+
+def torch_default_init(fan_in):
+    """PyTorch's default Conv2d/Linear init, which torchvision keeps for AlexNet: the weight's
+    kaiming_uniform_(a=sqrt(5)) and the bias are both U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+def conv2d_torch_init(x, filters, kernel, stride=1, padding=0, *, name):
+    """nn.Conv2d twin with a bias and PyTorch's default init (`common.conv2d` is bias-free, He
+    fan-out). Padding is explicit, ZeroPadding2D + 'valid': Keras' 'same' would pad the stride-4
+    conv asymmetrically where torch pads 2 on every side."""
+    fan_in = x.shape[-1] * kernel * kernel
+    if padding:
+        x = layers.ZeroPadding2D(padding, name=f"{name}-pad")(x)
+    return layers.Conv2D(
+        filters,
+        kernel,
+        strides=stride,
+        padding="valid",
+        kernel_initializer=torch_default_init(fan_in),
+        bias_initializer=torch_default_init(fan_in),
+        name=name,
+    )(x)
+
+
+def alexnet(num_classes=1000, dropout=0.5, input_shape=(None, None, 3), name="alexnet") -> keras.Model:
+    """Twin of torch_impl.alexnet.AlexNet (built by `alexnet()`): `features`, `avgpool`, flatten,
+    `classifier`, line for line."""
+    inputs, x = image_input(input_shape, name, min_size=MIN_SIZE)
+    x = conv2d_torch_init(x, 64, 11, 4, 2, name="features-0")
+    x = layers.ReLU(name="features-1")(x)
+    x = max_pool(x, 3, 2, name="features-2")
+    x = conv2d_torch_init(x, 192, 5, 1, 2, name="features-3")
+    x = layers.ReLU(name="features-4")(x)
+    x = max_pool(x, 3, 2, name="features-5")
+    x = conv2d_torch_init(x, 384, 3, 1, 1, name="features-6")
+    x = layers.ReLU(name="features-7")(x)
+    x = conv2d_torch_init(x, 256, 3, 1, 1, name="features-8")
+    x = layers.ReLU(name="features-9")(x)
+    x = conv2d_torch_init(x, 256, 3, 1, 1, name="features-10")
+    x = layers.ReLU(name="features-11")(x)
+    x = max_pool(x, 3, 2, name="features-12")
+    # At the parity size (64) the map is 1x1 here and the pool replicates it to 6x6, as torch's does.
+    x = layers.AdaptiveAveragePooling2D((6, 6), name="avgpool")(x)
+    # Flattens H*W*C where torch flattens C*H*W: the bridge permutes classifier-1's input rows,
+    # looking back through the Dropout in between.
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dropout(dropout, name="classifier-0")(x)
+    x = dense(x, 4096, name="classifier-1")
+    x = layers.ReLU(name="classifier-2")(x)
+    x = layers.Dropout(dropout, name="classifier-3")(x)
+    x = dense(x, 4096, name="classifier-4")
+    x = layers.ReLU(name="classifier-5")(x)
+    x = dense(x, num_classes, name="classifier-6")
+    return keras.Model(inputs, x, name=name)
