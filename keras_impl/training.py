@@ -12,10 +12,27 @@ import numpy as np
 from keras import ops
 
 
-def cross_entropy(logits, labels):
+def cross_entropy(outputs, labels, aux_weight: float = 0.4):
     """Mean softmax cross-entropy over the class axis (the last one, NHWC); `labels` are class indices
-    shaped like `logits` without that axis. torch's CrossEntropyLoss, for classifiers and for maps."""
-    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+    shaped like the logits without that axis: torch's CrossEntropyLoss, for classifiers and for maps.
+    A `[logits, aux, ...]` list (a `training_view` with auxiliary heads) gives CE(logits) +
+    aux_weight * CE(aux) per auxiliary head."""
+    if isinstance(outputs, (tuple, list)):
+        main, *aux = outputs
+        return cross_entropy(main, labels) + sum(aux_weight * cross_entropy(a, labels) for a in aux)
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, outputs, from_logits=True))
+
+
+def training_view(model: keras.Model, aux_heads=()) -> keras.Model:
+    """The model to train: `model` itself, or, with auxiliary heads (torch module paths such as
+    `AuxLogits.fc`), a functional view on the same layers whose outputs are `[logits, aux...]`. The
+    torch twin returns the aux logits in training mode only; a Keras model keeps one set of outputs,
+    so the extra outputs live in this view (Keras' way: extra outputs with loss weights, no
+    backend-specific train_step)."""
+    if not aux_heads:
+        return model
+    aux = [model.get_layer(head.replace(".", "-")).output for head in aux_heads]
+    return keras.Model(model.inputs, [model.outputs[0], *aux], name=f"{model.name}_training")
 
 
 def sgd(learning_rate: float, momentum: float = 0.0) -> keras.optimizers.SGD:

@@ -12,7 +12,20 @@ import pytest
 BACKEND = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-MODELS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+MODELS = RESNETS + ["alexnet", "vgg11_bn", "squeezenet1_0", "densenet121", "inception_v3"]
+
+
+def contract_size(name: str) -> int:
+    """The input size of the per-model contract tests: 64, or the model's minimum where it is larger."""
+    from twins import registry
+
+    return max(64, registry.get(name).min_input_size)
+
+
+# Builder options of the contract tests' gradient checks: inception's aux head needs 299x299 in
+# training mode, so the contract (64-75 px) trains it without; the parity engine trains it with.
+GRADIENT_OPTIONS = {"inception_v3": {"aux_logits": False}}
 MANIFEST = Path(__file__).with_name("torchvision_manifest.json")
 
 

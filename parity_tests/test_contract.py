@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import torch_impl
-from parity_tests.conftest import BACKEND, MODELS, model_params, torchvision_parameter_count, torchvision_state_dict
+from parity_tests.conftest import (BACKEND, GRADIENT_OPTIONS, MODELS, RESNETS, contract_size, model_params,
+                                  torchvision_parameter_count, torchvision_state_dict)
 from twins import registry
 
-SIZE = 64
+SIZE = 64  # the ResNet-specific tests
 
 
 def torch_ids(models=MODELS):
@@ -30,23 +31,25 @@ def test_both_registries_list_the_same_names():
 @torch_ids()
 def test_torch_output_shape_and_finite(model_name):
     model = torch_impl.build(model_name, num_classes=5).eval()
+    size = contract_size(model_name)
     with torch.no_grad():
-        out = model(torch.randn(2, 3, SIZE, SIZE))
+        out = model(torch.randn(2, 3, size, size))
     assert out.shape == (2, 5)
     assert torch.isfinite(out).all()
 
 
 @torch_ids()
 def test_every_torch_parameter_gets_a_gradient(model_name):
-    model = torch_impl.build(model_name, num_classes=3).train()
-    out = model(torch.randn(2, 3, SIZE, SIZE))
+    model = torch_impl.build(model_name, num_classes=3, **GRADIENT_OPTIONS.get(model_name, {})).train()
+    size = contract_size(model_name)
+    out = model(torch.randn(2, 3, size, size))
     torch.nn.functional.cross_entropy(out, torch.tensor([0, 2])).backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
             or float(p.grad.abs().max()) == 0.0]
     assert not dead, f"no gradient for {dead}"
 
 
-@torch_ids()
+@torch_ids(RESNETS)
 def test_torch_stage_outputs_have_documented_channels_and_strides(model_name):
     model = torch_impl.build(model_name, include_top=False).eval()
     with torch.no_grad():
@@ -114,7 +117,8 @@ def test_keras_output_shape_and_finite(model_name):
     import keras_impl
 
     model = keras_impl.build(model_name, num_classes=5)
-    out = keras.ops.convert_to_numpy(model(np.random.randn(2, SIZE, SIZE, 3).astype("float32"), training=False))
+    size = contract_size(model_name)
+    out = keras.ops.convert_to_numpy(model(np.random.randn(2, size, size, 3).astype("float32"), training=False))
     assert out.shape == (2, 5)
     assert np.isfinite(out).all()
 
@@ -127,18 +131,20 @@ def test_every_keras_parameter_gets_a_gradient(model_name):
     from keras_impl import training
     from keras_impl.weights import to_torch_layout
 
-    model = keras_impl.build(model_name, num_classes=3)
-    x = np.random.randn(2, SIZE, SIZE, 3).astype("float32")
+    options = GRADIENT_OPTIONS.get(model_name, {})
+    model = keras_impl.build(model_name, num_classes=3, **options)
+    size = contract_size(model_name)
+    x = np.random.randn(2, size, size, 3).astype("float32")
     _, grads = training.value_and_grad(model, training.cross_entropy, x, np.array([0, 2]))
     grads = to_torch_layout(model, training.gradients_numpy(model, grads))
-    parameters = {n for n, _ in torch_impl.build(model_name, num_classes=3).named_parameters()}
+    parameters = {n for n, _ in torch_impl.build(model_name, num_classes=3, **options).named_parameters()}
     assert set(grads) == parameters
     dead = [p for p, g in grads.items() if g is None or not np.isfinite(g).all() or np.abs(g).max() == 0.0]
     assert not dead, f"no gradient for {dead}"
 
 
 @pytest.mark.keras
-@model_params()
+@model_params(RESNETS)
 def test_keras_stage_outputs_have_documented_channels_and_strides(model_name):
     import keras
 

@@ -6,10 +6,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def cross_entropy(logits, labels):
+def cross_entropy(outputs, labels, aux_weight: float = 0.4):
     """Mean softmax cross-entropy over the class axis (dim 1, NCHW); `labels` are class indices shaped
-    like `logits` without that axis."""
-    return F.cross_entropy(logits, labels)
+    like the logits without that axis. A `(logits, aux, ...)` tuple (inception in training mode) gives
+    CE(logits) + aux_weight * CE(aux) per auxiliary head, the seed's recipe."""
+    if isinstance(outputs, (tuple, list)):
+        main, *aux = outputs
+        return F.cross_entropy(main, labels) + sum(aux_weight * F.cross_entropy(a, labels) for a in aux)
+    return F.cross_entropy(outputs, labels)
 
 
 def sgd(parameters, learning_rate: float, momentum: float = 0.0) -> torch.optim.SGD:
