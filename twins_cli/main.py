@@ -1,9 +1,11 @@
-"""`twins` command line: the report, parity tables and checkpoint conversion.
+"""`twins` command line: the report, parity tables, checkpoint conversion and the training recipe.
 
     twins report [--quick] [--out DIR]
     twins parity resnet50 [--backends tensorflow,jax,torch] [--json out.json]
     twins convert resnet50.pth resnet50.weights.h5 --model resnet50 [--num-classes 10 --exclude fc]
     twins convert resnet50.weights.h5 resnet50.safetensors --model resnet50
+    twins shapes DATA; twins train resnet18 --framework keras --backend jax --data DATA --out RUN
+    twins evaluate / predict / plot-history (see twins_cli/train.py)
 
 Each Keras backend runs in its own subprocess (a backend is fixed when keras is first imported).
 """
@@ -14,10 +16,12 @@ import json
 import sys
 
 from twins import checkpoints, registry
+from twins.data import DataError
 from twins_cli import parity
 from twins_cli.convert import cmd_convert
 from twins_cli.parity import BACKENDS, CHECKS
 from twins_cli.report import build_report, parity_table
+from twins_cli.train import add_parsers as add_training_parsers
 
 
 def _parse_backends(text: str) -> list[str]:
@@ -104,10 +108,15 @@ def main(argv=None) -> int:
     r.add_argument("--bench-backends", default="all", help="benchmark backends (default all five)")
     r.set_defaults(func=cmd_report)
 
+    add_training_parsers(sub)
+
     args = parser.parse_args(argv)
+    if args.command == "train" and not args.resume and not (args.model and args.data):
+        parser.error("twins train needs MODEL and --data (or --resume --out RUN)")
     try:
         return args.func(args)
-    except (checkpoints.CheckpointError, registry.UnknownModelError, FileNotFoundError) as exc:
+    except (checkpoints.CheckpointError, registry.UnknownModelError, DataError, FileNotFoundError,
+            FileExistsError) as exc:
         print(f"twins {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

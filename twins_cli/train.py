@@ -1,0 +1,331 @@
+"""`twins train`, `twins evaluate`, `twins predict`, `twins plot-history`, `twins shapes`: the fine-tuning
+recipe of the seed in either framework, on one run-directory format.
+
+    twins shapes DATA                                               # a learnable two-class ImageFolder
+    twins train resnet18 --framework torch --data DATA --out runs/r18-torch --epochs 5 --img-size 64
+    twins train resnet18 --framework keras --backend jax --data DATA --out runs/r18-jax --epochs 5 --img-size 64
+    twins train resnet18 --framework torch --data DATA --out runs/r18-torch --resume
+    twins evaluate resnet18 --framework keras --weights runs/r18-torch/best.safetensors --data DATA
+    twins predict resnet18 --framework torch --weights runs/r18-jax/best.safetensors \
+        --classes runs/r18-jax/classes.txt IMAGE... --top-k 2
+    twins plot-history runs/r18-torch runs/r18-jax --out history.png
+
+A framework is one `Side` (build, load, freeze, train, predict); the recipe, the data and the run
+directory are framework-free (`twins.runs`, `twins.data`). Weights move through torch-layout files,
+so a run of one framework evaluates, predicts and fine-tunes in the other.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from twins import checkpoints, registry
+from twins.data import BatchPlan, DataError, ImageFolder, check_same_classes, read_image, train_transform, val_transform
+from twins.runs import Recipe, RunDir
+
+FRAMEWORKS = ("torch", "keras")
+KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+DEFAULT_KERAS_BACKEND = "jax"
+
+
+class Side:
+    """What the commands need from one framework; `side(framework, backend)` returns one."""
+
+    def __init__(self, framework: str, backend: str | None = None):
+        self.framework = framework
+        if framework == "keras":
+            self.backend = use_keras_backend(backend)
+            import keras_impl
+            from keras_impl import train, weights
+
+            self.package, self.trainer, self.weights = keras_impl, train, weights
+            self.load = weights.load_torch_state_dict
+        elif framework == "torch":
+            self.backend = None
+            import torch_impl
+            from torch_impl import train, weights
+
+            self.package, self.trainer, self.weights = torch_impl, train, weights
+            self.load = weights.load_state_dict
+        else:
+            raise ValueError(f"unknown framework {framework!r}; expected one of {', '.join(FRAMEWORKS)}")
+
+    @property
+    def label(self) -> str:
+        return f"keras ({self.backend} backend)" if self.backend else "torch"
+
+    def build(self, name: str, *, seed: int | None = None, **kwargs):
+        """The twin; with `seed`, its initial weights are a function of the seed (the framework's RNG is
+        seeded first), so two runs with one `--seed` start from the same weights."""
+        if seed is not None:
+            if self.framework == "torch":
+                import torch
+
+                torch.manual_seed(seed)
+            else:
+                import keras
+
+                keras.utils.set_random_seed(seed)
+        return self.package.build(name, **kwargs)
+
+
+def use_keras_backend(backend: str | None) -> str:
+    """Fix the Keras backend before keras is imported; refuse a second, different one."""
+    wanted = backend or os.environ.get("KERAS_BACKEND") or DEFAULT_KERAS_BACKEND
+    if wanted not in KERAS_BACKENDS:
+        raise SystemExit(f"unknown Keras backend {wanted!r}; expected one of {', '.join(KERAS_BACKENDS)}")
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != wanted:
+            raise SystemExit(f"keras is already running on {keras.backend.backend()}; cannot switch to {wanted} "
+                             "in the same process")
+    os.environ["KERAS_BACKEND"] = wanted
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Keras imports tensorflow for its data utilities
+    return wanted
+
+
+def check_size(info: registry.ModelInfo, size: int) -> None:
+    if size < info.min_input_size:
+        raise SystemExit(f"--img-size {size} is below {info.name}'s smallest input size {info.min_input_size}")
+
+
+def load_weights(side: Side, model, info, path: str, exclude, num_classes: int, log=print):
+    """Restore `path` (torch layout: .pth/.pt/.safetensors/.npz) into `model`. A checkpoint of another
+    class count loads everything but the classifier (the exclude-final-layer restore), reported."""
+    from twins_cli.convert import classes_in
+
+    state = checkpoints.strip_data_parallel(checkpoints.read(path))
+    exclude = tuple(exclude or ())
+    trained = classes_in(state, info)
+    if trained != num_classes and not exclude:
+        exclude = info.classifier
+        log(f"{path} has {trained} classes, the data {num_classes}: the classifier "
+            f"({', '.join(info.classifier)}) starts fresh")
+    report = side.load(model, state, exclude=exclude, strict=True)
+    log(f"{path}: {report.summary()}")
+    return report
+
+
+def plans(recipe: Recipe, info) -> tuple[BatchPlan, BatchPlan, list[str]]:
+    train, val = ImageFolder(recipe.data, "train"), ImageFolder(recipe.data, "val")
+    check_same_classes(train, val)
+    size = recipe.input_size
+    return (BatchPlan(train, recipe.batch_size, train_transform(size, info.mean, info.std), shuffle=True, seed=recipe.seed),
+            BatchPlan(val, recipe.batch_size, val_transform(size, info.mean, info.std), shuffle=False, seed=recipe.seed),
+            train.classes)
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_train(args) -> int:
+    run = RunDir(args.out)
+    if args.resume:
+        config = run.config()
+        config["aux_heads"], config["exclude"] = tuple(config["aux_heads"]), tuple(config["exclude"])
+        recipe = Recipe(**config)
+        if args.epochs and args.epochs != recipe.epochs:
+            recipe.epochs = args.epochs
+        info = registry.get(recipe.model)
+    else:
+        info = registry.get(args.model)
+        recipe = Recipe(model=args.model, framework=args.framework, data=args.data, epochs=args.epochs or 15,
+                        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                        feature_extract=args.feature_extract, seed=args.seed, workers=args.workers,
+                        input_size=args.img_size or info.input_size, aux_heads=info.aux_heads,
+                        aux_weight=info.aux_weight, weights=args.weights, exclude=tuple(args.exclude or ()))
+    check_size(info, recipe.input_size)
+    side = Side(recipe.framework, args.backend or recipe.backend)
+    recipe.backend = side.backend
+    train_plan, val_plan, classes = plans(recipe, info)
+    if recipe.classes and recipe.classes != classes:
+        raise SystemExit(f"{recipe.data} now has classes {classes}; the run was started with {recipe.classes}")
+    recipe.classes = classes
+    print(f"twins train {recipe.model} on {side.label}: {train_plan.num_samples} train / {val_plan.num_samples} val "
+          f"images, {len(classes)} classes ({', '.join(classes)}), {recipe.input_size}x{recipe.input_size}, "
+          f"batch {recipe.batch_size}, {recipe.epochs} epochs, SGD lr {recipe.lr} momentum {recipe.momentum}")
+    model = side.build(recipe.model, num_classes=len(classes), seed=recipe.seed)
+    if recipe.weights and not args.resume:
+        load_weights(side, model, info, recipe.weights, recipe.exclude, len(classes))
+    trainable = side.trainer.set_feature_extract(model, info.classifier, recipe.feature_extract)
+    print(f"parameters to update ({len(trainable)}{', feature extraction' if recipe.feature_extract else ''}):")
+    for name in trainable:
+        print(f"\t{name}")
+    if not args.resume:
+        run.start(recipe)
+    elif run.config()["epochs"] != recipe.epochs:
+        from twins.runs import write_json
+
+        write_json(run.config_path, recipe.to_json())
+    text = "".join(f"{name}\n" for name in trainable)
+    checkpoints.write_atomic(run.path / "trainable.txt", lambda tmp: tmp.write_text(text))
+    try:
+        side.trainer.train_model(model, train_plan, val_plan, recipe, run, resume=args.resume)
+    except KeyboardInterrupt:
+        state = run.resume_state()
+        done = f"after epoch {state['epoch'] + 1}" if state else "before the first epoch ended"
+        print(f"\ninterrupted; {run.path} holds the state {done}. Continue with:\n"
+              f"  twins train --resume --out {run.path}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from twins import metrics
+
+    info = registry.get(args.model)
+    folder = ImageFolder(args.data, args.split)
+    size = args.img_size or info.input_size
+    check_size(info, size)
+    side = Side(args.framework, args.backend)
+    model = side.build(args.model, num_classes=len(folder.classes))
+    side.load(model, checkpoints.strip_data_parallel(checkpoints.read(args.weights)), strict=True)
+    plan = BatchPlan(folder, args.batch_size, val_transform(size, info.mean, info.std), shuffle=False)
+    logits, labels = side.trainer.predict_logits(model, plan)
+    loss, acc = metrics.cross_entropy(logits, labels), metrics.correct(logits, labels) / len(labels)
+    print(f"{args.model} on {side.label}, {args.weights}: {folder.root / folder.split} ({len(labels)} images)")
+    print(f"loss {loss:.4f}  accuracy {acc:.4f}")
+    predicted = logits.argmax(-1)
+    for label, name in enumerate(folder.classes):
+        mine = labels == label
+        print(f"  {name}: {int((predicted[mine] == label).sum())}/{int(mine.sum())}")
+    return 0
+
+
+def read_classes(path: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"classes file not found: {path} (a run directory's classes.txt, one name per line)")
+    names = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    if not names:
+        raise SystemExit(f"{path} lists no classes")
+    return names
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from twins import metrics
+
+    info = registry.get(args.model)
+    classes = read_classes(args.classes)
+    size = args.img_size or info.input_size
+    check_size(info, size)
+    images = [val_transform(size, info.mean, info.std)(read_image(path)) for path in args.images]
+    side = Side(args.framework, args.backend)
+    model = side.build(args.model, num_classes=len(classes))
+    side.load(model, checkpoints.strip_data_parallel(checkpoints.read(args.weights)), strict=True)
+    x = np.stack(images)
+    if args.framework == "torch":
+        import torch
+
+        model.eval()
+        with torch.no_grad():
+            logits = model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    else:
+        logits = np.asarray(model.predict_on_batch(x))
+    index, probs = metrics.top_k(logits, args.top_k)
+    for path, idx, p in zip(args.images, index, probs):
+        print(f"{path}: " + ", ".join(f"{classes[i]} {q:.3f}" for i, q in zip(idx, p)))
+    return 0
+
+
+def cmd_plot_history(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for path in args.runs:
+        run = RunDir(path)
+        history, config = run.history(), run.config()
+        if not history["epochs"]:
+            raise SystemExit(f"{path} has no finished epoch yet (history.json is empty)")
+        epochs = [e["epoch"] + 1 for e in history["epochs"]]
+        label = f"{Path(path).name} ({config['model']}, {config['framework']}"
+        label += f"/{config['backend']})" if config.get("backend") else ")"
+        line, = ax.plot(epochs, [e["val"]["acc"] for e in history["epochs"]], marker="o", label=f"{label} val")
+        ax.plot(epochs, [e["train"]["acc"] for e in history["epochs"]], linestyle="--", color=line.get_color(),
+                alpha=0.6, label=f"{label} train")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("accuracy per epoch")
+    fig.tight_layout()
+    out = checkpoints.write_atomic(args.out, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_shapes(args) -> int:
+    from twins.shapes import make_shapes
+
+    root = make_shapes(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
+    print(f"wrote {root}: train {args.train} and val {args.val} images per class (disc, square), "
+          f"{args.size}x{args.size}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    models = ", ".join(registry.names())
+    t = sub.add_parser("train", help="the fine-tuning recipe in torch or Keras, written to a run directory")
+    t.add_argument("model", nargs="?", help=f"architecture ({models}); taken from the run with --resume")
+    t.add_argument("--framework", choices=FRAMEWORKS, default="torch")
+    t.add_argument("--backend", choices=KERAS_BACKENDS,
+                   help=f"Keras backend (default: $KERAS_BACKEND, else {DEFAULT_KERAS_BACKEND})")
+    t.add_argument("--data", help="ImageFolder root with train/<class>/ and val/<class>/")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--epochs", type=int, default=None, help="default 15 (the seed's)")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=0.001)
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's, 224/299)")
+    t.add_argument("--feature-extract", action="store_true", help="train the new classifier only")
+    t.add_argument("--weights", help="initial weights (torch layout); another class count keeps all but the head")
+    t.add_argument("--exclude", action="append", help="torch key prefix to leave fresh when loading --weights")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--workers", type=int, default=2, help="data loading workers (processes on torch, threads on Keras)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete epoch")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on an ImageFolder split")
+    e.add_argument("model")
+    e.add_argument("--framework", choices=FRAMEWORKS, default="torch")
+    e.add_argument("--backend", choices=KERAS_BACKENDS)
+    e.add_argument("--weights", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="val")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--img-size", type=int, default=None)
+    e.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k classes of images")
+    p.add_argument("model")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--framework", choices=FRAMEWORKS, default="torch")
+    p.add_argument("--backend", choices=KERAS_BACKENDS)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--classes", required=True, help="one class name per line (a run's classes.txt)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--img-size", type=int, default=None)
+    p.set_defaults(func=cmd_predict)
+
+    h = sub.add_parser("plot-history", help="val (and train) accuracy per epoch of several runs, as a PNG")
+    h.add_argument("runs", nargs="+")
+    h.add_argument("--out", required=True)
+    h.set_defaults(func=cmd_plot_history)
+
+    s = sub.add_parser("shapes", help="write a learnable two-class ImageFolder (discs vs squares)")
+    s.add_argument("out")
+    s.add_argument("--train", type=int, default=64, help="training images per class")
+    s.add_argument("--val", type=int, default=32, help="validation images per class")
+    s.add_argument("--size", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_shapes)
