@@ -11,6 +11,7 @@ backend-specific `train_step`.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import keras
@@ -101,7 +102,8 @@ class RecipeCallback(keras.callbacks.Callback):
         if record_epoch(self.history, record):
             self.best = [keras.ops.convert_to_numpy(v).copy() for v in self.base.weights]
             checkpoints.write(self.run.best_path, torch_state_dict(self.base))
-        self.log(f"epoch {epoch + 1}/{self.recipe.epochs}: train loss {train['loss']:.4f} acc {train['acc']:.4f} | "
+        self.log(f"epoch {epoch + 1}/{self.recipe.epochs}: train loss {train['loss']:.4f} acc {train['acc']:.4f} "
+                 f"({train['samples_per_sec']:.1f} img/s) | "
                  f"val loss {val['loss']:.4f} acc {val['acc']:.4f}"
                  + (" (best)" if self.history["best_epoch"] == epoch else ""))
         self.run.write_history(self.history)
@@ -170,8 +172,11 @@ def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, 
             variable.assign(value)
     try:
         if start < recipe.epochs:
-            view.fit(train_seq, epochs=recipe.epochs, initial_epoch=start, callbacks=[callback], verbose=1,
-                     shuffle=False)
+            # A progress bar on a terminal, one line per epoch in a log file (tqdm's `disable=None` on the
+            # torch side). Our ProgbarLogger goes first so the bar is finished before the epoch line.
+            verbose = 1 if sys.stdout.isatty() else 2
+            view.fit(train_seq, epochs=recipe.epochs, initial_epoch=start, verbose=verbose, shuffle=False,
+                     callbacks=[keras.callbacks.ProgbarLogger(), callback])
     finally:
         scalars.close()
     callback.restore_best()

@@ -135,7 +135,8 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
             if record_epoch(history, record):
                 best = copy.deepcopy(model.state_dict())
                 checkpoints.write(run.best_path, {k: v.detach().cpu().numpy() for k, v in best.items()})
-            log(f"epoch {epoch + 1}/{recipe.epochs}: train loss {train['loss']:.4f} acc {train['acc']:.4f} | "
+            log(f"epoch {epoch + 1}/{recipe.epochs}: train loss {train['loss']:.4f} acc {train['acc']:.4f} "
+                f"({train['samples_per_sec']:.1f} img/s) | "
                 f"val loss {val['loss']:.4f} acc {val['acc']:.4f}"
                 + (" (best)" if history["best_epoch"] == epoch else ""))
             run.write_history(history)

@@ -324,8 +324,8 @@ def add_parsers(sub) -> None:
 
     s = sub.add_parser("shapes", help="write a learnable two-class ImageFolder (discs vs squares)")
     s.add_argument("out")
-    s.add_argument("--train", type=int, default=64, help="training images per class")
-    s.add_argument("--val", type=int, default=32, help="validation images per class")
+    s.add_argument("--train", type=int, default=200, help="training images per class")
+    s.add_argument("--val", type=int, default=50, help="validation images per class")
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_shapes)
