@@ -7,41 +7,21 @@ name the first diverging one.
 """
 from __future__ import annotations
 
-import math
-
 import keras
 from keras import layers
 
 from twins import registry
 
-from .common import dense, image_input, max_pool
+from .common import conv2d, dense, image_input, max_pool, torch_uniform
 
 MIN_SIZE = registry.get("alexnet").min_input_size
 
 
-def torch_default_init(fan_in):
-    """PyTorch's default Conv2d/Linear init, which torchvision keeps for AlexNet: the weight's
-    kaiming_uniform_(a=sqrt(5)) and the bias are both U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return keras.initializers.RandomUniform(-bound, bound)
-
-
 def conv2d_torch_init(x, filters, kernel, stride=1, padding=0, *, name):
-    """nn.Conv2d twin with a bias and PyTorch's default init (`common.conv2d` is bias-free, He
-    fan-out). Padding is explicit, ZeroPadding2D + 'valid': Keras' 'same' would pad the stride-4
-    conv asymmetrically where torch pads 2 on every side."""
+    """nn.Conv2d with a bias and PyTorch's default init, which torchvision keeps for AlexNet."""
     fan_in = x.shape[-1] * kernel * kernel
-    if padding:
-        x = layers.ZeroPadding2D(padding, name=f"{name}-pad")(x)
-    return layers.Conv2D(
-        filters,
-        kernel,
-        strides=stride,
-        padding="valid",
-        kernel_initializer=torch_default_init(fan_in),
-        bias_initializer=torch_default_init(fan_in),
-        name=name,
-    )(x)
+    return conv2d(x, filters, kernel, stride, padding, use_bias=True, kernel_initializer=torch_uniform(fan_in),
+                  bias_initializer=torch_uniform(fan_in), name=name)
 
 
 def alexnet(num_classes=1000, dropout=0.5, input_shape=(None, None, 3), name="alexnet") -> keras.Model:

@@ -71,9 +71,19 @@ class BatchNorm(layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}
 
 
-def conv2d(x, filters, kernel, stride=1, padding=0, dilation=1, use_bias=False, *, name):
-    """Conv2d twin. Padding is always explicit (ZeroPadding2D + 'valid'): Keras' 'same' pads a
-    stride-2 conv asymmetrically (extra pixel bottom/right) where torch pads symmetrically."""
+def torch_uniform(fan_in: int):
+    """PyTorch's default Conv2d/Linear init: kaiming_uniform_(a=sqrt(5)) for the weight and the bias
+    are both U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return keras.initializers.RandomUniform(-bound, bound)
+
+
+def conv2d(x, filters, kernel, stride=1, padding=0, dilation=1, use_bias=False, *, name,
+           kernel_initializer=None, bias_initializer="zeros"):
+    """Conv2d twin, by default as torchvision's ResNets have it (no bias, He fan-out); the other
+    models pass their own initialisers. Padding is always explicit (ZeroPadding2D + 'valid'): Keras'
+    'same' pads a stride-2 conv asymmetrically (extra pixel bottom/right) where torch pads
+    symmetrically."""
     if padding:
         x = layers.ZeroPadding2D(padding, name=f"{name}-pad")(x)
     return layers.Conv2D(
@@ -83,7 +93,8 @@ def conv2d(x, filters, kernel, stride=1, padding=0, dilation=1, use_bias=False, 
         padding="valid",
         dilation_rate=dilation,
         use_bias=use_bias,
-        kernel_initializer=he_fan_out(),
+        kernel_initializer=kernel_initializer or he_fan_out(),
+        bias_initializer=bias_initializer,
         name=name,
     )(x)
 
@@ -101,13 +112,13 @@ def max_pool(x, pool, stride, padding=0, *, name):
     return layers.MaxPooling2D(pool, strides=stride, padding="valid", name=name)(x)
 
 
-def dense(x, units, *, name):
-    """Linear twin with torch's default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for both tensors."""
-    bound = 1.0 / math.sqrt(x.shape[-1])
+def dense(x, units, *, name, kernel_initializer=None, bias_initializer=None):
+    """Linear twin, by default with torch's default init (`torch_uniform`) for both tensors."""
+    fan_in = x.shape[-1]
     return layers.Dense(
         units,
-        kernel_initializer=keras.initializers.RandomUniform(-bound, bound),
-        bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+        kernel_initializer=kernel_initializer or torch_uniform(fan_in),
+        bias_initializer=bias_initializer or torch_uniform(fan_in),
         name=name,
     )(x)
 

@@ -8,24 +8,12 @@ features the Identity named by its path (`features-denseblock1-denselayer1`).
 """
 from __future__ import annotations
 
-import math
-
 import keras
 from keras import layers
 
 from twins import registry
 
-from .common import BatchNorm, image_input, max_pool
-
-
-def conv2d(x, filters, kernel, stride=1, padding=0, *, name):
-    """Conv2d(bias=False) twin with DenseNet's He-normal fan_in init (common.conv2d draws fan_out).
-    Padding is explicit (ZeroPadding2D + 'valid'): Keras' 'same' pads a stride-2 conv asymmetrically."""
-    if padding:
-        x = layers.ZeroPadding2D(padding, name=f"{name}-pad")(x)
-    return layers.Conv2D(
-        filters, kernel, strides=stride, padding="valid", use_bias=False, kernel_initializer=he_normal(), name=name
-    )(x)
+from .common import BatchNorm, conv2d, dense, image_input, max_pool
 
 
 def dense_layer(features, growth_rate, bn_size, drop_rate, name):
@@ -34,10 +22,10 @@ def dense_layer(features, growth_rate, bn_size, drop_rate, name):
     x = layers.Concatenate(axis=-1, name=f"{name}-cat")(features) if len(features) > 1 else features[0]
     x = BatchNorm(name=f"{name}-norm1")(x)
     x = layers.ReLU(name=f"{name}-relu1")(x)
-    x = conv2d(x, bn_size * growth_rate, 1, name=f"{name}-conv1")
+    x = conv2d(x, bn_size * growth_rate, 1, kernel_initializer=he_normal(), name=f"{name}-conv1")
     x = BatchNorm(name=f"{name}-norm2")(x)
     x = layers.ReLU(name=f"{name}-relu2")(x)
-    x = conv2d(x, growth_rate, 3, padding=1, name=f"{name}-conv2")
+    x = conv2d(x, growth_rate, 3, padding=1, kernel_initializer=he_normal(), name=f"{name}-conv2")
     if drop_rate > 0:
         x = layers.Dropout(drop_rate, name=f"{name}-dropout")(x)
     return layers.Identity(name=name)(x)
@@ -55,7 +43,7 @@ def transition(x, num_output_features, name):
     """Twin of torch_impl.densenet._Transition."""
     x = BatchNorm(name=f"{name}-norm")(x)
     x = layers.ReLU(name=f"{name}-relu")(x)
-    x = conv2d(x, num_output_features, 1, name=f"{name}-conv")
+    x = conv2d(x, num_output_features, 1, kernel_initializer=he_normal(), name=f"{name}-conv")
     return layers.AveragePooling2D(2, strides=2, padding="valid", name=f"{name}-pool")(x)
 
 
@@ -71,7 +59,7 @@ def densenet(
     name="densenet121",
 ) -> keras.Model:
     """Twin of torch_impl.densenet.DenseNet, on the checked input `x` of `inputs`."""
-    x = conv2d(x, num_init_features, 7, 2, 3, name="features-conv0")
+    x = conv2d(x, num_init_features, 7, 2, 3, kernel_initializer=he_normal(), name="features-conv0")
     x = BatchNorm(name="features-norm0")(x)
     x = layers.ReLU(name="features-relu0")(x)
     x = max_pool(x, 3, 2, 1, name="features-pool0")
@@ -85,7 +73,7 @@ def densenet(
     x = BatchNorm(name="features-norm5")(x)
     x = layers.ReLU(name="relu")(x)
     x = layers.GlobalAveragePooling2D(name="avgpool")(x)
-    x = dense_zero_bias(x, num_classes, name="classifier")
+    x = dense(x, num_classes, bias_initializer="zeros", name="classifier")  # torch default weight, zero bias
     return keras.Model(inputs, x, name=name)
 
 
@@ -93,13 +81,6 @@ def he_normal():
     """torchvision's DenseNet conv init, kaiming_normal_ (fan_in, gain sqrt(2)): N(0, 2 / fan_in),
     not truncated (keras.initializers.HeNormal truncates)."""
     return keras.initializers.VarianceScaling(2.0, mode="fan_in", distribution="untruncated_normal")
-
-
-def dense_zero_bias(x, units, *, name):
-    """Linear twin with DenseNet's init: torch's default U(+-1/sqrt(fan_in)) weight, zero bias
-    (common.dense draws the bias too)."""
-    bound = 1.0 / math.sqrt(x.shape[-1])
-    return layers.Dense(units, kernel_initializer=keras.initializers.RandomUniform(-bound, bound), name=name)(x)
 
 
 def _densenet(name, growth_rate, block_config, num_init_features, input_shape=(None, None, 3), **kwargs):

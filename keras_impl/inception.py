@@ -21,32 +21,12 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from twins import registry
+
 from .common import BatchNorm, conv2d, dense, image_input, max_pool
 
-MIN_EVAL_SIZE = 75
-MIN_TRAIN_SIZE_WITH_AUX = 299
 # The smallest Mixed_6e map the aux head computes on: its 5x5/3 average pool then leaves 5x5.
 AUX_MIN_MAP = 17
-# torchvision's `transform_input`: undo the ImageNet normalisation, redo it as (x - 0.5) / 0.5, the
-# normalisation the ported Google weights expect. Per channel: x * scale + shift.
-TRANSFORM_SCALE = (0.229 / 0.5, 0.224 / 0.5, 0.225 / 0.5)
-TRANSFORM_SHIFT = ((0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5)
-
-
-def min_input_size(training: bool, aux_logits: bool) -> int:
-    return MIN_TRAIN_SIZE_WITH_AUX if training and aux_logits else MIN_EVAL_SIZE
-
-
-def size_note(training: bool, aux_logits: bool) -> str:
-    """What the size check says besides the sizes: which mode needs which size, and why."""
-    if training and aux_logits:
-        return (f"training mode with the aux head (aux_logits=True) needs {MIN_TRAIN_SIZE_WITH_AUX}x"
-                f"{MIN_TRAIN_SIZE_WITH_AUX}: its 5x5/3 average pool must leave Mixed_6e's map at 5x5 or more "
-                f"for its 5x5 conv; eval mode, or aux_logits=False, needs {MIN_EVAL_SIZE}x{MIN_EVAL_SIZE}")
-    if aux_logits:
-        return (f"eval mode needs {MIN_EVAL_SIZE}x{MIN_EVAL_SIZE}; training mode with the aux head needs "
-                f"{MIN_TRAIN_SIZE_WITH_AUX}x{MIN_TRAIN_SIZE_WITH_AUX}")
-    return f"inception_v3 needs {MIN_EVAL_SIZE}x{MIN_EVAL_SIZE} in eval and training mode without the aux head"
 
 
 def avg_pool(x, pool, stride, padding=0, *, name):
@@ -202,12 +182,12 @@ class InputSizeCheck(layers.Layer):
         self.aux_logits, self.model = aux_logits, model
 
     def check(self, shape, training):
-        min_size = min_input_size(bool(training), self.aux_logits)
+        min_size = registry.inception_min_input_size(bool(training), self.aux_logits)
         height, width = shape[1], shape[2]
         if height is not None and width is not None and min(height, width) < min_size:
             raise ValueError(
                 f"{self.model} needs images of at least {min_size}x{min_size} pixels, got {height}x{width}; "
-                f"{size_note(bool(training), self.aux_logits)}"
+                f"{registry.inception_size_note(bool(training), self.aux_logits)}"
             )
 
     def call(self, x, training=None):
@@ -228,8 +208,8 @@ class TransformInput(layers.Layer):
     """Twin of `Inception3._transform_input`: x * scale + shift per channel (the last axis here)."""
 
     def call(self, x):
-        scale = ops.convert_to_tensor(TRANSFORM_SCALE, dtype=x.dtype)
-        shift = ops.convert_to_tensor(TRANSFORM_SHIFT, dtype=x.dtype)
+        scale = ops.convert_to_tensor(registry.INCEPTION_TRANSFORM_SCALE, dtype=x.dtype)
+        shift = ops.convert_to_tensor(registry.INCEPTION_TRANSFORM_SHIFT, dtype=x.dtype)
         return x * scale + shift
 
     def compute_output_shape(self, input_shape):

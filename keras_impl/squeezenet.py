@@ -12,27 +12,22 @@ from keras import layers
 
 from twins import registry
 
-from .common import image_input, max_pool
+from .common import conv2d, image_input, max_pool
 
 
-def conv2d(x, filters, kernel, stride=1, padding=0, *, kernel_initializer, name):
-    """Conv2d(bias=True) twin with SqueezeNet's own initialisers (common.conv2d draws He fan_out and
-    has no bias). Padding is explicit (ZeroPadding2D + 'valid'), never 'same'."""
-    if padding:
-        x = layers.ZeroPadding2D(padding, name=f"{name}-pad")(x)
-    return layers.Conv2D(
-        filters, kernel, strides=stride, padding="valid", kernel_initializer=kernel_initializer, name=name
-    )(x)
+def conv2d_bias(x, filters, kernel, stride=1, padding=0, *, kernel_initializer, name):
+    """Conv2d(bias=True) with SqueezeNet's initialisers (zero bias)."""
+    return conv2d(x, filters, kernel, stride, padding, use_bias=True, kernel_initializer=kernel_initializer, name=name)
 
 
 def fire(x, squeeze_planes, expand1x1_planes, expand3x3_planes, name):
     """Twin of torch_impl.squeezenet.Fire: expand1x1 before expand3x3 on the channel axis, as
     torch.cat([expand1x1, expand3x3], 1)."""
-    x = conv2d(x, squeeze_planes, 1, kernel_initializer=he_uniform(), name=f"{name}-squeeze")
+    x = conv2d_bias(x, squeeze_planes, 1, kernel_initializer=he_uniform(), name=f"{name}-squeeze")
     x = layers.ReLU(name=f"{name}-squeeze_activation")(x)
-    a = conv2d(x, expand1x1_planes, 1, kernel_initializer=he_uniform(), name=f"{name}-expand1x1")
+    a = conv2d_bias(x, expand1x1_planes, 1, kernel_initializer=he_uniform(), name=f"{name}-expand1x1")
     a = layers.ReLU(name=f"{name}-expand1x1_activation")(a)
-    b = conv2d(x, expand3x3_planes, 3, padding=1, kernel_initializer=he_uniform(), name=f"{name}-expand3x3")
+    b = conv2d_bias(x, expand3x3_planes, 3, padding=1, kernel_initializer=he_uniform(), name=f"{name}-expand3x3")
     b = layers.ReLU(name=f"{name}-expand3x3_activation")(b)
     return layers.Concatenate(axis=-1, name=name)([a, b])
 
@@ -53,7 +48,7 @@ def max_pool_ceil(x, kernel, stride, *, name):
 
 def squeezenet(inputs, x, num_classes=1000, dropout=0.5) -> keras.Model:
     """Twin of torch_impl.squeezenet.SqueezeNet, on the checked input `x` of `inputs`."""
-    x = conv2d(x, 96, 7, 2, kernel_initializer=he_uniform(), name="features-0")
+    x = conv2d_bias(x, 96, 7, 2, kernel_initializer=he_uniform(), name="features-0")
     x = layers.ReLU(name="features-1")(x)
     x = max_pool_ceil(x, 3, 2, name="features-2")
     x = fire(x, 16, 64, 64, "features-3")
@@ -67,7 +62,7 @@ def squeezenet(inputs, x, num_classes=1000, dropout=0.5) -> keras.Model:
     x = max_pool_ceil(x, 3, 2, name="features-11")
     x = fire(x, 64, 256, 256, "features-12")
     x = layers.Dropout(dropout, name="classifier-0")(x)
-    x = conv2d(x, num_classes, 1, kernel_initializer=final_conv_normal(), name="classifier-1")
+    x = conv2d_bias(x, num_classes, 1, kernel_initializer=final_conv_normal(), name="classifier-1")
     x = layers.ReLU(name="classifier-2")(x)
     x = layers.GlobalAveragePooling2D(keepdims=True, name="classifier-3")(x)
     x = layers.Flatten(name="flatten")(x)

@@ -12,7 +12,7 @@ from keras import layers
 
 from twins import registry
 
-from .common import BatchNorm, conv2d, image_input, max_pool
+from .common import BatchNorm, conv2d, dense, image_input, max_pool
 
 CFGS = {"A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]}
 
@@ -36,13 +36,9 @@ def make_layers(x, cfg, batch_norm=False):
 
 def linear(x, units, *, name):
     """nn.Linear twin with torchvision's VGG init, N(0, 0.01) weight and zero bias: the Linear half of
-    torch_impl.vgg.init_vgg_weights (`common.dense` has PyTorch's default init)."""
-    return layers.Dense(
-        units,
-        kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01),
-        bias_initializer="zeros",
-        name=name,
-    )(x)
+    torch_impl.vgg.init_vgg_weights."""
+    return dense(x, units, kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01), bias_initializer="zeros",
+                 name=name)
 
 
 def _vgg(name, cfg, batch_norm, num_classes=1000, dropout=0.5, input_shape=(None, None, 3)) -> keras.Model:

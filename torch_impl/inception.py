@@ -17,32 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from twins import registry
+
 from .common import check_nchw
 
-MIN_EVAL_SIZE = 75
-MIN_TRAIN_SIZE_WITH_AUX = 299
-# torchvision's `transform_input`: undo the ImageNet normalisation, redo it as (x - 0.5) / 0.5, the
-# normalisation the ported Google weights expect. Per channel: x * scale + shift.
-TRANSFORM_SCALE = (0.229 / 0.5, 0.224 / 0.5, 0.225 / 0.5)
-TRANSFORM_SHIFT = ((0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5)
-
 InceptionOutputs = namedtuple("InceptionOutputs", ["logits", "aux_logits"])
-
-
-def min_input_size(training: bool, aux_logits: bool) -> int:
-    return MIN_TRAIN_SIZE_WITH_AUX if training and aux_logits else MIN_EVAL_SIZE
-
-
-def size_note(training: bool, aux_logits: bool) -> str:
-    """What the size check adds to check_nchw's refusal: which mode needs which size, and why."""
-    if training and aux_logits:
-        return (f"training mode with the aux head (aux_logits=True) needs {MIN_TRAIN_SIZE_WITH_AUX}x"
-                f"{MIN_TRAIN_SIZE_WITH_AUX}: its 5x5/3 average pool must leave Mixed_6e's map at 5x5 or more "
-                f"for its 5x5 conv; eval mode, or aux_logits=False, needs {MIN_EVAL_SIZE}x{MIN_EVAL_SIZE}")
-    if aux_logits:
-        return (f"eval mode needs {MIN_EVAL_SIZE}x{MIN_EVAL_SIZE}; training mode with the aux head needs "
-                f"{MIN_TRAIN_SIZE_WITH_AUX}x{MIN_TRAIN_SIZE_WITH_AUX}")
-    return f"inception_v3 needs {MIN_EVAL_SIZE}x{MIN_EVAL_SIZE} in eval and training mode without the aux head"
 
 
 class BasicConv2d(nn.Module):
@@ -234,17 +213,17 @@ class Inception3(nn.Module):
         init_weights(self)
 
     def _transform_input(self, x):
-        scale = torch.tensor(TRANSFORM_SCALE, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        shift = torch.tensor(TRANSFORM_SHIFT, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        scale = torch.tensor(registry.INCEPTION_TRANSFORM_SCALE, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        shift = torch.tensor(registry.INCEPTION_TRANSFORM_SHIFT, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return x * scale + shift
 
     def _check_input(self, x):
-        min_size = min_input_size(self.training, self.aux_logits)
+        min_size = registry.inception_min_input_size(self.training, self.aux_logits)
         try:
             check_nchw(x, 3, self.name, min_size)
         except ValueError as exc:
             if x.ndim == 4 and x.shape[1] == 3 and min(x.shape[2], x.shape[3]) < min_size:
-                raise ValueError(f"{exc}; {size_note(self.training, self.aux_logits)}") from None
+                raise ValueError(f"{exc}; {registry.inception_size_note(self.training, self.aux_logits)}") from None
             raise
 
     def forward(self, x):

@@ -94,6 +94,31 @@ def resnet_stage_info(expansion: int, stem: str = "imagenet", dilation=(1, 1, 1,
     return info
 
 
+# Inception v3's input sizes and torchvision's `transform_input`, the rules both twins apply.
+INCEPTION_MIN_EVAL_SIZE = 75  # Mixed_7a's stride-2 3x3 convs still see 3x3
+INCEPTION_MIN_TRAIN_SIZE_WITH_AUX = 299  # the aux head's 5x5/3 pool must leave Mixed_6e's 17x17 map at 5x5
+# `transform_input`: undo the ImageNet normalisation, redo it as (x - 0.5) / 0.5, the normalisation the
+# ported Google weights expect. Per channel: x * scale + shift.
+INCEPTION_TRANSFORM_SCALE = (0.229 / 0.5, 0.224 / 0.5, 0.225 / 0.5)
+INCEPTION_TRANSFORM_SHIFT = ((0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5)
+
+
+def inception_min_input_size(training: bool, aux_logits: bool) -> int:
+    return INCEPTION_MIN_TRAIN_SIZE_WITH_AUX if training and aux_logits else INCEPTION_MIN_EVAL_SIZE
+
+
+def inception_size_note(training: bool, aux_logits: bool) -> str:
+    """What both twins' size check says besides the sizes: which mode needs which size, and why."""
+    low, high = INCEPTION_MIN_EVAL_SIZE, INCEPTION_MIN_TRAIN_SIZE_WITH_AUX
+    if training and aux_logits:
+        return (f"training mode with the aux head (aux_logits=True) needs {high}x{high}: its 5x5/3 average "
+                f"pool must leave Mixed_6e's map at 5x5 or more for its 5x5 conv; eval mode, or "
+                f"aux_logits=False, needs {low}x{low}")
+    if aux_logits:
+        return f"eval mode needs {low}x{low}; training mode with the aux head needs {high}x{high}"
+    return f"inception_v3 needs {low}x{low} in eval and training mode without the aux head"
+
+
 def get(name: str) -> ModelInfo:
     try:
         return MODELS[name]
