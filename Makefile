@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(PY) -m twins_cli.main report --quick --out reports/latest
 
 # The full parity matrix: every check for every model and variant on every installed backend
-# (make test runs resnet101/152 in eval mode only; see README "Parity").
+# (make test runs a subset for some models, SUITE in parity_tests/test_parity.py; see README "Tests").
 parity: $(STAMP)
 	$(PY) -m twins_cli.main parity all --json reports/parity-all.json
 

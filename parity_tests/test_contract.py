@@ -9,7 +9,7 @@ import torch
 
 import torch_impl
 from parity_tests.conftest import (BACKEND, GRADIENT_OPTIONS, MODELS, RESNETS, contract_size, model_params,
-                                  torchvision_parameter_count, torchvision_state_dict)
+                                  skip_off_tensorflow, torchvision_parameter_count, torchvision_state_dict)
 from twins import registry
 
 SIZE = 64  # the ResNet-specific tests
@@ -116,6 +116,7 @@ def test_keras_output_shape_and_finite(model_name):
 
     import keras_impl
 
+    skip_off_tensorflow(model_name)
     model = keras_impl.build(model_name, num_classes=5)
     size = contract_size(model_name)
     out = keras.ops.convert_to_numpy(model(np.random.randn(2, size, size, 3).astype("float32"), training=False))
@@ -131,6 +132,7 @@ def test_every_keras_parameter_gets_a_gradient(model_name):
     from keras_impl import training
     from keras_impl.weights import to_torch_layout
 
+    skip_off_tensorflow(model_name)
     options = GRADIENT_OPTIONS.get(model_name, {})
     model = keras_impl.build(model_name, num_classes=3, **options)
     size = contract_size(model_name)

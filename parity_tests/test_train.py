@@ -122,6 +122,8 @@ def run_killed_mid_epoch(args, run: Path):
 def test_a_killed_run_resumes_with_the_losses_of_an_uninterrupted_one(shapes, tmp_path, framework):
     if framework == "torch" and BACKEND != "tensorflow":
         pytest.skip("the torch trainer runs in the tensorflow pass only")
+    if framework == "keras" and BACKEND == "torch":
+        pytest.skip("the Keras resume code is backend-free; run on tensorflow and jax for the test budget")
     base = ["train", "resnet18", "--framework", framework, "--data", str(shapes), "--epochs", "2",
             "--img-size", str(SIZE), "--batch-size", "2", "--lr", "0.01", "--workers", "0"]
     whole = twins_cli(*base, "--out", str(tmp_path / "whole"))
@@ -200,3 +202,36 @@ def test_training_errors_say_what_is_wrong(shapes, tmp_path):
     assert done.returncode != 0 and "below resnet18's smallest input size 32" in done.stderr
     done = twins_cli("train", "--resume", "--out", str(tmp_path / "none"))
     assert done.returncode == 2 and "holds no run" in done.stderr
+
+
+@pytest.mark.parametrize("framework", ["torch", pytest.param("keras", marks=pytest.mark.keras)],
+                         ids=["torch", f"keras-{BACKEND}"])
+def test_workers_do_not_change_the_batches(shapes, framework):
+    """Two loading workers (torch DataLoader processes, Keras PyDataset threads) give the batches the plan
+    gives in one process, in order."""
+    if framework == "torch" and BACKEND != "tensorflow":
+        pytest.skip("the torch loader runs in the tensorflow pass only")
+    from twins.data import BatchPlan, ImageFolder, train_transform
+
+    plan = BatchPlan(ImageFolder(shapes, "train"), 3, train_transform(SIZE), shuffle=True, seed=5)
+    expected = [plan.batch(1, i) for i in range(len(plan))]
+    if framework == "torch":
+        from torch_impl.train import loader
+
+        data = loader(plan, 2)
+        data.dataset.epoch = 1
+        got = [(x.numpy().transpose(0, 2, 3, 1), y.numpy()) for x, y in data]
+    else:
+        from keras_impl.train import PlanSequence
+
+        # Through the adapter `fit` uses, which runs the PyDataset's worker threads.
+        from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
+
+        sequence = PlanSequence(plan, 2)
+        sequence.epoch = 1
+        adapter = PyDatasetAdapter(sequence, shuffle=False)
+        got = [(np.asarray(x), np.asarray(y)) for x, y in adapter.get_numpy_iterator()]
+        adapter.on_epoch_end()
+    assert len(got) == len(expected)
+    for (x, y), (ex, ey) in zip(got, expected):
+        assert np.array_equal(x, ex) and np.array_equal(y, ey)
