@@ -17,30 +17,12 @@ import numpy as np
 import pytest
 
 from parity_tests.conftest import BACKEND, model_params
-from twins_cli.parity import VARIANTS
+from twins_cli.parity import QUICK_SUITE, VARIANTS
 
 pytestmark = pytest.mark.keras
 
-# What `make test` runs per model: every check that applies (None), or these checks, at this size. The
-# rest runs in `make parity` (README "Parity"): resnet34 and the two resnet18 variants share every
-# layer type with resnet18 (the variants' own wiring is what their eval and stage rows check), and
-# resnet101/152 with resnet50; alexnet's round trip and head restore are the bridge's generic code;
-# the float64 training checks of alexnet, vgg11_bn and inception_v3 peak at 8.4, 18 and 6.7 GB in one
-# worker (tensorflow, jax) and take minutes; densenet121's cost 40 s a backend (squeezenet1_0 runs the
-# full set for the zoo). All for DESIGN.md's test budget (8 GB, 25 min; measured 24 min before these
-# cuts).
-SUITE: dict[str, tuple | None] = {
-    "resnet18": None, "resnet50": None, "resnet50-deep-dilated": None, "squeezenet1_0": None,
-    "resnet18-cifar": (("eval_output", "stage_outputs", "round_trip"), None),
-    "resnet18-features": (("eval_output", "stage_outputs", "exclude_restore"), None),
-    "resnet34": (("eval_output", "stage_outputs"), None),
-    "densenet121": (("eval_output", "round_trip", "exclude_restore"), None),
-    "resnet101": (("eval_output", "stage_outputs"), None),
-    "resnet152": (("eval_output", "stage_outputs"), None),
-    "alexnet": (("eval_output",), None),
-    "vgg11_bn": (("eval_output",), None),
-    "inception_v3": (("eval_output", "round_trip", "exclude_restore"), 75),
-}
+# What `make test` runs per model: twins_cli.parity.QUICK_SUITE, also what `make demo` runs.
+SUITE = QUICK_SUITE
 # Checks that do not apply: stage taps exist on the ResNets; the head restore needs a head; the
 # running-statistics step needs BatchNorm.
 WITH_STAGE_TAPS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", *VARIANTS]
@@ -184,3 +166,14 @@ def test_the_suite_names_every_registered_model_and_variant():
     from twins import registry
 
     assert set(SUITE) == set(registry.names()) | set(VARIANTS)
+
+
+def test_the_quick_run_computes_each_models_plan():
+    """`twins report --quick` (make demo) runs QUICK_SUITE through the worker: resnet34 gets its eval and
+    stage rows only."""
+    if BACKEND != "tensorflow":
+        pytest.skip("the worker's --quick option is backend-free; checked in the tensorflow pass")
+    from twins_cli.parity import run_parity
+
+    rows = run_parity(["resnet34"], [BACKEND], quick=True, log=io.StringIO())
+    assert sorted(r["check"] for r in rows) == ["eval_output", "stage_outputs"] and all(r["passed"] for r in rows)

@@ -1,4 +1,5 @@
-"""`twins report`: the main job. Parity for every registered model on every installed Keras backend,
+"""`twins report`: the main job. Parity for every registered model on every installed Keras backend
+(with `--quick`, each model's `QUICK_SUITE` checks, what `make test` runs),
 a throughput sweep over all five benchmark backends, and one report in Markdown and in a
 self-contained HTML page (chart embedded) that a team reads to choose a framework per deployment.
 
@@ -141,8 +142,9 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
     start = time.time()
     models = parity.names()
     backends = parity_backends or parity.installed_backends()
-    print(f"[report] parity: {len(models)} models and variants x {', '.join(backends)}", file=log, flush=True)
-    parity_rows = parity.run_parity(models, backends, log=log)
+    scope = "the quick plan (QUICK_SUITE, as make test)" if quick else "every check"
+    print(f"[report] parity: {len(models)} models and variants x {', '.join(backends)}, {scope}", file=log, flush=True)
+    parity_rows = parity.run_parity(models, backends, quick=quick, log=log)
     parity_s = time.time() - start
     checkpoints.write_atomic(out / "parity.json", lambda tmp: tmp.write_text(json.dumps(parity_rows, indent=1)))
 
@@ -163,7 +165,8 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
         f"- generated {stamp} on {platform.node()} ({platform.machine()}), {'quick' if quick else 'full'} run; "
         f"parity {parity_s:.0f} s, benchmarks {bench_s:.0f} s",
         f"- parity: **{len(parity_rows) - len(failed)} passed, {len(failed)} failed** over "
-        f"{len(models)} models and variants x {len(backends)} Keras backends, up to {len(CHECKS)} checks each",
+        f"{len(models)} models and variants x {len(backends)} Keras backends, up to {len(CHECKS)} checks each"
+        + (" (quick run: the checks `make test` runs per model, `QUICK_SUITE`; `make parity` runs all)" if quick else ""),
         "",
         "## Parity matrix",
         "",
