@@ -34,7 +34,7 @@ demo: $(STAMP)
 	$(PY) -m twins_cli.main report --quick --out reports/latest
 
 # The full parity matrix: every check for every model and variant on every installed backend
-# (make test runs a subset for some models, SUITE in parity_tests/test_parity.py; see README "Tests").
+# (make test runs a subset for some models, QUICK_SUITE in twins_cli/parity.py, as make demo; see README "Tests").
 parity: $(STAMP)
 	$(PY) -m twins_cli.main parity all --json reports/parity-all.json
 
