@@ -65,6 +65,11 @@ def predict_logits(model: keras.Model, plan: BatchPlan, workers: int = 0) -> tup
     return np.asarray(logits), labels
 
 
+def snapshot(model: keras.Model) -> list[np.ndarray]:
+    """Copies of the model's weights (trainable and not), in `model.weights` order."""
+    return [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
+
+
 class RecipeCallback(keras.callbacks.Callback):
     """The recipe around `fit`: epoch-dependent batches, per-step losses, the val phase, best weights,
     history, TensorBoard scalars and the resume state."""
@@ -74,7 +79,7 @@ class RecipeCallback(keras.callbacks.Callback):
         super().__init__()
         self.base, self.train_seq, self.val_plan = base, train_seq, val_plan
         self.recipe, self.run, self.history, self.scalars, self.log = recipe, run, history, scalars, log
-        self.best = [keras.ops.convert_to_numpy(v).copy() for v in base.weights]
+        self.best = snapshot(base)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.train_seq.epoch = epoch
@@ -100,7 +105,7 @@ class RecipeCallback(keras.callbacks.Callback):
                "samples": len(labels), "seconds": time.perf_counter() - start}
         record = epoch_record(epoch, self.recipe.lr, train, val)
         if record_epoch(self.history, record):
-            self.best = [keras.ops.convert_to_numpy(v).copy() for v in self.base.weights]
+            self.best = snapshot(self.base)
             checkpoints.write(self.run.best_path, torch_state_dict(self.base))
         self.log(f"epoch {epoch + 1}/{self.recipe.epochs}: train loss {train['loss']:.4f} acc {train['acc']:.4f} "
                  f"({train['samples_per_sec']:.1f} img/s) | "
@@ -163,11 +168,11 @@ def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, 
     callback = RecipeCallback(model, train_seq, val_plan, recipe, run, history, scalars, log)
     if state is not None and run.best_path.is_file():
         best = checkpoints.read(run.best_path)
-        current = [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
+        current = snapshot(model)
         from .weights import load_torch_state_dict
 
         load_torch_state_dict(model, best, strict=True)
-        callback.best = [keras.ops.convert_to_numpy(v).copy() for v in model.weights]
+        callback.best = snapshot(model)
         for variable, value in zip(model.weights, current):
             variable.assign(value)
     try:
@@ -183,9 +188,3 @@ def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, 
     log(f"best val acc {history['best_val_acc']:.4f} at epoch {history['best_epoch'] + 1}; "
         f"weights in {run.best_path}")
     return history
-
-
-def export_weights(model: keras.Model) -> dict[str, np.ndarray]:
-    """The model's weights in the interchange format (torch layout). Twin of
-    `torch_impl.train.export_weights`."""
-    return torch_state_dict(model)

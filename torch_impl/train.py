@@ -26,7 +26,6 @@ from twins.data import BatchPlan
 from twins.runs import Recipe, RunDir, Scalars, epoch_record, natural_order, new_history, record_epoch
 
 from . import training
-from .weights import state_dict_numpy
 
 RESUME_FILE = "torch_state.pt"
 
@@ -167,9 +166,3 @@ def predict_logits(model: nn.Module, plan: BatchPlan) -> tuple[np.ndarray, np.nd
             outs.append(model(x.to(device, dtype)).cpu().numpy())
             labels.append(y.numpy())
     return np.concatenate(outs), np.concatenate(labels)
-
-
-def export_weights(model: nn.Module) -> dict[str, np.ndarray]:
-    """The model's weights in the interchange format (torch layout). Twin of the Keras bridge's
-    `torch_state_dict`."""
-    return state_dict_numpy(model)
