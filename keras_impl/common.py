@@ -130,11 +130,12 @@ class ImageCheck(layers.Layer):
 
     The model input leaves the channel axis open (see `image_input`) so that an NCHW batch reaches
     this check, which names the layout mistake, instead of Keras' generic input-spec error; the
-    output declares `channels`, which is what the first conv is built for."""
+    output declares `channels`, which is what the first conv is built for. A fixed `input_shape`
+    outside `min_size`..`max_size` is refused when the model is built, not by a layer deep inside it."""
 
-    def __init__(self, channels=3, model="model", min_size=1, **kwargs):
+    def __init__(self, channels=3, model="model", min_size=1, max_size=None, **kwargs):
         super().__init__(**kwargs)
-        self.channels, self.model, self.min_size = channels, model, min_size
+        self.channels, self.model, self.min_size, self.max_size = channels, model, min_size, max_size
 
     def call(self, x):
         shape = tuple(x.shape)
@@ -150,28 +151,36 @@ class ImageCheck(layers.Layer):
                 f"{self.model} expects NHWC input with {self.channels} channels, shape (N, H, W, {self.channels}); "
                 f"got shape {shape}.{hint}"
             )
-        if None not in shape[1:3] and min(shape[1:3]) < self.min_size:
-            raise ValueError(
-                f"{self.model} needs images of at least {self.min_size}x{self.min_size} pixels, "
-                f"got {shape[1]}x{shape[2]}"
-            )
+        self.check_size(shape)
         return x
 
+    def check_size(self, shape):
+        height, width = shape[1:3]
+        if height is None or width is None:
+            return
+        if min(height, width) < self.min_size or (self.max_size is not None and max(height, width) > self.max_size):
+            expected = (f"at least {self.min_size}x{self.min_size}" if self.max_size is None
+                        else f"{self.min_size}x{self.min_size} to {self.max_size}x{self.max_size}")
+            raise ValueError(f"{self.model} needs images of {expected} pixels, got {height}x{width}")
+
     def compute_output_shape(self, input_shape):
+        self.check_size(input_shape)
         return (*input_shape[:-1], self.channels)
 
     def compute_output_spec(self, x):
         return keras.KerasTensor(self.compute_output_shape(x.shape), dtype=x.dtype)
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels, "model": self.model, "min_size": self.min_size}
+        return {**super().get_config(), "channels": self.channels, "model": self.model, "min_size": self.min_size,
+                "max_size": self.max_size}
 
 
-def image_input(input_shape=(None, None, 3), model="model", name="image", min_size=1):
+def image_input(input_shape=(None, None, 3), model="model", name="image", min_size=1, max_size=None):
     """`(inputs, checked)`: the NHWC model input and the same tensor after `ImageCheck`. The input's
     channel axis is left open for the check's sake; its dtype follows the dtype policy's variables
     (keras.Input alone would cast a float64 batch to floatx). `min_size` is the registry's
-    `min_input_size`, refused by name rather than by a pooling layer's negative-size error."""
+    `min_input_size`, refused by name rather than by a pooling layer's negative-size error; `max_size`
+    the registry's `max_input_size`."""
     height, width, channels = input_shape
     inputs = keras.Input(shape=(height, width, None), dtype=keras.config.dtype_policy().variable_dtype, name=name)
-    return inputs, ImageCheck(channels, model, min_size, name="image_check")(inputs)
+    return inputs, ImageCheck(channels, model, min_size, max_size, name="image_check")(inputs)

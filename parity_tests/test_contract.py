@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import torch_impl
-from parity_tests.conftest import (BACKEND, GRADIENT_OPTIONS, MODELS, RESNETS, contract_size, model_params,
-                                  skip_off_tensorflow, torchvision_parameter_count, torchvision_state_dict)
+from parity_tests.conftest import (BACKEND, GRADIENT_OPTIONS, MODELS, RESNETS, TORCHVISION_MODELS, contract_size,
+                                  model_params, skip_off_tensorflow, torchvision_parameter_count,
+                                  torchvision_state_dict)
 from twins import registry
 
 SIZE = 64  # the ResNet-specific tests
@@ -59,7 +60,7 @@ def test_torch_stage_outputs_have_documented_channels_and_strides(model_name):
         assert stages[name].shape == (1, channels, SIZE // stride, SIZE // stride), name
 
 
-@torch_ids()
+@torch_ids(TORCHVISION_MODELS)
 def test_torch_state_dict_is_torchvisions_key_for_key(model_name):
     """Keys, shapes and order against torchvision's own listing (the committed manifest)."""
     model = torch_impl.build(model_name)
@@ -162,7 +163,7 @@ def test_keras_stage_outputs_have_documented_channels_and_strides(model_name):
 
 
 @pytest.mark.keras
-@model_params()
+@model_params(TORCHVISION_MODELS)
 def test_keras_variables_are_named_and_shaped_as_torchvisions(model_name):
     import keras_impl
     from keras_impl.weights import torch_state_dict

@@ -12,6 +12,7 @@ from . import resnet
 from . import alexnet, vgg
 from . import densenet, squeezenet
 from . import inception
+from . import vgg_slim
 
 _BUILDERS = {
     "resnet18": resnet.resnet18,
@@ -24,6 +25,7 @@ _BUILDERS = {
     "squeezenet1_0": squeezenet.squeezenet1_0,
     "densenet121": densenet.densenet121,
     "inception_v3": inception.inception_v3,
+    "vgg19_slim": vgg_slim.vgg19_slim,
 }
 
 

@@ -5,8 +5,10 @@ import torch
 from torch import nn
 
 
-def check_nchw(x: torch.Tensor, channels: int = 3, model: str = "model", min_size: int = 1) -> None:
-    """Refuse the input mistakes that would otherwise surface as a shape error deep in the network."""
+def check_nchw(x: torch.Tensor, channels: int = 3, model: str = "model", min_size: int = 1,
+               max_size: int | None = None) -> None:
+    """Refuse the input mistakes that would otherwise surface as a shape error deep in the network.
+    `max_size` is for a model with an upper bound too (vgg19_slim squeezes a map that must stay 1x1)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{model} expects a torch.Tensor of shape (N, {channels}, H, W), got {type(x).__name__}")
     if x.ndim != 4:
@@ -21,10 +23,11 @@ def check_nchw(x: torch.Tensor, channels: int = 3, model: str = "model", min_siz
             f"{model} expects NCHW input with {channels} channels, shape (N, {channels}, H, W); "
             f"got shape {tuple(x.shape)}.{hint}"
         )
-    if min(x.shape[2], x.shape[3]) < min_size:
-        raise ValueError(
-            f"{model} needs images of at least {min_size}x{min_size} pixels, got {x.shape[2]}x{x.shape[3]}"
-        )
+    height, width = x.shape[2], x.shape[3]
+    if min(height, width) < min_size or (max_size is not None and max(height, width) > max_size):
+        expected = (f"at least {min_size}x{min_size}" if max_size is None
+                    else f"{min_size}x{min_size} to {max_size}x{max_size}")
+        raise ValueError(f"{model} needs images of {expected} pixels, got {height}x{width}")
     if not x.is_floating_point():
         raise TypeError(f"{model} expects a floating-point tensor, got dtype {x.dtype}")
 

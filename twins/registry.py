@@ -28,6 +28,8 @@ class ModelInfo:
     std: tuple[float, float, float] = IMAGENET_STD
     # Smallest spatial size the architecture accepts (every stride still leaves >= 1 pixel).
     min_input_size: int = 32
+    # Largest spatial size it accepts, where there is one (vgg19_slim squeezes a map that must be 1x1).
+    max_input_size: int | None = None
     # Square image size the parity suite and `twins parity` use by default: big enough that every
     # stage has spatial extent > 1, small enough for a 2-core CPU.
     parity_size: int = 64
@@ -63,6 +65,10 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("inception_v3", "inception", 299, ("AuxLogits.fc", "fc"), min_input_size=75,
                   parity_size=299, aux_heads=("AuxLogits.fc",), parity_train_options={"dropout": 0.0},
                   notes="aux logits returned in training mode only; BatchNorm eps 1e-3"),
+        # fc6, a 7x7 VALID conv on pool5's map (input / 32, floored), must leave fc8 at 1x1: 224..255 px.
+        ModelInfo("vgg19_slim", "vgg_slim", 224, ("fc8",), min_input_size=224, max_input_size=255,
+                  parity_size=224, parity_train_options={"dropout": 0.0}, mean=(0.0, 0.0, 0.0),
+                  std=(1.0, 1.0, 1.0), notes="TF-slim layout; pixels in [0, 1] (the seed's Food-101 pipeline)"),
     ]
 }
 
