@@ -1,10 +1,12 @@
 """Image data for both frameworks, numpy + OpenCV only: the ImageFolder layout, the fine-tuning seed's
-train / val transforms, and a batch plan that makes every batch a pure function of (seed, epoch,
-batch index).
+train / val transforms, the Food-101 layout with the VGG-19 seed's square crops, and a batch plan that
+makes every batch a pure function of (seed, epoch, batch index).
 
     folder = ImageFolder("DATA", "train")              # DATA/train/<class>/*.jpg
     plan = BatchPlan(folder, batch_size=8, transform=train_transform(224), shuffle=True, seed=0)
     x, y = plan.batch(epoch=0, index=3)                  # NHWC float32, int64 labels
+    food = Food101("food-101", "train")                  # meta/{classes,train,test}.txt, images/<class>/<id>.jpg
+    plan = BatchPlan(food, 64, food101_train_transform(224, margin=10), shuffle=True, drop_last=True)
 
 `torch_impl.train` wraps a plan as a `Dataset` / `DataLoader` (the adapter transposes to NCHW),
 `keras_impl.train` as a `keras.utils.PyDataset`; both frameworks then see the same pixels in the same
@@ -92,6 +94,68 @@ def check_same_classes(train: ImageFolder, val: ImageFolder) -> None:
         )
 
 
+@dataclass
+class Food101:
+    """The Food-101 layout: `ROOT/meta/classes.txt` (one class a line; its order is the label order),
+    `ROOT/meta/{train,test}.txt` (lines `class_name/image_id`), images at
+    `ROOT/images/class_name/image_id.jpg`. Split "val" reads test.txt, as the seed validates on it.
+
+    Every listed image is checked to exist here (one directory listing per class), so a typo in a list
+    fails at start rather than mid-epoch. Blank lines are ignored; line numbers in errors count them."""
+
+    root: Path
+    split: str
+    classes: list[str]
+    samples: list[tuple[Path, int]]
+
+    SPLITS = {"train": "train", "test": "test", "val": "test"}
+
+    def __init__(self, root: str | os.PathLike, split: str):
+        if split not in self.SPLITS:
+            raise ValueError(f"unknown Food-101 split {split!r}; expected one of {', '.join(self.SPLITS)}")
+        self.root, self.split = Path(root), self.SPLITS[split]
+        classes_path = self.root / "meta" / "classes.txt"
+        self.classes = []
+        for number, name in _meta_lines(classes_path):
+            if "/" in name or name in self.classes:
+                reason = "contains '/'" if "/" in name else "repeats an earlier line"
+                raise DataError(f"{classes_path}:{number}: class {name!r} {reason}")
+            self.classes.append(name)
+        if not self.classes:
+            raise DataError(f"{classes_path} names no classes")
+        labels = {name: label for label, name in enumerate(self.classes)}
+        list_path = self.root / "meta" / f"{self.split}.txt"
+        images = self.root / "images"
+        listings: dict[str, set[str]] = {}  # class -> file names in its folder
+        self.samples = []
+        for number, line in _meta_lines(list_path):
+            name, _, image_id = line.partition("/")
+            if not name or not image_id or "/" in image_id:
+                raise DataError(f"{list_path}:{number}: expected 'class_name/image_id', got {line!r}")
+            if name not in labels:
+                raise DataError(f"{list_path}:{number}: class {name!r} is not in {classes_path}")
+            if name not in listings:
+                folder = images / name
+                listings[name] = set(os.listdir(folder)) if folder.is_dir() else set()
+            path = images / name / f"{image_id}.jpg"
+            if path.name not in listings[name]:
+                raise DataError(f"{list_path}:{number}: missing image {path}")
+            self.samples.append((path, labels[name]))
+        if not self.samples:
+            raise DataError(f"{list_path} lists no images")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def _meta_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, stripped text) of the non-blank lines of a Food-101 meta file."""
+    if not path.is_file():
+        raise DataError(f"missing Food-101 meta file: {path} (expected ROOT/meta/classes.txt, train.txt, test.txt)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
+
+
 # ----------------------------------------------------------------------------------------------
 # Transforms: `f(image uint8 HWC RGB, rng) -> float32 HWC`
 
@@ -171,6 +235,53 @@ def val_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable:
     return transform
 
 
+def food101_square_side(image: np.ndarray, margin: int) -> int:
+    """The Food-101 seed's crop side, `min(h, w) - 2 * margin`; an image too small for it is refused."""
+    h, w = image.shape[:2]
+    side = min(h, w) - 2 * margin
+    if side < 1:
+        raise DataError(f"a {h}x{w} image is too small for a square crop with margin {margin} "
+                        f"(both sides must be at least {2 * margin + 1})")
+    return side
+
+
+def food101_resize(crop: np.ndarray, size: int) -> np.ndarray:
+    """uint8 crop -> float32 in [0, 1] -> `size` x `size` by area interpolation, in that order as the seed
+    (convert_image_dtype, then resize_images AREA), so no rounding to uint8 happens in between.
+    INTER_AREA is used both ways: a crop smaller than `size` is enlarged by the same box filter (pixels
+    replicated, blended only where an output pixel straddles two input pixels), as TF's AREA does."""
+    return cv2.resize(crop.astype(np.float32) / 255.0, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def food101_train_transform(size: int = 224, margin: int = 10) -> Callable:
+    """The Food-101 seed's training transform: a square crop of side `min(h, w) - 2 * margin` at a
+    uniformly random position (tf.random_crop: top, then left, uniform over every position that fits),
+    area-resized to `size` x `size`, pixels in [0, 1] (no mean / std)."""
+
+    def transform(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        side = food101_square_side(image, margin)
+        h, w = image.shape[:2]
+        top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        return food101_resize(image[top:top + side, left:left + side], size)
+
+    return transform
+
+
+def food101_val_transform(size: int = 224) -> Callable:
+    """The Food-101 seed's validation (and inference) transform: the central square of side `min(h, w)`,
+    area-resized, pixels in [0, 1]. The seed takes the column offset from the height
+    (`wo = (shape[0] - crop) // 2`), which crops the left square of a landscape image and a clipped,
+    non-square strip of a portrait one; here the column offset comes from the width."""
+
+    def transform(image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        side = food101_square_side(image, 0)
+        h, w = image.shape[:2]
+        top, left = (h - side) // 2, (w - side) // 2
+        return food101_resize(image[top:top + side, left:left + side], size)
+
+    return transform
+
+
 # ----------------------------------------------------------------------------------------------
 # Batches
 
@@ -180,20 +291,35 @@ class BatchPlan:
 
     With `shuffle`, epoch e visits the samples in the permutation drawn from `default_rng([seed, e])`;
     sample k of that order is transformed with `default_rng([seed, e, k])`. The last batch may be
-    smaller (no sample is dropped, as the seed's DataLoader)."""
+    smaller (no sample is dropped, as the seed's DataLoader). With `drop_last` (the Food-101 seed's
+    `drop_remainder=True`) every batch is full: `len(plan) == n // batch_size`, and the last
+    `n % batch_size` samples of each epoch's order are not visited (other ones each shuffled epoch);
+    the kept batches hold the same pixels as without `drop_last`. `num_samples` is still the folder's
+    size, `samples_per_epoch` the number an epoch visits."""
 
-    def __init__(self, folder: ImageFolder, batch_size: int, transform: Callable, *, shuffle: bool, seed: int = 0):
+    def __init__(self, folder: ImageFolder | Food101, batch_size: int, transform: Callable, *, shuffle: bool,
+                 seed: int = 0, drop_last: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        if drop_last and len(folder) < batch_size:
+            raise DataError(f"{folder.root} {folder.split!r} has {len(folder)} images, not one full batch of "
+                            f"{batch_size} (drop_last)")
         self.folder, self.batch_size, self.transform = folder, batch_size, transform
-        self.shuffle, self.seed = shuffle, seed
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.folder) // self.batch_size
         return math.ceil(len(self.folder) / self.batch_size)
 
     @property
     def num_samples(self) -> int:
         return len(self.folder)
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """The samples an epoch's batches hold: `num_samples` less the remainder `drop_last` drops."""
+        return len(self) * self.batch_size if self.drop_last else len(self.folder)
 
     def order(self, epoch: int) -> np.ndarray:
         n = len(self.folder)
