@@ -384,6 +384,8 @@ def run(
                 raise ValueError(
                     f"img_size {img_size} is below {name}'s smallest input size {info.min_input_size}"
                 )
+            if info.max_input_size is not None and img_size > info.max_input_size:
+                raise ValueError(f"img_size {img_size} is above {name}'s largest input size {info.max_input_size}")
     if warmup is not None:
         # At least one: the first step (tracing, compilation, autotuning) is never among the timed ones.
         warmup = _positive_int(warmup, "warmup", minimum=1)

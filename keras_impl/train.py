@@ -1,5 +1,5 @@
-"""The fine-tuning recipe (the seed's `train_model`) as Keras `compile` + `fit` with callbacks. Twin of
-`torch_impl/train.py`.
+"""The training recipes (seed 001's `train_model`, seed 002's iteration loop) as Keras `compile` + `fit`
+with callbacks. Twin of `torch_impl/train.py`.
 
 Per epoch a train phase (`fit`'s epoch, Keras' progress bar with loss, accuracy, images/s and ETA) and
 a val phase (the logits of the single-output model, scored by `twins.metrics` exactly as the torch
@@ -7,7 +7,11 @@ twin scores its own); the weights with the best val accuracy are kept and restor
 history is returned and written to the run directory (`twins.runs`), with a resume state after every
 epoch. Batches come from a `twins.data.BatchPlan` through a `keras.utils.PyDataset` (worker threads).
 Inception's training loss is an extra output of the training view with loss weight 0.4, not a
-backend-specific `train_step`.
+backend-specific `train_step`. Per step, what `Recipe` asks for: the rate of `twins.optim.learning_rates`
+through a `RateTable` schedule and torch's momentum form (`training.MomentumSGD`), the L2 term as
+variable regularizers that `fit` adds to the loss, a loss line every `log_every` steps, a val evaluation
+every `val_every` and a resume checkpoint every `checkpoint_every` (a resumed half-done epoch is a `fit`
+of its own over the remaining batches).
 """
 from __future__ import annotations
 
@@ -17,29 +21,31 @@ import time
 import keras
 import numpy as np
 
-from twins import checkpoints, metrics
+from twins import checkpoints, metrics, optim
 from twins.data import BatchPlan
-from twins.runs import Recipe, RunDir, Scalars, epoch_record, natural_order, new_history, record_epoch
+from twins.runs import (EpochMeter, Position, Recipe, RunDir, Scalars, due, epoch_line, epoch_record, natural_order,
+                        new_history, record_epoch, record_eval, step_line)
 
 from . import training
-from .weights import slots, torch_state_dict
+from .weights import load_torch_state_dict, slots, torch_state_dict
 
 RESUME_FILE = "keras_state.npz"
 
 
 class PlanSequence(keras.utils.PyDataset):
-    """Batch `i` of a `BatchPlan` for the epoch in `self.epoch` (NHWC, as the plan makes it); with
-    `outputs` > 1 the labels are repeated once per model output (the aux heads learn the same labels)."""
+    """Batches `start, start + 1, ...` of a `BatchPlan`'s epoch `self.epoch` (NHWC, as the plan makes
+    them; `start` > 0 when a resumed run continues half-way through an epoch); with `outputs` > 1 the
+    labels are repeated once per model output (the aux heads learn the same labels)."""
 
-    def __init__(self, plan: BatchPlan, workers: int, outputs: int = 1, labels: bool = True):
+    def __init__(self, plan: BatchPlan, workers: int, outputs: int = 1, labels: bool = True, start: int = 0):
         super().__init__(workers=max(workers, 1), use_multiprocessing=False)
-        self.plan, self.epoch, self.outputs, self.labels = plan, 0, outputs, labels
+        self.plan, self.epoch, self.outputs, self.labels, self.start = plan, 0, outputs, labels, start
 
     def __len__(self) -> int:
-        return len(self.plan)
+        return len(self.plan) - self.start
 
     def __getitem__(self, index: int):
-        x, y = self.plan.batch(self.epoch, index)
+        x, y = self.plan.batch(self.epoch, self.start + index)
         if not self.labels:
             return (x,)
         return x, (y if self.outputs == 1 else tuple([y] * self.outputs))
@@ -57,12 +63,33 @@ def set_feature_extract(model: keras.Model, heads, feature_extract: bool) -> lis
     return natural_order(slot.key for slot in slots(model) if slot.variable.trainable)
 
 
+def set_weight_decay(model: keras.Model, weight_decay: float) -> list[str]:
+    """Twin of `torch_impl.train.set_weight_decay`: the variables of `twins.optim.l2_keys` (every conv
+    kernel that trains) get `L2(weight_decay / 2)`, which is `weight_decay * sum(w**2) / 2` (Keras' L2
+    has no half), and `fit` adds it to the loss; every other variable gets none. Returns the torch names."""
+    trainable = {slot.key: slot for slot in slots(model) if slot.variable.trainable}
+    keys = set(optim.l2_keys({key: tuple(slot.variable.shape) for key, slot in trainable.items()})) \
+        if weight_decay else set()
+    for slot in slots(model):
+        slot.variable.regularizer = keras.regularizers.L2(weight_decay / 2) if slot.key in keys else None
+    return natural_order(keys)
+
+
 def predict_logits(model: keras.Model, plan: BatchPlan, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Eval-mode logits and labels of every sample of `plan` (epoch 0, in order; the plan must not
     shuffle)."""
     logits = model.predict(PlanSequence(plan, workers, labels=False), verbose=0)
-    labels = np.asarray([label for _, label in plan.folder.samples], np.int64)
+    labels = np.asarray([label for _, label in plan.folder.samples], np.int64)[:len(logits)]
     return np.asarray(logits), labels
+
+
+def evaluate(model: keras.Model, plan: BatchPlan, workers: int) -> dict:
+    """The val phase: eval-mode logits scored by `twins.metrics` (loss, acc, samples, seconds), exactly
+    as the torch twin scores its own."""
+    start = time.perf_counter()
+    logits, labels = predict_logits(model, plan, workers)
+    return {"loss": metrics.cross_entropy(logits, labels), "acc": metrics.correct(logits, labels) / len(labels),
+            "samples": len(labels), "seconds": time.perf_counter() - start}
 
 
 def snapshot(model: keras.Model) -> list[np.ndarray]:
@@ -71,64 +98,89 @@ def snapshot(model: keras.Model) -> list[np.ndarray]:
 
 
 class RecipeCallback(keras.callbacks.Callback):
-    """The recipe around `fit`: epoch-dependent batches, per-step losses, the val phase, best weights,
-    history, TensorBoard scalars and the resume state."""
+    """The recipe around `fit`: epoch-dependent batches, the per-step tally, the step events (loss line,
+    val evaluation, checkpoint), the val phase, best weights, history, TensorBoard scalars and the resume
+    state. `self.model` (the training view) is read before the weights are: on jax that attaches the
+    state `fit` keeps aside during an epoch."""
 
     def __init__(self, base: keras.Model, train_seq: PlanSequence, val_plan: BatchPlan, recipe: Recipe,
-                 run: RunDir, history: dict, scalars: Scalars, log):
+                 run: RunDir, history: dict, scalars: Scalars, rates: np.ndarray, position: Position, log):
         super().__init__()
         self.base, self.train_seq, self.val_plan = base, train_seq, val_plan
         self.recipe, self.run, self.history, self.scalars, self.log = recipe, run, history, scalars, log
+        self.rates, self.position = rates, position
+        self.steps_per_epoch = len(train_seq.plan)
         self.best = snapshot(base)
+        self.stop_after = None  # the epoch after which fit stops (a resumed half-done epoch)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.train_seq.epoch = epoch
-        self.seen, self.previous_mean, self.step_losses = 0, 0.0, []
-        self.start = time.perf_counter()
+        resumed = epoch == self.position.epoch
+        self.meter = EpochMeter(self.position.meter if resumed else None)
+        self.previous = (0, 0.0, 0.0)  # samples, running loss mean, running accuracy mean of this fit epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        size = min(self.recipe.batch_size, self.train_seq.plan.num_samples - batch * self.recipe.batch_size)
-        mean = float(logs["loss"])  # Keras logs the running mean over the epoch, weighted by batch size
-        self.step_losses.append((mean * (self.seen + size) - self.previous_mean * self.seen) / size)
-        self.seen += size
-        self.previous_mean = mean
-        logs["img/s"] = self.seen / max(time.perf_counter() - self.start, 1e-9)  # shown by the progress bar
+        index = self.train_seq.start + batch
+        step = self.train_seq.epoch * self.steps_per_epoch + index
+        plan = self.train_seq.plan
+        size = min(plan.batch_size, plan.num_samples - index * plan.batch_size)
+        # Keras logs running means over the fit epoch, weighted by batch size: recover this step's values.
+        seen, loss_mean, acc_mean = self.previous
+        loss, acc = float(logs["loss"]), float(_accuracy(logs))
+        value = (loss * (seen + size) - loss_mean * seen) / size
+        correct = int(round(acc * (seen + size) - acc_mean * seen))
+        self.previous = (seen + size, loss, acc)
+        lr = float(self.rates[step])
+        self.meter.add(value, correct, size, lr)
+        logs["img/s"] = self.meter.running()["img_s"]  # shown by the progress bar
+        recipe, total = self.recipe, len(self.rates)
+        if due(recipe.log_every, step):
+            self.log(step_line(step, total, value, lr))
+            self.scalars.step(step, loss=value, lr=lr)
+        if due(recipe.val_every, step):
+            self.model  # noqa: B018 -- syncs the weights into the variables (jax)
+            val = evaluate(self.base, self.val_plan, recipe.workers)
+            record_eval(self.history, step, self.train_seq.epoch, val)
+            self.run.write_history(self.history)
+            self.scalars.step(step, acc=val["acc"])
+            self.log(f"[{step} / {total}] val loss {val['loss']:.4f} acc {val['acc']:.4f}")
+        if recipe.checkpoint_every and (step + 1) % recipe.checkpoint_every == 0 and index + 1 < self.steps_per_epoch:
+            self.checkpoint(Position(self.train_seq.epoch, index + 1, step + 1, self.meter.state()))
 
     def on_epoch_end(self, epoch, logs=None):
-        seconds = time.perf_counter() - self.start
-        accuracy = next(v for k, v in logs.items() if k.endswith("accuracy") and not k.startswith("val_"))
-        train = {"loss": float(logs["loss"]), "acc": float(accuracy), "samples": self.seen, "seconds": seconds,
-                 "step_losses": self.step_losses}
-        start = time.perf_counter()
-        logits, labels = predict_logits(self.base, self.val_plan, self.recipe.workers)
-        val = {"loss": metrics.cross_entropy(logits, labels), "acc": metrics.correct(logits, labels) / len(labels),
-               "samples": len(labels), "seconds": time.perf_counter() - start}
-        record = epoch_record(epoch, self.recipe.lr, train, val)
+        train = self.meter.result()
+        val = evaluate(self.base, self.val_plan, self.recipe.workers)
+        record = epoch_record(epoch, float(self.rates[epoch * self.steps_per_epoch]), train, val)
         if record_epoch(self.history, record):
             self.best = snapshot(self.base)
             checkpoints.write(self.run.best_path, torch_state_dict(self.base))
-        self.log(f"epoch {epoch + 1}/{self.recipe.epochs}: train loss {train['loss']:.4f} acc {train['acc']:.4f} "
-                 f"({train['samples_per_sec']:.1f} img/s) | "
-                 f"val loss {val['loss']:.4f} acc {val['acc']:.4f}"
-                 + (" (best)" if self.history["best_epoch"] == epoch else ""))
+        self.log(epoch_line(record, self.recipe.epochs, self.history))
         self.run.write_history(self.history)
         self.scalars.epoch(record)
-        self.run.save_resume(epoch, self.write_resume, {"framework": "keras", "backend": keras.backend.backend()})
+        self.checkpoint(Position(epoch + 1, 0, (epoch + 1) * self.steps_per_epoch))
+        if self.stop_after == epoch:
+            self.model.stop_training = True
 
-    def write_resume(self, folder):
-        arrays = {f"model/{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(self.model.variables)}
+    def checkpoint(self, at: Position):
+        model = self.model
+        arrays = {f"model/{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.variables)}
         arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v)
-                       for i, v in enumerate(self.model.optimizer.variables)})
+                       for i, v in enumerate(model.optimizer.variables)})
 
         def save(tmp):
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
 
-        checkpoints.write_atomic(folder / RESUME_FILE, save)
+        self.run.save_resume(at, lambda folder: checkpoints.write_atomic(folder / RESUME_FILE, save),
+                             {"framework": "keras", "backend": keras.backend.backend()})
 
     def restore_best(self):
         for variable, value in zip(self.base.weights, self.best):
             variable.assign(value)
+
+
+def _accuracy(logs):
+    return next(v for k, v in logs.items() if k.endswith("accuracy") and not k.startswith("val_"))
 
 
 def _load_resume(model: keras.Model, path) -> None:
@@ -146,41 +198,49 @@ def _load_resume(model: keras.Model, path) -> None:
 def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, recipe: Recipe, run: RunDir,
                 *, resume: bool = False, log=print) -> dict:
     """Run the recipe; returns the history (also in `run`). The model ends with the best weights."""
+    set_weight_decay(model, recipe.weight_decay)
     view = training.training_view(model, recipe.aux_heads)
     outputs = len(view.outputs)
+    steps_per_epoch = len(train_plan)
+    rates = optim.learning_rates(recipe.lr, recipe.lr_end, recipe.epochs * steps_per_epoch)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     view.compile(
-        optimizer=training.sgd(recipe.lr, recipe.momentum),
+        optimizer=training.sgd(training.RateTable(rates), recipe.momentum),
         loss=[loss] * outputs if outputs > 1 else loss,
         loss_weights=[1.0] + [recipe.aux_weight] * (outputs - 1) if outputs > 1 else None,
         metrics=[["accuracy"]] + [[] for _ in range(outputs - 1)] if outputs > 1 else ["accuracy"],
         jit_compile="auto",
     )
     keras.utils.set_random_seed(recipe.seed)
-    history, start = new_history(recipe), 0
+    history = new_history(recipe)
     state = run.resume_state() if resume else None
+    position = Position.start(state)
     if state is not None:
         _load_resume(view, state["dir"] / RESUME_FILE)
-        history, start = run.history(), state["epoch"] + 1
-        log(f"resuming after epoch {state['epoch'] + 1}/{recipe.epochs} from {state['dir']}")
-    scalars = Scalars(run, purge_step=start)
-    train_seq = PlanSequence(train_plan, recipe.workers, outputs)
-    callback = RecipeCallback(model, train_seq, val_plan, recipe, run, history, scalars, log)
+        history = run.history_at(state)
+        log(f"resuming {position.describe(recipe, steps_per_epoch)} from {state['dir']}")
+    scalars = Scalars(run, purge_step=position.epoch, purge_iteration=position.step)
+    train_seq = PlanSequence(train_plan, recipe.workers, outputs, start=position.batch)
+    callback = RecipeCallback(model, train_seq, val_plan, recipe, run, history, scalars, rates, position, log)
     if state is not None and run.best_path.is_file():
-        best = checkpoints.read(run.best_path)
         current = snapshot(model)
-        from .weights import load_torch_state_dict
-
-        load_torch_state_dict(model, best, strict=True)
+        load_torch_state_dict(model, checkpoints.read(run.best_path), strict=True)
         callback.best = snapshot(model)
         for variable, value in zip(model.weights, current):
             variable.assign(value)
+    # A progress bar on a terminal, one line per epoch in a log file (tqdm's `disable=None` on the torch
+    # side). Our ProgbarLogger goes first so the bar is finished before the epoch line.
+    verbose = 1 if sys.stdout.isatty() else 2
     try:
-        if start < recipe.epochs:
-            # A progress bar on a terminal, one line per epoch in a log file (tqdm's `disable=None` on the
-            # torch side). Our ProgbarLogger goes first so the bar is finished before the epoch line.
-            verbose = 1 if sys.stdout.isatty() else 2
-            view.fit(train_seq, epochs=recipe.epochs, initial_epoch=start, verbose=verbose, shuffle=False,
+        epoch = position.epoch
+        if position.batch and epoch < recipe.epochs:
+            # The rest of a half-done epoch: a fit of its own over the remaining batches, stopped after it.
+            callback.stop_after = epoch
+            view.fit(train_seq, epochs=recipe.epochs, initial_epoch=epoch, verbose=verbose, shuffle=False,
+                     callbacks=[keras.callbacks.ProgbarLogger(), callback])
+            train_seq.start, epoch = 0, epoch + 1
+        if epoch < recipe.epochs:
+            view.fit(train_seq, epochs=recipe.epochs, initial_epoch=epoch, verbose=verbose, shuffle=False,
                      callbacks=[keras.callbacks.ProgbarLogger(), callback])
     finally:
         scalars.close()

@@ -35,14 +35,69 @@ def training_view(model: keras.Model, aux_heads=()) -> keras.Model:
     return keras.Model(model.inputs, [model.outputs[0], *aux], name=f"{model.name}_training")
 
 
-def sgd(learning_rate: float, momentum: float = 0.0) -> keras.optimizers.SGD:
-    """Twin of `torch_impl.training.sgd`. Keras keeps `m = momentum * m - lr * g; p += m`, torch
-    `b = momentum * b + g; p -= lr * b`: the same updates while the learning rate is constant."""
-    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum)
+@keras.saving.register_keras_serializable(package="twins")
+class MomentumSGD(keras.optimizers.Optimizer):
+    """SGD with momentum in torch's (and TF1 `MomentumOptimizer`'s, the seeds') form:
+    `b = momentum * b + g; p -= lr * b`. Keras' own SGD keeps `v = momentum * v - lr * g; p += v`,
+    which folds the rate into the velocity: the same updates while the rate is constant, different ones
+    under a decaying schedule (a step's momentum would carry the rates of earlier steps). Written with
+    the optimizer API only (`assign`, `keras.ops`), so it runs on every backend without a per-backend
+    `train_step`."""
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, name="momentum_sgd", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.momentums = [self.add_variable_from_reference(v, "momentum") for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        buffer = self.momentums[self._get_variable_index(variable)]
+        self.assign(buffer, ops.add(ops.multiply(buffer, ops.cast(self.momentum, variable.dtype)), gradient))
+        self.assign_sub(variable, ops.multiply(buffer, lr))
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum}
+
+
+@keras.saving.register_keras_serializable(package="twins")
+class RateTable(keras.optimizers.schedules.LearningRateSchedule):
+    """The rate of step i is `rates[i]` (`twins.optim.learning_rates`, the table the torch trainer reads
+    too): one schedule function, identical float32 rates in both frameworks at every step. Past the
+    table's end the last rate holds."""
+
+    def __init__(self, rates):
+        self.rates = np.asarray(rates, np.float32)
+
+    def __call__(self, step):
+        index = ops.minimum(ops.cast(step, "int32"), len(self.rates) - 1)
+        return ops.take(ops.convert_to_tensor(self.rates), index)
+
+    def get_config(self):
+        return {"rates": self.rates.tolist()}
+
+
+def sgd(learning_rate, momentum: float = 0.0) -> MomentumSGD:
+    """Twin of `torch_impl.training.sgd`: torch's SGD with momentum (`MomentumSGD`); `learning_rate` is a
+    float or a `RateTable`."""
+    return MomentumSGD(learning_rate=learning_rate, momentum=momentum)
+
+
+def with_regularization(loss, regularization):
+    """`loss` plus the model's weight regularizers (`model.losses`, as `fit` adds them)."""
+    return loss + ops.sum(ops.stack(regularization)) if regularization else loss
 
 
 def value_and_grad_fn(model: keras.Model, loss_fn, training: bool = True):
-    """`f(x, y) -> (loss, grads)`, `grads` aligned with `model.trainable_variables` (backend tensors).
+    """`f(x, y) -> (loss, grads)`, `grads` aligned with `model.trainable_variables` (backend tensors); the
+    loss includes the weight regularizers (`set_weight_decay`), as `fit`'s does.
     Build it once and call it for every step: on jax the forward+backward is traced and compiled once
     (op-by-op eager differentiation is several times slower)."""
     variables = model.trainable_variables
@@ -52,7 +107,7 @@ def value_and_grad_fn(model: keras.Model, loss_fn, training: bool = True):
 
         def step(x, y):
             with tf.GradientTape() as tape:
-                loss = loss_fn(model(x, training=training), y)
+                loss = with_regularization(loss_fn(model(x, training=training), y), model.losses)
             return loss, tape.gradient(loss, variables)
 
     elif backend == "jax":
@@ -61,8 +116,9 @@ def value_and_grad_fn(model: keras.Model, loss_fn, training: bool = True):
         state = model.non_trainable_variables
 
         def compute(trainable_values, state_values, x, y):
-            out, new_state = model.stateless_call(trainable_values, state_values, x, training=training)
-            return loss_fn(out, y), new_state
+            out, new_state, losses = model.stateless_call(trainable_values, state_values, x, training=training,
+                                                          return_losses=True)
+            return with_regularization(loss_fn(out, y), losses), new_state
 
         compiled = jax.jit(jax.value_and_grad(compute, has_aux=True))
 
@@ -77,7 +133,7 @@ def value_and_grad_fn(model: keras.Model, loss_fn, training: bool = True):
         def step(x, y):
             for variable in variables:
                 variable.value.grad = None
-            loss = loss_fn(model(x, training=training), y)
+            loss = with_regularization(loss_fn(model(x, training=training), y), model.losses)
             loss.backward()
             return loss, [variable.value.grad for variable in variables]
 

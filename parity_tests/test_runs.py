@@ -7,7 +7,7 @@ import json
 import pytest
 
 from twins import checkpoints
-from twins.runs import Recipe, RunDir, Scalars, epoch_record, new_history, record_epoch
+from twins.runs import Position, Recipe, RunDir, Scalars, epoch_record, new_history, record_epoch
 
 
 def recipe(**kw):
@@ -41,8 +41,8 @@ def test_best_epoch_is_the_first_with_the_highest_val_accuracy():
 def test_resume_json_only_ever_names_a_complete_folder(tmp_path):
     run = RunDir(tmp_path)
     assert run.resume_state() is None
-    run.save_resume(0, lambda folder: (folder / "w.bin").write_bytes(b"0"), {"framework": "torch"})
-    assert run.resume_state()["epoch"] == 0
+    run.save_resume(Position(1, 0, 4), lambda folder: (folder / "w.bin").write_bytes(b"0"), {"framework": "torch"})
+    assert run.resume_state()["epoch"] == 1
 
     class Killed(Exception):
         pass
@@ -52,13 +52,15 @@ def test_resume_json_only_ever_names_a_complete_folder(tmp_path):
         raise Killed
 
     with pytest.raises(Killed):
-        run.save_resume(1, dies_half_way, {"framework": "torch"})
-    state = run.resume_state()  # still epoch 0, its folder intact
-    assert state["epoch"] == 0 and (state["dir"] / "w.bin").read_bytes() == b"0"
-    run.save_resume(1, lambda folder: (folder / "w.bin").write_bytes(b"1"), {"framework": "torch"})
-    state = run.resume_state()
-    assert state["epoch"] == 1 and (state["dir"] / "w.bin").read_bytes() == b"1"
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("resume-")) == ["resume-0001"]
+        run.save_resume(Position(1, 2, 6, {"seen": 8}), dies_half_way, {"framework": "torch"})
+    state = run.resume_state()  # still after epoch 1, its folder intact
+    assert state["epoch"] == 1 and (state["dir"] / "w.bin").read_bytes() == b"0"
+    run.save_resume(Position(1, 2, 6, {"seen": 8}), lambda folder: (folder / "w.bin").write_bytes(b"1"),
+                    {"framework": "torch"})
+    state = run.resume_state()  # half-way through epoch 2: batch 2 is next, with the epoch's tally so far
+    assert (state["epoch"], state["batch"], state["step"], state["meter"]) == (1, 2, 6, {"seen": 8})
+    assert (state["dir"] / "w.bin").read_bytes() == b"1"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("resume-")) == ["resume-00000006"]
     assert json.loads((tmp_path / "resume.json").read_text())["framework"] == "torch"
     assert checkpoints.temp_files(tmp_path) == []
 
@@ -78,3 +80,48 @@ def test_tensorboard_scalars_are_readable(tmp_path):
                 values[(value.tag, event.step)] = value.simple_value
     assert values[("val/acc", 1)] == pytest.approx(0.9) and values[("train/loss", 0)] == pytest.approx(0.5)
     assert values[("lr", 0)] == pytest.approx(0.01)
+
+
+def test_a_resumed_run_drops_the_records_made_after_its_checkpoint(tmp_path):
+    """Killed after writing history.json but before the next checkpoint: the resumed run makes those
+    records again, so the history it continues from must not hold them twice."""
+    run = RunDir(tmp_path)
+    history = new_history(recipe())
+    for epoch, acc in enumerate((0.5, 0.75, 0.9)):
+        record_epoch(history, epoch_record(epoch, 0.01, {"loss": 1.0, "acc": 0.5, "samples": 8, "seconds": 1.0},
+                                           {"loss": 1.0, "acc": acc, "samples": 4, "seconds": 1.0}))
+    history["evals"] = [{"step": s, "epoch": s // 4, "loss": 1.0, "acc": 0.5} for s in (0, 3, 6, 9)]
+    run.write_history(history)
+    at = run.history_at({"epoch": 1, "batch": 3, "step": 7})  # half-way through epoch 2
+    assert [e["epoch"] for e in at["epochs"]] == [0] and [e["step"] for e in at["evals"]] == [0, 3, 6]
+    assert (at["best_epoch"], at["best_val_acc"]) == (0, 0.5)
+
+
+def test_an_epoch_tally_survives_a_checkpoint():
+    from twins.runs import EpochMeter
+
+    meter = EpochMeter()
+    meter.add(1.0, 2, 4, 0.01)
+    meter.add(0.5, 3, 4, 0.005)
+    resumed = EpochMeter(meter.state())
+    resumed.add(0.25, 4, 4, 0.001)
+    result = resumed.result()
+    assert result["step_losses"] == [1.0, 0.5, 0.25] and result["step_lrs"] == [0.01, 0.005, 0.001]
+    assert result["loss"] == pytest.approx(1.75 / 3) and result["acc"] == 9 / 12 and result["samples"] == 12
+
+
+def test_step_scalars_use_the_seeds_tags_in_their_own_stream(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    run = RunDir(tmp_path)
+    scalars = Scalars(run)
+    scalars.step(0, loss=2.0, lr=1e-3)
+    scalars.step(10, loss=1.0, lr=5e-4, acc=0.25)
+    scalars.close()
+    values = {}
+    for path in (run.tensorboard_path / "iteration").iterdir():
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                values[(value.tag, event.step)] = value.simple_value
+    assert values == {("iteration/loss", 0): 2.0, ("iteration/learning_rate", 0): pytest.approx(1e-3),
+                      ("iteration/loss", 10): 1.0, ("iteration/learning_rate", 10): pytest.approx(5e-4),
+                      ("iteration/accuracy", 10): 0.25}

@@ -1,9 +1,12 @@
-"""The fine-tuning recipe (the seed's `train_model`) as an explicit torch loop. Twin of
-`keras_impl/train.py`.
+"""The training recipes (seed 001's `train_model`, seed 002's iteration loop) as an explicit torch loop.
+Twin of `keras_impl/train.py`.
 
 Per epoch a train phase and a val phase; running loss and accuracy per phase; the weights with the best
 val accuracy are kept and restored at the end; the history is returned and written to the run
-directory (`twins.runs`), with a resume state after every epoch. Batches come from a
+directory (`twins.runs`), with a resume state after every epoch. Per step, what `Recipe` asks for: the
+rate of `twins.optim.learning_rates` (constant, or seed 002's linear decay), the L2 term on the conv
+kernels in the loss, a loss line every `log_every` steps, a val evaluation every `val_every` and a
+resume checkpoint every `checkpoint_every`. Batches come from a
 `twins.data.BatchPlan` through a `Dataset`/`DataLoader` (workers load whole batches; the adapter
 transposes NHWC to NCHW). Inception's training loss is CE(logits) + 0.4 * CE(aux) through
 `torch_impl.training.cross_entropy`; val loss and accuracy are computed from the logits by
@@ -12,7 +15,6 @@ transposes NHWC to NCHW). Inception's training loss is CE(logits) + 0.4 * CE(aux
 from __future__ import annotations
 
 import copy
-import functools
 import sys
 import time
 
@@ -21,9 +23,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from twins import checkpoints, metrics
+from twins import checkpoints, metrics, optim
 from twins.data import BatchPlan
-from twins.runs import Recipe, RunDir, Scalars, epoch_record, natural_order, new_history, record_epoch
+from twins.runs import (EpochMeter, Position, Recipe, RunDir, Scalars, due, epoch_line, epoch_record, natural_order,
+                        new_history, record_epoch, record_eval, step_line)
 
 from . import training
 
@@ -31,22 +34,25 @@ RESUME_FILE = "torch_state.pt"
 
 
 class PlanDataset(torch.utils.data.Dataset):
-    """Batch `i` of a `BatchPlan` for the epoch in `self.epoch`, as NCHW tensors. Each DataLoader
-    iterator copies the dataset into its workers, so setting `epoch` before iterating is enough."""
+    """Batches `start, start + 1, ...` of a `BatchPlan`'s epoch `epoch`, as NCHW tensors (`start` > 0
+    when a resumed run continues half-way through an epoch)."""
 
-    def __init__(self, plan: BatchPlan):
-        self.plan, self.epoch = plan, 0
+    def __init__(self, plan: BatchPlan, epoch: int = 0, start: int = 0):
+        self.plan, self.epoch, self.start = plan, epoch, start
 
     def __len__(self) -> int:
-        return len(self.plan)
+        return len(self.plan) - self.start
 
     def __getitem__(self, index: int):
-        x, y = self.plan.batch(self.epoch, index)
+        x, y = self.plan.batch(self.epoch, self.start + index)
         return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y)
 
 
-def loader(plan: BatchPlan, workers: int) -> torch.utils.data.DataLoader:
-    return torch.utils.data.DataLoader(PlanDataset(plan), batch_size=None, shuffle=False, num_workers=workers)
+def loader(plan: BatchPlan, workers: int, epoch: int = 0, start: int = 0) -> torch.utils.data.DataLoader:
+    # A generator of its own: creating a DataLoader iterator draws a seed from the generator it is given,
+    # and the global one is the dropout masks' (a resumed run must draw the same masks).
+    return torch.utils.data.DataLoader(PlanDataset(plan, epoch, start), batch_size=None, shuffle=False,
+                                       num_workers=workers, generator=torch.Generator().manual_seed(0))
 
 
 def set_feature_extract(model: nn.Module, heads, feature_extract: bool) -> list[str]:
@@ -60,19 +66,97 @@ def set_feature_extract(model: nn.Module, heads, feature_extract: bool) -> list[
     return natural_order(name for name, p in model.named_parameters() if p.requires_grad)
 
 
-def _phase(model, batches, device, *, train, optimizer, loss_fn, desc, position):
-    """One pass over `batches`: returns loss, acc, samples, seconds (and the per-step losses)."""
-    model.train(train)
-    total_loss, total_correct, seen, step_losses = 0.0, 0, 0, []
+def set_weight_decay(model: nn.Module, weight_decay: float) -> list[str]:
+    """The parameters the recipe's L2 term decays (`twins.optim.l2_keys`: every conv kernel that
+    trains), as names. Twin of `keras_impl.train.set_weight_decay`."""
+    if not weight_decay:
+        return []
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters() if p.requires_grad}
+    return natural_order(optim.l2_keys(shapes))
+
+
+def tqdm_print(message: str) -> None:
+    """print() that does not tear a progress bar in two."""
+    tqdm.write(message, file=sys.stdout)
+
+
+def evaluate(model, batches, device, desc) -> dict:
+    """The val phase: eval-mode logits scored by `twins.metrics` (loss, acc, samples, seconds)."""
+    model.eval()
+    total_loss, total_correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    # disable=None: a bar on a terminal, none in a log file (the epoch summary line is printed either way)
-    bar = tqdm(batches, desc=desc, unit="batch", leave=True, file=sys.stdout, dynamic_ncols=True, position=position,
-               disable=None)
     dtype = next(model.parameters()).dtype  # float64 for the recipe-parity test
-    with torch.set_grad_enabled(train):
+    bar = tqdm(batches, desc=desc, unit="batch", leave=False, file=sys.stdout, dynamic_ncols=True, disable=None)
+    with torch.no_grad():
         for x, y in bar:
-            x, y = x.to(device, dtype), y.to(device)
-            if train:
+            logits = model(x.to(device, dtype)).cpu().numpy()
+            labels = y.numpy()
+            total_loss += metrics.cross_entropy(logits, labels) * len(labels)
+            total_correct += metrics.correct(logits, labels)
+            seen += len(labels)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.4f}")
+    bar.close()
+    return {"loss": total_loss / seen, "acc": total_correct / seen, "samples": seen,
+            "seconds": time.perf_counter() - start}
+
+
+def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, recipe: Recipe, run: RunDir,
+                *, resume: bool = False, log=tqdm_print) -> dict:
+    """Run the recipe; returns the history (also in `run`). The model ends with the best weights."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = training.sgd(trainable, recipe.lr, recipe.momentum)
+    parameters = dict(model.named_parameters())
+    decayed = [parameters[name] for name in set_weight_decay(model, recipe.weight_decay)]
+
+    def loss_fn(outputs, labels):
+        loss = training.cross_entropy(outputs, labels, aux_weight=recipe.aux_weight)
+        return loss + optim.l2_penalty(decayed, recipe.weight_decay) if decayed else loss
+
+    steps_per_epoch = len(train_plan)
+    total = recipe.epochs * steps_per_epoch
+    rates = optim.learning_rates(recipe.lr, recipe.lr_end, total)
+    torch.manual_seed(recipe.seed)
+    history = new_history(recipe)
+    best = copy.deepcopy(model.state_dict())
+    state = run.resume_state() if resume else None
+    position = Position.start(state)
+    if state is not None:
+        saved = torch.load(state["dir"] / RESUME_FILE, map_location=device, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        history = run.history_at(state)
+        if run.best_path.is_file():
+            best = {k: torch.from_numpy(v) for k, v in checkpoints.read(run.best_path).items()}
+        log(f"resuming {position.describe(recipe, steps_per_epoch)} from {state['dir']}")
+    scalars = Scalars(run, purge_step=position.epoch, purge_iteration=position.step)
+    val_data = loader(val_plan, recipe.workers)
+
+    def checkpoint(at: Position):
+        def write_resume(folder):
+            payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                       "rng": torch.get_rng_state()}
+            checkpoints.write_atomic(folder / RESUME_FILE, lambda tmp: torch.save(payload, tmp))
+
+        run.save_resume(at, write_resume, {"framework": "torch"})
+
+    try:
+        for epoch in range(position.epoch, recipe.epochs):
+            resumed = epoch == position.epoch
+            first = position.batch if resumed else 0
+            meter = EpochMeter(position.meter if resumed else None)
+            desc = f"epoch {epoch + 1}/{recipe.epochs} train"
+            bar = tqdm(loader(train_plan, recipe.workers, epoch, first), desc=desc, unit="batch", file=sys.stdout,
+                       dynamic_ncols=True, disable=None, initial=first, total=steps_per_epoch)
+            model.train()
+            for index, (x, y) in enumerate(bar, start=first):
+                step = epoch * steps_per_epoch + index
+                lr = float(rates[step])
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x, y = x.to(device, next(model.parameters()).dtype), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
                 outputs = model(x)
                 loss = loss_fn(outputs, y)
@@ -80,73 +164,34 @@ def _phase(model, batches, device, *, train, optimizer, loss_fn, desc, position)
                 optimizer.step()
                 logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
                 value = float(loss.detach())
-                step_losses.append(value)
-                hits = int((logits.detach().argmax(1) == y).sum())
-            else:
-                logits = model(x).detach().cpu().numpy()
-                labels = y.cpu().numpy()
-                value, hits = metrics.cross_entropy(logits, labels), metrics.correct(logits, labels)
-            total_loss += value * len(y)
-            total_correct += hits
-            seen += len(y)
-            elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.4f}",
-                            img_s=f"{seen / elapsed:.1f}" if elapsed > 0 else "-")
-    bar.close()
-    result = {"loss": total_loss / seen, "acc": total_correct / seen, "samples": seen,
-              "seconds": time.perf_counter() - start}
-    if train:
-        result["step_losses"] = step_losses
-    return result
-
-
-def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, recipe: Recipe, run: RunDir,
-                *, resume: bool = False, log=print) -> dict:
-    """Run the recipe; returns the history (also in `run`). The model ends with the best weights."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = training.sgd(trainable, recipe.lr, recipe.momentum)
-    loss_fn = functools.partial(training.cross_entropy, aux_weight=recipe.aux_weight)
-    torch.manual_seed(recipe.seed)
-    history, start = new_history(recipe), 0
-    best = copy.deepcopy(model.state_dict())
-    state = run.resume_state() if resume else None
-    if state is not None:
-        saved = torch.load(state["dir"] / RESUME_FILE, map_location=device, weights_only=True)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"])
-        history, start = run.history(), state["epoch"] + 1
-        if run.best_path.is_file():
-            best = {k: torch.from_numpy(v) for k, v in checkpoints.read(run.best_path).items()}
-        log(f"resuming after epoch {state['epoch'] + 1}/{recipe.epochs} from {state['dir']}")
-    scalars = Scalars(run, purge_step=start)
-    train_data, val_data = loader(train_plan, recipe.workers), loader(val_plan, recipe.workers)
-    try:
-        for epoch in range(start, recipe.epochs):
-            train_data.dataset.epoch = epoch
-            train = _phase(model, train_data, device, train=True, optimizer=optimizer, loss_fn=loss_fn,
-                           desc=f"epoch {epoch + 1}/{recipe.epochs} train", position=0)
-            val = _phase(model, val_data, device, train=False, optimizer=None, loss_fn=None,
-                         desc=f"epoch {epoch + 1}/{recipe.epochs} val", position=0)
-            record = epoch_record(epoch, recipe.lr, train, val)
+                meter.add(value, int((logits.detach().argmax(1) == y).sum()), len(y), lr)
+                running = meter.running()
+                bar.set_postfix(loss=f"{running['loss']:.4f}", acc=f"{running['acc']:.4f}",
+                                img_s=f"{running['img_s']:.1f}")
+                if due(recipe.log_every, step):
+                    log(step_line(step, total, value, lr))
+                    scalars.step(step, loss=value, lr=lr)
+                if due(recipe.val_every, step):
+                    val = evaluate(model, val_data, device, f"step {step} val")
+                    model.train()
+                    record_eval(history, step, epoch, val)
+                    run.write_history(history)
+                    scalars.step(step, acc=val["acc"])
+                    log(f"[{step} / {total}] val loss {val['loss']:.4f} acc {val['acc']:.4f}")
+                if recipe.checkpoint_every and (step + 1) % recipe.checkpoint_every == 0 \
+                        and index + 1 < steps_per_epoch:
+                    checkpoint(Position(epoch, index + 1, step + 1, meter.state()))
+            bar.close()
+            train = meter.result()
+            val = evaluate(model, val_data, device, f"epoch {epoch + 1}/{recipe.epochs} val")
+            record = epoch_record(epoch, float(rates[epoch * steps_per_epoch]), train, val)
             if record_epoch(history, record):
                 best = copy.deepcopy(model.state_dict())
                 checkpoints.write(run.best_path, {k: v.detach().cpu().numpy() for k, v in best.items()})
-            log(f"epoch {epoch + 1}/{recipe.epochs}: train loss {train['loss']:.4f} acc {train['acc']:.4f} "
-                f"({train['samples_per_sec']:.1f} img/s) | "
-                f"val loss {val['loss']:.4f} acc {val['acc']:.4f}"
-                + (" (best)" if history["best_epoch"] == epoch else ""))
+            log(epoch_line(record, recipe.epochs, history))
             run.write_history(history)
             scalars.epoch(record)
-
-            def write_resume(folder, model=model, optimizer=optimizer):
-                payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "rng": torch.get_rng_state()}
-                checkpoints.write_atomic(folder / RESUME_FILE, lambda tmp: torch.save(payload, tmp))
-
-            run.save_resume(epoch, write_resume, {"framework": "torch"})
+            checkpoint(Position(epoch + 1, 0, (epoch + 1) * steps_per_epoch))
     finally:
         scalars.close()
     model.load_state_dict(best)

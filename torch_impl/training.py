@@ -17,7 +17,8 @@ def cross_entropy(outputs, labels, aux_weight: float = 0.4):
 
 
 def sgd(parameters, learning_rate: float, momentum: float = 0.0) -> torch.optim.SGD:
-    """Twin of `keras_impl.training.sgd`."""
+    """Twin of `keras_impl.training.sgd`: `b = momentum * b + g; p -= lr * b` (TF1's `MomentumOptimizer`,
+    the seeds' optimiser, has the same form)."""
     return torch.optim.SGD(parameters, lr=learning_rate, momentum=momentum)
 
 

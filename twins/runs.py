@@ -3,16 +3,20 @@
     RUN/config.json        what was asked for (model, framework, data, hyperparameters, classes)
     RUN/classes.txt        one class name per line, label order (what `twins predict --classes` reads)
     RUN/history.json       per epoch and phase: loss, accuracy, seconds, samples/s, learning rate, and
-                           the per-step training losses; the best epoch and its val accuracy
+                           the per-step training losses and rates; the best epoch and its val accuracy;
+                           the val evaluations made every `val_every` steps
     RUN/best.safetensors   the best-val-accuracy weights in torch layout (restores into either framework)
-    RUN/resume.json        the last complete epoch and the folder holding its resume state
-    RUN/resume-NNNN/       weights, optimiser state and RNG state after epoch NNNN (framework files)
-    RUN/tensorboard/       TensorBoard scalars (loss, accuracy, learning rate per phase and epoch)
+    RUN/resume.json        where training continues (epoch, batch, step) and the folder holding the state
+    RUN/resume-SSSSSSSS/   weights, optimiser state and RNG state after step SSSSSSSS (framework files)
+    RUN/tensorboard/       TensorBoard scalars: per epoch loss, accuracy and learning rate per phase; per
+                           step (`iteration/...`) the loss every `log_every` steps, the learning rate and
+                           the val accuracy every `val_every` steps
 
 Every JSON and weights file is written atomically (temporary file, fsync, rename). A resume folder is
 complete before `resume.json` names it, so a process killed at any moment leaves a run that resumes
-from its last complete epoch; since every batch is a pure function of (seed, epoch, index) and the RNG
-state is saved, the resumed run continues with the losses an uninterrupted run would have had.
+from its last checkpoint (every epoch end, and every `checkpoint_every` steps); since every batch is a
+pure function of (seed, epoch, index), the RNG state is saved and so is the running tally of a
+half-done epoch, the resumed run continues with the losses an uninterrupted run would have had.
 TensorBoard event files are append-only streams, not atomic; a resumed run asks TensorBoard to purge
 the steps it repeats.
 """
@@ -22,7 +26,8 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from twins import checkpoints
@@ -30,7 +35,8 @@ from twins import checkpoints
 
 @dataclass
 class Recipe:
-    """The seed's `train_model` settings (SPEC.md section 2) and what a run adds to them."""
+    """The seed's `train_model` settings (SPEC.md section 2) and what a run adds to them; the defaults
+    are the fine-tuning zoo's, `RECIPES` holds another seed's per model (`recipe_defaults`)."""
 
     model: str
     framework: str
@@ -49,11 +55,47 @@ class Recipe:
     weights: str | None = None
     exclude: tuple[str, ...] = ()
     classes: list[str] = field(default_factory=list)
+    # Batch size of the val phase (None: `batch_size`).
+    val_batch_size: int | None = None
+    # Linear decay of the rate from `lr` to `lr_end` over all steps (`twins.optim`); None: constant.
+    lr_end: float | None = None
+    # L2 on every conv kernel (`twins.optim.l2_keys`), `weight_decay * sum(w**2) / 2` in the loss.
+    weight_decay: float = 0.0
+    # Every N steps (0: never): print the step's loss, evaluate on val, write a resume checkpoint.
+    log_every: int = 0
+    val_every: int = 0
+    checkpoint_every: int = 0
+    # Transforms: "imagenet" (RandomResizedCrop / Resize+CenterCrop, ImageNet mean/std; seed 001) or
+    # "food101" (random / central square crop with `margin`, area resize, pixels in [0, 1]; seed 002).
+    preprocess: str = "imagenet"
+    margin: int = 10
+    # Batches of `batch_size` only; the seed 002 pipelines batch with `drop_remainder=True`.
+    drop_last: bool = False
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["aux_heads"], d["exclude"] = list(self.aux_heads), list(self.exclude)
         return d
+
+    @classmethod
+    def from_json(cls, config: dict) -> "Recipe":
+        config = dict(config)
+        config["aux_heads"], config["exclude"] = tuple(config["aux_heads"]), tuple(config["exclude"])
+        return cls(**config)
+
+
+# Seed 002 (SPEC.md section 4): VGG-19 on Food-101. The seed saves a checkpoint every 600 s; a step
+# count keeps the run reproducible, and 500 puts one beside every val evaluation.
+FOOD101_RECIPE = dict(epochs=20, batch_size=64, val_batch_size=128, lr=1e-3, lr_end=1e-7, momentum=0.9,
+                      weight_decay=5e-4, log_every=10, val_every=500, checkpoint_every=500, preprocess="food101",
+                      margin=10, drop_last=True)
+RECIPES: dict[str, dict] = {"vgg19_slim": FOOD101_RECIPE}
+
+
+def recipe_defaults(model: str) -> dict:
+    """The settings `twins train MODEL` starts from: the model's seed recipe, else the zoo's."""
+    base = {f.name: f.default for f in fields(Recipe) if f.default is not MISSING}
+    return {**base, **RECIPES.get(model, {})}
 
 
 def write_json(path: Path, payload) -> Path:
@@ -118,7 +160,9 @@ class RunDir:
     # -- resume state ----------------------------------------------------------------------------
 
     def resume_state(self) -> dict | None:
-        """`{"epoch": last complete epoch, "dir": Path, ...}`, or None before the first epoch ends."""
+        """Where training continues, or None before the first checkpoint: `{"epoch": E, "batch": B,
+        "step": S, "dir": Path, "meter": the half-done epoch's tally or None, ...}`; batch B of epoch E
+        is the next one to train, S the number of steps done."""
         marker = self.path / "resume.json"
         if not marker.is_file():
             return None
@@ -128,10 +172,10 @@ class RunDir:
             raise FileNotFoundError(f"{marker} names {state['dir']}, which is missing")
         return state
 
-    def save_resume(self, epoch: int, writer, extra: dict) -> None:
+    def save_resume(self, position: "Position", writer, extra: dict) -> None:
         """`writer(folder)` writes the framework's resume files into a fresh folder; once it returns,
         `resume.json` is switched to it atomically and the previous folder removed."""
-        name = f"resume-{epoch:04d}"
+        name = f"resume-{position.step:08d}"
         folder = self.path / name
         if folder.exists():
             shutil.rmtree(folder)
@@ -142,9 +186,98 @@ class RunDir:
         writer(partial)
         os.replace(partial, folder)
         previous = self.resume_state()
-        write_json(self.path / "resume.json", {"epoch": epoch, "dir": name, **extra})
+        write_json(self.path / "resume.json", {**position.to_json(), "dir": name, **extra})
         if previous is not None and previous["dir"] != folder:
             shutil.rmtree(previous["dir"], ignore_errors=True)
+
+    def history_at(self, state: dict) -> dict:
+        """history.json as it was when `state` was saved: a process killed between writing the history
+        and the next checkpoint leaves records the resumed run will make again."""
+        history = self.history()
+        history["epochs"] = [e for e in history["epochs"] if e["epoch"] < state["epoch"]]
+        history["evals"] = [e for e in history.get("evals", []) if e["step"] <= state["step"]]
+        best = [e for e in history["epochs"] if e["val"]["acc"] == max(r["val"]["acc"] for r in history["epochs"])]
+        history["best_epoch"] = best[0]["epoch"] if best else None
+        history["best_val_acc"] = best[0]["val"]["acc"] if best else None
+        return history
+
+
+@dataclass
+class Position:
+    """Where a run is: batch `batch` of epoch `epoch` is the next to train, `step` steps are done, and
+    `meter` is the half-done epoch's tally (None at an epoch boundary)."""
+
+    epoch: int
+    batch: int
+    step: int
+    meter: dict | None = None
+
+    def to_json(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch, "step": self.step, "meter": self.meter}
+
+    @classmethod
+    def start(cls, state: dict | None) -> "Position":
+        if state is None:
+            return cls(0, 0, 0)
+        return cls(state["epoch"], state["batch"], state["step"], state.get("meter"))
+
+    def describe(self, recipe: Recipe, steps_per_epoch: int) -> str:
+        if self.batch == 0:
+            return f"after epoch {self.epoch}/{recipe.epochs}"
+        return (f"in epoch {self.epoch + 1}/{recipe.epochs} after batch {self.batch}/{steps_per_epoch} "
+                f"(step {self.step})")
+
+
+class EpochMeter:
+    """The running tally of a train phase: loss and accuracy weighted by batch size, the per-step losses
+    and rates, and the seconds spent. Both trainers keep one; it is saved with a mid-epoch checkpoint so
+    a resumed epoch reports what an uninterrupted one would."""
+
+    def __init__(self, state: dict | None = None):
+        state = state or {}
+        self.loss_sum = state.get("loss_sum", 0.0)
+        self.correct = state.get("correct", 0)
+        self.seen = state.get("seen", 0)
+        self.step_losses = list(state.get("step_losses", []))
+        self.step_lrs = list(state.get("step_lrs", []))
+        self.seconds_before = state.get("seconds", 0.0)
+        self.start, self._seen_at_start = time.perf_counter(), self.seen
+
+    def add(self, loss: float, correct: int, size: int, lr: float) -> None:
+        self.loss_sum += loss * size
+        self.correct += correct
+        self.seen += size
+        self.step_losses.append(loss)
+        self.step_lrs.append(lr)
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_before + time.perf_counter() - self.start
+
+    def running(self) -> dict:
+        """What a progress bar shows: running loss, accuracy and images/s of this process."""
+        elapsed = time.perf_counter() - self.start
+        return {"loss": self.loss_sum / max(self.seen, 1), "acc": self.correct / max(self.seen, 1),
+                "img_s": (self.seen - self._seen_at_start) / elapsed if elapsed > 0 else 0.0}
+
+    def state(self) -> dict:
+        return {"loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
+                "step_losses": self.step_losses, "step_lrs": self.step_lrs, "seconds": self.seconds}
+
+    def result(self) -> dict:
+        return {"loss": self.loss_sum / max(self.seen, 1), "acc": self.correct / max(self.seen, 1),
+                "samples": self.seen, "seconds": self.seconds, "step_losses": self.step_losses,
+                "step_lrs": self.step_lrs}
+
+
+def due(every: int, step: int) -> bool:
+    """The seed's `iteration % N == 0` on the 0-based index of the step just done (so step 0 logs)."""
+    return every > 0 and step % every == 0
+
+
+def step_line(step: int, total: int, loss: float, lr: float) -> str:
+    """The seed's `[iteration / train_iters] Loss = ...` line, with the rate."""
+    return f"[{step} / {total}] loss {loss:.4f} lr {lr:.3g}"
 
 
 def natural_order(names) -> list[str]:
@@ -163,15 +296,28 @@ def natural_order(names) -> list[str]:
 
 def new_history(recipe: Recipe) -> dict:
     return {"model": recipe.model, "framework": recipe.framework, "backend": recipe.backend,
-            "epochs": [], "best_epoch": None, "best_val_acc": None}
+            "epochs": [], "evals": [], "best_epoch": None, "best_val_acc": None}
+
+
+def record_eval(history: dict, step: int, epoch: int, val: dict) -> None:
+    """A val evaluation made every `val_every` steps (after step `step`, 0-based, the seed's count)."""
+    history["evals"].append({"step": step, "epoch": epoch, "loss": val["loss"], "acc": val["acc"]})
 
 
 def epoch_record(epoch: int, lr: float, train: dict, val: dict) -> dict:
     """One epoch in history.json; `train` / `val` hold loss, acc, samples, seconds (and train's
-    step_losses)."""
+    step_losses and step_lrs); `lr` is the rate of the epoch's first step."""
     for phase in (train, val):
         phase["samples_per_sec"] = phase["samples"] / phase["seconds"] if phase["seconds"] > 0 else None
     return {"epoch": epoch, "lr": lr, "train": train, "val": val}
+
+
+def epoch_line(record: dict, epochs: int, history: dict) -> str:
+    """The line both trainers print at the end of an epoch."""
+    train, val = record["train"], record["val"]
+    return (f"epoch {record['epoch'] + 1}/{epochs}: train loss {train['loss']:.4f} acc {train['acc']:.4f} "
+            f"({train['samples_per_sec']:.1f} img/s) | val loss {val['loss']:.4f} acc {val['acc']:.4f}"
+            + (" (best)" if history["best_epoch"] == record["epoch"] else ""))
 
 
 def record_epoch(history: dict, record: dict) -> bool:
@@ -186,12 +332,17 @@ def record_epoch(history: dict, record: dict) -> bool:
 
 
 class Scalars:
-    """TensorBoard scalars through tensorboardX (no TensorFlow needed): `train/loss`, `val/acc`, `lr`."""
+    """TensorBoard scalars through tensorboardX (no TensorFlow needed): per epoch `train/loss`,
+    `val/acc`, `lr` in `RUN/tensorboard`; per step `iteration/loss`, `iteration/learning_rate`,
+    `iteration/accuracy` (the seed's tags) in `RUN/tensorboard/iteration`, a second event stream
+    because the two count different things and a resumed run purges each from its own step."""
 
-    def __init__(self, run: RunDir, purge_step: int | None = None):
+    def __init__(self, run: RunDir, purge_step: int | None = None, purge_iteration: int | None = None):
         from tensorboardX import SummaryWriter
 
         self.writer = SummaryWriter(str(run.tensorboard_path), purge_step=purge_step)
+        self._iteration_args = (str(run.tensorboard_path / "iteration"), purge_iteration)
+        self._iterations = None
 
     def epoch(self, record: dict) -> None:
         step = record["epoch"]
@@ -201,5 +352,18 @@ class Scalars:
         self.writer.add_scalar("lr", record["lr"], step)
         self.writer.flush()
 
+    def step(self, step: int, *, loss: float | None = None, lr: float | None = None, acc: float | None = None):
+        """Per-step scalars under the seed's tags (`loss`, `learning_rate`, `accuracy`)."""
+        if self._iterations is None:
+            from tensorboardX import SummaryWriter
+
+            logdir, purge = self._iteration_args
+            self._iterations = SummaryWriter(logdir, purge_step=purge)
+        for tag, value in (("loss", loss), ("learning_rate", lr), ("accuracy", acc)):
+            if value is not None:
+                self._iterations.add_scalar(f"iteration/{tag}", value, step)
+
     def close(self) -> None:
         self.writer.close()
+        if self._iterations is not None:
+            self._iterations.close()

@@ -16,13 +16,15 @@ so a run of one framework evaluates, predicts and fine-tunes in the other.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
 
 from twins import checkpoints, registry
-from twins.data import BatchPlan, DataError, ImageFolder, check_same_classes, read_image, train_transform, val_transform
-from twins.runs import Recipe, RunDir
+from twins.data import (BatchPlan, DataError, Food101, ImageFolder, check_same_classes, food101_train_transform,
+                        food101_val_transform, read_image, train_transform, val_transform)
+from twins.runs import Position, Recipe, RunDir, recipe_defaults
 
 FRAMEWORKS = ("torch", "keras")
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
@@ -89,6 +91,8 @@ def use_keras_backend(backend: str | None) -> str:
 def check_size(info: registry.ModelInfo, size: int) -> None:
     if size < info.min_input_size:
         raise SystemExit(f"--img-size {size} is below {info.name}'s smallest input size {info.min_input_size}")
+    if info.max_input_size is not None and size > info.max_input_size:
+        raise SystemExit(f"--img-size {size} is above {info.name}'s largest input size {info.max_input_size}")
 
 
 def load_weights(side: Side, model, info, path: str, exclude, num_classes: int, log=print):
@@ -108,35 +112,76 @@ def load_weights(side: Side, model, info, path: str, exclude, num_classes: int, 
     return report
 
 
+def is_food101(data) -> bool:
+    return (Path(data) / "meta" / "classes.txt").is_file()
+
+
+def open_split(data, split: str):
+    """A split of DATA in either layout: Food-101 (`meta/classes.txt`, `meta/{train,test}.txt`,
+    `images/`; "val" reads test.txt, as the seed validates on it) or ImageFolder (`train/`, `val/`)."""
+    return Food101(data, split) if is_food101(data) else ImageFolder(data, split)
+
+
+def transforms(preprocess: str, size: int, info, margin: int = 10):
+    """(train transform, val transform) of a recipe's `preprocess`."""
+    if preprocess == "imagenet":
+        return train_transform(size, info.mean, info.std), val_transform(size, info.mean, info.std)
+    if preprocess == "food101":
+        return food101_train_transform(size, margin), food101_val_transform(size)
+    raise ValueError(f"unknown preprocess {preprocess!r}; expected 'imagenet' or 'food101'")
+
+
 def plans(recipe: Recipe, info) -> tuple[BatchPlan, BatchPlan, list[str]]:
-    train, val = ImageFolder(recipe.data, "train"), ImageFolder(recipe.data, "val")
+    train, val = open_split(recipe.data, "train"), open_split(recipe.data, "val")
     check_same_classes(train, val)
-    size = recipe.input_size
-    return (BatchPlan(train, recipe.batch_size, train_transform(size, info.mean, info.std), shuffle=True, seed=recipe.seed),
-            BatchPlan(val, recipe.batch_size, val_transform(size, info.mean, info.std), shuffle=False, seed=recipe.seed),
+    train_tf, val_tf = transforms(recipe.preprocess, recipe.input_size, info, recipe.margin)
+    return (BatchPlan(train, recipe.batch_size, train_tf, shuffle=True, seed=recipe.seed, drop_last=recipe.drop_last),
+            BatchPlan(val, recipe.val_batch_size or recipe.batch_size, val_tf, shuffle=False, seed=recipe.seed,
+                      drop_last=recipe.drop_last),
             train.classes)
+
+
+def describe(recipe: Recipe, steps_per_epoch: int) -> str:
+    """The optimiser line of `twins train`'s header."""
+    rate = f"lr {recipe.lr}" if recipe.lr_end is None else f"lr {recipe.lr} -> {recipe.lr_end} (linear decay)"
+    text = f"SGD {rate} momentum {recipe.momentum}"
+    if recipe.weight_decay:
+        text += f", L2 {recipe.weight_decay} on conv kernels"
+    text += f"; {steps_per_epoch} steps per epoch, {recipe.epochs * steps_per_epoch} in all"
+    events = [f"{what} every {n} steps" for what, n in (("loss", recipe.log_every), ("val", recipe.val_every),
+                                                           ("checkpoint", recipe.checkpoint_every)) if n]
+    return text + (f"; {', '.join(events)}" if events else "")
 
 
 # ----------------------------------------------------------------------------------------------
 # commands
 
 
+# The `twins train` options that default to the model's recipe (`twins.runs.recipe_defaults`).
+RECIPE_OPTIONS = ("epochs", "batch_size", "val_batch_size", "lr", "lr_end", "momentum", "weight_decay",
+                  "log_every", "val_every", "checkpoint_every", "margin", "preprocess", "drop_last")
+
+
 def cmd_train(args) -> int:
     run = RunDir(args.out)
     if args.resume:
-        config = run.config()
-        config["aux_heads"], config["exclude"] = tuple(config["aux_heads"]), tuple(config["exclude"])
-        recipe = Recipe(**config)
+        recipe = Recipe.from_json(run.config())
         if args.epochs and args.epochs != recipe.epochs:
             recipe.epochs = args.epochs
         info = registry.get(recipe.model)
     else:
+        if not args.model or not args.data:
+            raise SystemExit("twins train needs MODEL and --data (or --resume --out RUN)")
         info = registry.get(args.model)
-        recipe = Recipe(model=args.model, framework=args.framework, data=args.data, epochs=args.epochs or 15,
-                        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                        feature_extract=args.feature_extract, seed=args.seed, workers=args.workers,
-                        input_size=args.img_size or info.input_size, aux_heads=info.aux_heads,
-                        aux_weight=info.aux_weight, weights=args.weights, exclude=tuple(args.exclude or ()))
+        settings = recipe_defaults(args.model)
+        settings.update({k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k) is not None})
+        if args.constant_lr:
+            settings["lr_end"] = None
+        recipe = Recipe(**{**settings, "model": args.model, "framework": args.framework, "data": args.data,
+                           "feature_extract": args.feature_extract, "seed": args.seed, "workers": args.workers,
+                           "input_size": args.img_size or info.input_size, "aux_heads": info.aux_heads,
+                           "aux_weight": info.aux_weight, "weights": args.weights,
+                           "exclude": tuple(args.exclude or ())})
     check_size(info, recipe.input_size)
     side = Side(recipe.framework, args.backend or recipe.backend)
     recipe.backend = side.backend
@@ -144,9 +189,11 @@ def cmd_train(args) -> int:
     if recipe.classes and recipe.classes != classes:
         raise SystemExit(f"{recipe.data} now has classes {classes}; the run was started with {recipe.classes}")
     recipe.classes = classes
+    names = ", ".join(classes[:10]) + (f", ... ({len(classes) - 10} more)" if len(classes) > 10 else "")
     print(f"twins train {recipe.model} on {side.label}: {train_plan.num_samples} train / {val_plan.num_samples} val "
-          f"images, {len(classes)} classes ({', '.join(classes)}), {recipe.input_size}x{recipe.input_size}, "
-          f"batch {recipe.batch_size}, {recipe.epochs} epochs, SGD lr {recipe.lr} momentum {recipe.momentum}")
+          f"images, {len(classes)} classes ({names}), {recipe.input_size}x{recipe.input_size}, "
+          f"batch {recipe.batch_size}, {recipe.epochs} epochs")
+    print(describe(recipe, len(train_plan)))
     model = side.build(recipe.model, num_classes=len(classes), seed=recipe.seed)
     if recipe.weights and not args.resume:
         load_weights(side, model, info, recipe.weights, recipe.exclude, len(classes))
@@ -166,7 +213,7 @@ def cmd_train(args) -> int:
         side.trainer.train_model(model, train_plan, val_plan, recipe, run, resume=args.resume)
     except KeyboardInterrupt:
         state = run.resume_state()
-        done = f"after epoch {state['epoch'] + 1}" if state else "before the first epoch ended"
+        done = Position.start(state).describe(recipe, len(train_plan)) if state else "before the first checkpoint"
         print(f"\ninterrupted; {run.path} holds the state {done}. Continue with:\n"
               f"  twins train --resume --out {run.path}", file=sys.stderr)
         return 130
@@ -177,13 +224,14 @@ def cmd_evaluate(args) -> int:
     from twins import metrics
 
     info = registry.get(args.model)
-    folder = ImageFolder(args.data, args.split)
+    folder = open_split(args.data, args.split)
     size = args.img_size or info.input_size
     check_size(info, size)
     side = Side(args.framework, args.backend)
     model = side.build(args.model, num_classes=len(folder.classes))
     side.load(model, checkpoints.strip_data_parallel(checkpoints.read(args.weights)), strict=True)
-    plan = BatchPlan(folder, args.batch_size, val_transform(size, info.mean, info.std), shuffle=False)
+    _, val_tf = transforms(args.preprocess or recipe_defaults(args.model)["preprocess"], size, info)
+    plan = BatchPlan(folder, args.batch_size, val_tf, shuffle=False)
     logits, labels = side.trainer.predict_logits(model, plan)
     loss, acc = metrics.cross_entropy(logits, labels), metrics.correct(logits, labels) / len(labels)
     print(f"{args.model} on {side.label}, {args.weights}: {folder.root / folder.split} ({len(labels)} images)")
@@ -214,10 +262,19 @@ def cmd_predict(args) -> int:
     classes = read_classes(args.classes)
     size = args.img_size or info.input_size
     check_size(info, size)
-    images = [val_transform(size, info.mean, info.std)(read_image(path)) for path in args.images]
+    if not 1 <= args.top_k:
+        raise SystemExit(f"--top-k must be at least 1, got {args.top_k}")
+    _, val_tf = transforms(args.preprocess or recipe_defaults(args.model)["preprocess"], size, info)
+    images = [val_tf(read_image(path)) for path in args.images]
+    state = checkpoints.strip_data_parallel(checkpoints.read(args.weights))
+    from twins_cli.convert import classes_in
+
+    trained = classes_in(state, info)
+    if trained != len(classes):
+        raise SystemExit(f"{args.weights} was trained for {trained} classes, {args.classes} lists {len(classes)}")
     side = Side(args.framework, args.backend)
     model = side.build(args.model, num_classes=len(classes))
-    side.load(model, checkpoints.strip_data_parallel(checkpoints.read(args.weights)), strict=True)
+    side.load(model, state, strict=True)
     x = np.stack(images)
     if args.framework == "torch":
         import torch
@@ -227,7 +284,7 @@ def cmd_predict(args) -> int:
             logits = model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
     else:
         logits = np.asarray(model.predict_on_batch(x))
-    index, probs = metrics.top_k(logits, args.top_k)
+    index, probs = metrics.top_k(logits, min(args.top_k, len(classes)))
     for path, idx, p in zip(args.images, index, probs):
         print(f"{path}: " + ", ".join(f"{classes[i]} {q:.3f}" for i, q in zip(idx, p)))
     return 0
@@ -265,8 +322,13 @@ def cmd_plot_history(args) -> int:
 
 
 def cmd_shapes(args) -> int:
-    from twins.shapes import make_shapes
+    from twins.shapes import make_food101, make_shapes
 
+    if args.layout == "food101":
+        root = make_food101(args.out, train=args.train, test=args.val, size=args.size, seed=args.seed)
+        print(f"wrote {root}: Food-101 layout (meta/classes.txt, meta/train.txt, meta/test.txt, images/), "
+              f"train {args.train} and test {args.val} images per class (disc, square), short side {args.size}")
+        return 0
     root = make_shapes(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
     print(f"wrote {root}: train {args.train} and val {args.val} images per class (disc, square), "
           f"{args.size}x{args.size}")
@@ -280,12 +342,29 @@ def add_parsers(sub) -> None:
     t.add_argument("--framework", choices=FRAMEWORKS, default="torch")
     t.add_argument("--backend", choices=KERAS_BACKENDS,
                    help=f"Keras backend (default: $KERAS_BACKEND, else {DEFAULT_KERAS_BACKEND})")
-    t.add_argument("--data", help="ImageFolder root with train/<class>/ and val/<class>/")
+    t.add_argument("--data", help="ImageFolder root (train/<class>/, val/<class>/) or Food-101 root "
+                                  "(meta/classes.txt, meta/train.txt, meta/test.txt, images/)")
     t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--epochs", type=int, default=None, help="default 15 (the seed's)")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, default=0.001)
-    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--epochs", type=int, default=None, help="default: the model's recipe (15; vgg19_slim 20)")
+    t.add_argument("--batch-size", type=int, default=None, help="default 8; vgg19_slim 64")
+    t.add_argument("--val-batch-size", type=int, default=None, help="default: --batch-size; vgg19_slim 128")
+    t.add_argument("--lr", type=float, default=None, help="(starting) learning rate, default 0.001")
+    t.add_argument("--lr-end", type=float, default=None,
+                   help="decay the rate linearly to this over all steps (vgg19_slim: 1e-7)")
+    t.add_argument("--constant-lr", action="store_true", help="no decay, whatever the model's recipe says")
+    t.add_argument("--momentum", type=float, default=None, help="default 0.9")
+    t.add_argument("--weight-decay", type=float, default=None,
+                   help="L2 on conv kernels, weight_decay * sum(w^2) / 2 in the loss (vgg19_slim: 5e-4)")
+    t.add_argument("--log-every", type=int, default=None, help="print the loss every N steps (vgg19_slim: 10)")
+    t.add_argument("--val-every", type=int, default=None, help="evaluate on val every N steps (vgg19_slim: 500)")
+    t.add_argument("--checkpoint-every", type=int, default=None,
+                   help="write a resume checkpoint every N steps, besides every epoch end (vgg19_slim: 500)")
+    t.add_argument("--margin", type=int, default=None, help="food101 random-crop margin in pixels (10)")
+    t.add_argument("--preprocess", choices=("imagenet", "food101"), default=None,
+                   help="imagenet: RandomResizedCrop / Resize+CenterCrop, ImageNet mean/std (the zoo's); food101: "
+                        "random / central square crop, area resize, pixels in [0, 1] (vgg19_slim's)")
+    t.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="full batches only, as the seed 002 pipelines (vgg19_slim: on)")
     t.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's, 224/299)")
     t.add_argument("--feature-extract", action="store_true", help="train the new classifier only")
     t.add_argument("--weights", help="initial weights (torch layout); another class count keeps all but the head")
@@ -304,6 +383,7 @@ def add_parsers(sub) -> None:
     e.add_argument("--split", default="val")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--img-size", type=int, default=None)
+    e.add_argument("--preprocess", choices=("imagenet", "food101"), help="default: the model's recipe")
     e.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k classes of images")
@@ -311,10 +391,12 @@ def add_parsers(sub) -> None:
     p.add_argument("images", nargs="+")
     p.add_argument("--framework", choices=FRAMEWORKS, default="torch")
     p.add_argument("--backend", choices=KERAS_BACKENDS)
-    p.add_argument("--weights", required=True)
+    p.add_argument("--weights", required=True,
+                   help="torch-layout .safetensors/.pth/.npz, or a TensorFlow checkpoint prefix (vgg19_slim)")
     p.add_argument("--classes", required=True, help="one class name per line (a run's classes.txt)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--preprocess", choices=("imagenet", "food101"), help="default: the model's recipe")
     p.set_defaults(func=cmd_predict)
 
     h = sub.add_parser("plot-history", help="val (and train) accuracy per epoch of several runs, as a PNG")
@@ -322,10 +404,12 @@ def add_parsers(sub) -> None:
     h.add_argument("--out", required=True)
     h.set_defaults(func=cmd_plot_history)
 
-    s = sub.add_parser("shapes", help="write a learnable two-class ImageFolder (discs vs squares)")
+    s = sub.add_parser("shapes", help="write a learnable two-class dataset (discs vs squares)")
     s.add_argument("out")
+    s.add_argument("--layout", choices=("imagefolder", "food101"), default="imagefolder",
+                   help="ImageFolder (train/, val/) or Food-101 (meta/, images/; non-square images)")
     s.add_argument("--train", type=int, default=200, help="training images per class")
-    s.add_argument("--val", type=int, default=50, help="validation images per class")
+    s.add_argument("--val", type=int, default=50, help="validation (Food-101: test) images per class")
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_shapes)
