@@ -18,8 +18,9 @@ FORBIDDEN = {
     "keras_impl": {"torch", "torch_impl", "twins_cli", "benchmarks"},
     "torch_impl": {"keras", "tensorflow", "jax", "keras_impl", "twins_cli", "benchmarks"},
 }
-# The one lazy framework import the core may make: a .pth file is a torch pickle.
-ALLOWED = {("twins/checkpoints.py", "torch")}
+# The lazy framework imports the core may make: a .pth file is a torch pickle, and only tensorflow reads
+# a TensorFlow checkpoint.
+ALLOWED = {("twins/checkpoints.py", "torch"), ("twins/tf_checkpoint.py", "tensorflow")}
 
 
 def module_name(path: Path) -> str:

@@ -1,7 +1,8 @@
 """Checkpoint files and the key matching both weight loaders share.
 
-`read(path)` turns a `.pth`/`.pt` (read with `weights_only=True`), `.safetensors` or `.npz` file into a
-`dict[str, np.ndarray]` in torch layout and torch names; `write(path, state)` is its atomic inverse.
+`read(path)` turns a `.pth`/`.pt` (read with `weights_only=True`), `.safetensors` or `.npz` file, or a
+TensorFlow checkpoint of a TF-slim network (`twins.tf_checkpoint`), into a `dict[str, np.ndarray]` in
+torch layout and torch names; `write(path, state)` is its atomic inverse for the torch-layout formats.
 A torch-layout `.safetensors` file is the interchange format between the twins.
 
 `match(expected, given, exclude=...)` is the one place that decides which keys load, which are skipped,
@@ -11,7 +12,6 @@ missing, unexpected or mismatched; `torch_impl.weights.load_state_dict` and
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +19,8 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-TORCH_SUFFIXES = (".pth", ".pt")
-SUFFIXES = TORCH_SUFFIXES + (".safetensors", ".npz")
+from twins.formats import SUFFIXES, TORCH_SUFFIXES, CheckpointError, reason as _reason
 
-
-class CheckpointError(ValueError):
-    """A checkpoint file could not be read, or does not fit the model it is loaded into."""
 
 
 class CheckpointMismatchError(CheckpointError):
@@ -65,13 +61,19 @@ def _unwrap(obj, path: Path) -> Mapping:
 
 
 def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a checkpoint file into `{torch key: numpy array}` (torch layout)."""
+    """Read a checkpoint file into `{torch key: numpy array}` (torch layout). A TensorFlow checkpoint
+    is named by its prefix (which need not be a file), its `.index` or a `.data-*` shard."""
+    from twins import tf_checkpoint  # numpy and re only; tensorflow is imported when a TF file is read
+
     path = Path(path)
+    prefix = tf_checkpoint.prefix_of(path)
+    if prefix is not None:
+        return tf_checkpoint.read(prefix, path)
     suffix = _suffix(path)
     if suffix not in SUFFIXES:
         raise CheckpointError(
             f"{path}: unsupported checkpoint format {suffix or '(no suffix)'!r}; "
-            f"expected one of {', '.join(SUFFIXES)}"
+            f"expected one of {', '.join(SUFFIXES)}, or {tf_checkpoint.FORMAT}"
         )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -103,22 +105,6 @@ def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not out:
         raise CheckpointError(f"{path}: the checkpoint holds no tensors")
     return out
-
-
-def _reason(exc: Exception) -> str:
-    """What is wrong with the file, in the reader's words, without the advice torch appends to a
-    refused unpickling (re-running `torch.load` with `weights_only=False` runs arbitrary code from an
-    untrusted file; that is not ours to suggest)."""
-    text = str(exc)
-    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if refused:
-        return (f"{type(exc).__name__}: the pickle refers to {refused.group(1)}, which a weights-only load "
-                "does not execute; the file holds Python objects, not just tensors")
-    first = text.strip().splitlines()[0] if text.strip() else ""
-    if "weights_only" in first or "Weights only load failed" in first:
-        return f"{type(exc).__name__}: its pickle holds something other than tensors and plain containers"
-    sentence = re.split(r"(?<=\.)\s", first, maxsplit=1)[0]
-    return f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
 
 
 def atomic_path(path: Path):

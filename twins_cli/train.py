@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from twins import checkpoints, registry
-from twins.data import (BatchPlan, DataError, Food101, ImageFolder, check_same_classes, food101_train_transform,
+from twins.data import (BatchPlan, Food101, ImageFolder, check_same_classes, food101_train_transform,
                         food101_val_transform, read_image, train_transform, val_transform)
 from twins.runs import Position, Recipe, RunDir, recipe_defaults
 
