@@ -4,7 +4,9 @@ variable scopes, a global step and optimiser slots, a `Saver`."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from parity_tests.conftest import BACKEND
 from twins import checkpoints
 from twins.checkpoints import CheckpointError
 
@@ -38,9 +41,11 @@ def torch_key(name: str) -> str:
 
 
 def value(index: int, shape) -> np.ndarray:
-    """The random value of the index-th variable, regenerated rather than kept (the zoo-size file)."""
+    """The random value of the index-th variable, regenerated rather than kept (the zoo-size file): He-scaled
+    kernels and small biases, so that a network restored from them computes finite logits."""
     array = np.random.default_rng([7, index]).random(shape, dtype=np.float32)
     array -= 0.5
+    array *= np.float32(np.sqrt(24.0 / np.prod(shape[:-1])) if len(shape) == 4 else 0.02)  # var 2/fan_in
     return array
 
 
@@ -254,3 +259,53 @@ def test_the_zoo_vgg19_restores_into_the_keras_twin_but_fc8(zoo_checkpoint):
     del state
     assert sorted(report.skipped) == ["fc8.bias", "fc8.weight"] and len(report.loaded) == 36
     assert_restored(torch_state_dict(model), fresh)
+
+
+@pytest.fixture(scope="module")
+def food(tmp_path_factory):
+    from twins.shapes import make_food101
+
+    return make_food101(tmp_path_factory.mktemp("food"), train=2, test=1, size=48, seed=2)
+
+
+@pytest.mark.parametrize("framework", ["torch", pytest.param("keras", marks=pytest.mark.keras)],
+                         ids=["torch", f"keras-{BACKEND}"])
+def test_vgg19_slim_fine_tunes_from_the_slim_checkpoint_on_food101(zoo_checkpoint, food, tmp_path, framework):
+    """The seed's job end to end on a generated Food-101 folder: `twins train vgg19_slim` from the
+    1000-class slim checkpoint (fc8 fresh for 2 classes), killed at its first checkpoint half-way
+    through the epoch and resumed, then `twins predict` in the other framework prints top-k names.
+    In the tensorflow pass (143 M parameters at 224x224); the resume arithmetic is the same code as the
+    alexnet test in test_train.py, which runs on jax too."""
+    from parity_tests.test_train import run_killed, twins_cli
+
+    if BACKEND != "tensorflow":
+        pytest.skip("vgg19_slim's end-to-end run is in the tensorflow pass (DESIGN.md test budget)")
+    run = tmp_path / "run"
+    args = ["train", "vgg19_slim", "--framework", framework, "--data", str(food), "--out", str(run), "--weights",
+            str(zoo_checkpoint), "--epochs", "1", "--batch-size", "2", "--val-batch-size", "2", "--checkpoint-every",
+            "1", "--log-every", "1", "--workers", "0"]
+    killed = run_killed(args, run)
+    assert "has 1000 classes, the data 2: the classifier (fc8) starts fresh" in killed
+    assert "loaded 36, skipped 2, missing 0, unexpected 0, mismatched 0" in killed
+    assert "SGD lr 0.001 -> 1e-07 (linear decay) momentum 0.9, L2 0.0005 on conv kernels; 2 steps per epoch" in killed
+    resumed = twins_cli("train", "--resume", "--out", str(run))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming in epoch 1/1 after batch 1/2 (step 1)" in resumed.stdout
+    history = json.loads((run / "history.json").read_text())
+    train = history["epochs"][0]["train"]
+    assert len(train["step_losses"]) == 2 and train["step_lrs"] == [np.float32(1e-3), np.float32(0.5e-3 + 0.5e-7)]
+    assert [e["step"] for e in history["evals"]] == [0]  # the seed's `iteration % 500 == 0`
+    assert history["epochs"][0]["val"]["samples"] == 2 and np.isfinite(train["step_losses"]).all()
+    assert (run / "classes.txt").read_text() == "disc\nsquare\n"
+    other = "keras" if framework == "torch" else "torch"
+    images = sorted((food / "images").rglob("*.jpg"))[:2]
+    predicted = twins_cli("predict", "vgg19_slim", "--framework", other, "--backend", "tensorflow", "--weights",
+                          str(run / "best.safetensors"), "--classes", str(run / "classes.txt"), "--top-k", "2",
+                          *map(str, images))
+    assert predicted.returncode == 0, predicted.stdout + predicted.stderr
+    lines = [line for line in predicted.stdout.splitlines() if line.startswith(str(images[0].parent.parent))]
+    assert len(lines) == 2
+    for line in lines:
+        names = re.findall(r"(disc|square) (\d\.\d{3})", line)
+        assert sorted(n for n, _ in names) == ["disc", "square"]
+        assert sum(float(p) for _, p in names) == pytest.approx(1.0, abs=2e-3)

@@ -1,5 +1,7 @@
 """`twins convert`: move a checkpoint between torch layout (.pth/.pt/.safetensors/.npz) and Keras files
-(.weights.h5/.keras), through the weight bridge, atomically.
+(.weights.h5/.keras), through the weight bridge, atomically. A TensorFlow checkpoint of a TF-slim
+network (vgg19_slim: the public `vgg_19.ckpt`, or a prefix whose `.index` sits beside it) is a source
+too: `twins.checkpoints.read` maps it to torch layout.
 
 The class count of the written model is `--num-classes`, else the checkpoint's own (the rows of its
 classifier weight). A class count other than the checkpoint's means a fresh head: the classifier is
@@ -21,10 +23,14 @@ def _is_keras_file(path: str) -> bool:
 
 
 def _check_formats(src: str, dst: str) -> None:
+    from twins import tf_checkpoint
+
     ok = KERAS_SUFFIXES + checkpoints.SUFFIXES
-    for role, path in (("source", src), ("destination", dst)):
-        if not path.endswith(ok):
-            raise SystemExit(f"{role} {path!r}: unsupported format; expected one of {', '.join(ok)}")
+    if not src.endswith(ok) and tf_checkpoint.prefix_of(Path(src)) is None:
+        raise SystemExit(f"source {src!r}: unsupported format; expected one of {', '.join(ok)}, "
+                         f"or {tf_checkpoint.FORMAT}")
+    if not dst.endswith(ok):
+        raise SystemExit(f"destination {dst!r}: unsupported format; expected one of {', '.join(ok)}")
 
 
 def cmd_convert(args) -> int:

@@ -96,7 +96,8 @@ def check_size(info: registry.ModelInfo, size: int) -> None:
 
 
 def load_weights(side: Side, model, info, path: str, exclude, num_classes: int, log=print):
-    """Restore `path` (torch layout: .pth/.pt/.safetensors/.npz) into `model`. A checkpoint of another
+    """Restore `path` (torch layout: .pth/.pt/.safetensors/.npz; or a TF-slim TensorFlow checkpoint, which
+    `checkpoints.read` maps to torch layout) into `model`. A checkpoint of another
     class count loads everything but the classifier (the exclude-final-layer restore), reported."""
     from twins_cli.convert import classes_in
 
