@@ -12,7 +12,7 @@ from keras import layers
 
 from twins import registry
 
-from .common import conv2d, dense, image_input, max_pool, torch_uniform
+from .common import AdaptiveAveragePool, conv2d, dense, image_input, max_pool, torch_uniform
 
 MIN_SIZE = registry.get("alexnet").min_input_size
 
@@ -42,7 +42,7 @@ def alexnet(num_classes=1000, dropout=0.5, input_shape=(None, None, 3), name="al
     x = layers.ReLU(name="features-11")(x)
     x = max_pool(x, 3, 2, name="features-12")
     # At the parity size (64) the map is 1x1 here and the pool replicates it to 6x6, as torch's does.
-    x = layers.AdaptiveAveragePooling2D((6, 6), name="avgpool")(x)
+    x = AdaptiveAveragePool((6, 6), name="avgpool")(x)
     # Flattens H*W*C where torch flattens C*H*W: the bridge permutes classifier-1's input rows,
     # looking back through the Dropout in between.
     x = layers.Flatten(name="flatten")(x)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 
@@ -69,6 +70,34 @@ class BatchNorm(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon, "momentum": self.momentum}
+
+
+def adaptive_bins(size_in: int, size_out: int) -> np.ndarray:
+    """`(size_out, size_in)` averaging matrix of torch's adaptive pooling: output cell i averages inputs
+    `floor(i * in / out)` to `ceil((i + 1) * in / out) - 1` (bins overlap when `out` does not divide
+    `in`; an input of 1 is replicated)."""
+    matrix = np.zeros((size_out, size_in))
+    for i in range(size_out):
+        start, end = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+@keras.saving.register_keras_serializable(package="twins")
+class AdaptiveAveragePool(layers.AdaptiveAveragePooling2D):
+    """torch's AdaptiveAvgPool2d (NHWC) as two averaging matrices (`adaptive_bins`) applied by einsum,
+    one implementation for every backend. Keras 3.15's own layer is wrong in two places the zoo reaches:
+    on jax it returns NaN for 7x7 -> 7x7 (vgg11_bn at 224 px), 6x6 -> 7x7 and 14x14 -> 7x7, and on
+    tensorflow in graph mode (`fit`) it fails on an axis of extent 1 (vgg11_bn below 64 px, alexnet
+    below ~100 px). A map whose size is unknown when traced falls back to Keras' layer."""
+
+    def call(self, x):
+        height, width = x.shape[1], x.shape[2]
+        if height is None or width is None:
+            return super().call(x)
+        rows = ops.convert_to_tensor(adaptive_bins(height, self.output_size[0]), dtype=x.dtype)
+        cols = ops.convert_to_tensor(adaptive_bins(width, self.output_size[1]), dtype=x.dtype)
+        return ops.einsum("pw,nowc->nopc", cols, ops.einsum("oh,nhwc->nowc", rows, x))
 
 
 def torch_uniform(fan_in: int):

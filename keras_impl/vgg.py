@@ -12,7 +12,7 @@ from keras import layers
 
 from twins import registry
 
-from .common import BatchNorm, conv2d, dense, image_input, max_pool
+from .common import AdaptiveAveragePool, BatchNorm, conv2d, dense, image_input, max_pool
 
 CFGS = {"A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]}
 
@@ -47,7 +47,7 @@ def _vgg(name, cfg, batch_norm, num_classes=1000, dropout=0.5, input_shape=(None
     inputs, x = image_input(input_shape, name, min_size=registry.get(name).min_input_size)
     x = make_layers(x, CFGS[cfg], batch_norm)
     # At the parity size (32) the map is 1x1 here and the pool replicates it to 7x7, as torch's does.
-    x = layers.AdaptiveAveragePooling2D((7, 7), name="avgpool")(x)
+    x = AdaptiveAveragePool((7, 7), name="avgpool")(x)
     # Flattens H*W*C where torch flattens C*H*W: the bridge permutes classifier-0's input rows.
     x = layers.Flatten(name="flatten")(x)
     x = linear(x, 4096, name="classifier-0")
