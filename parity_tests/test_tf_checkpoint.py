@@ -309,3 +309,17 @@ def test_vgg19_slim_fine_tunes_from_the_slim_checkpoint_on_food101(zoo_checkpoin
         names = re.findall(r"(disc|square) (\d\.\d{3})", line)
         assert sorted(n for n, _ in names) == ["disc", "square"]
         assert sum(float(p) for _, p in names) == pytest.approx(1.0, abs=2e-3)
+
+
+def test_twins_convert_turns_the_slim_checkpoint_into_a_torch_layout_file(zoo_checkpoint, tmp_path):
+    from parity_tests.test_train import twins_cli
+
+    out = tmp_path / "vgg19-food.safetensors"
+    done = twins_cli("convert", str(zoo_checkpoint), str(out), "--model", "vgg19_slim", "--num-classes", "101")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "loaded 36, skipped 2" in done.stdout and "fresh: fc8.weight, fc8.bias" in done.stdout
+    state = checkpoints.read(out)
+    assert state["fc8.weight"].shape == (101, 4096, 1, 1)
+    assert np.array_equal(state["conv1.conv1_1.weight"], to_torch(value(0, ZOO[0][1])))
+    wrong = twins_cli("convert", str(tmp_path / "missing.ckpt"), str(out), "--model", "vgg19_slim")
+    assert wrong.returncode != 0 and "unsupported format" in wrong.stderr and "TensorFlow checkpoint" in wrong.stderr

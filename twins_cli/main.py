@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_parity)
 
     c = sub.add_parser("convert", help="move a checkpoint between torch layout and Keras files")
-    c.add_argument("src", help="source: .pth/.pt/.safetensors/.npz (torch layout) or .weights.h5/.keras")
+    c.add_argument("src", help="source: .pth/.pt/.safetensors/.npz (torch layout), .weights.h5/.keras, or a "
+                                "TF-slim TensorFlow checkpoint (vgg19_slim: vgg_19.ckpt)")
     c.add_argument("dst", help="destination: .weights.h5/.keras, or .safetensors/.pth/.npz (torch layout)")
     c.add_argument("--model", required=True, help=f"architecture ({', '.join(registry.names())})")
     c.add_argument("--num-classes", type=int, default=None,
