@@ -222,6 +222,12 @@ def test_training_errors_say_what_is_wrong(shapes, tmp_path):
     assert done.returncode != 0 and "below resnet18's smallest input size 32" in done.stderr
     done = twins_cli("train", "--resume", "--out", str(tmp_path / "none"))
     assert done.returncode == 2 and "holds no run" in done.stderr
+    done = twins_cli("train", "vgg19_slim", "--data", str(shapes), "--out", str(tmp_path / "r"), "--lr-end", "0.1",
+                     "--log-every", "-1")
+    assert done.returncode != 0 and "--log-every must be at least 0, got -1" in done.stderr
+    assert "--lr-end must be between 0 and --lr (0.001), got 0.1" in done.stderr
+    done = twins_cli("train", "vgg19_slim", "--data", str(shapes), "--out", str(tmp_path / "r"), "--img-size", "256")
+    assert done.returncode != 0 and "above vgg19_slim's largest input size 255" in done.stderr
 
 
 @pytest.mark.parametrize("framework", ["torch", pytest.param("keras", marks=pytest.mark.keras)],

@@ -69,13 +69,35 @@ class Recipe:
     # "food101" (random / central square crop with `margin`, area resize, pixels in [0, 1]; seed 002).
     preprocess: str = "imagenet"
     margin: int = 10
-    # Batches of `batch_size` only; the seed 002 pipelines batch with `drop_remainder=True`.
+    # Training batches of `batch_size` only (seed 002's `drop_remainder=True`); val keeps every image.
     drop_last: bool = False
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["aux_heads"], d["exclude"] = list(self.aux_heads), list(self.exclude)
         return d
+
+    def check(self) -> None:
+        """Refuse settings no run can use, naming the option and the value."""
+        problems = [f"--{name.replace('_', '-')} must be at least {low}, got {value}"
+                    for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1),
+                                             ("val_batch_size", self.val_batch_size or 1, 1),
+                                             ("log_every", self.log_every, 0), ("val_every", self.val_every, 0),
+                                             ("checkpoint_every", self.checkpoint_every, 0),
+                                             ("margin", self.margin, 0))
+                    if value < low]
+        if not self.lr > 0:
+            problems.append(f"--lr must be positive, got {self.lr}")
+        if self.lr_end is not None and not 0 <= self.lr_end <= self.lr:
+            problems.append(f"--lr-end must be between 0 and --lr ({self.lr}), got {self.lr_end}")
+        if not 0 <= self.momentum < 1:
+            problems.append(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            problems.append(f"--weight-decay must be at least 0, got {self.weight_decay}")
+        if self.preprocess not in ("imagenet", "food101"):
+            problems.append(f"--preprocess must be imagenet or food101, got {self.preprocess!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @classmethod
     def from_json(cls, config: dict) -> "Recipe":

@@ -137,8 +137,9 @@ def plans(recipe: Recipe, info) -> tuple[BatchPlan, BatchPlan, list[str]]:
     check_same_classes(train, val)
     train_tf, val_tf = transforms(recipe.preprocess, recipe.input_size, info, recipe.margin)
     return (BatchPlan(train, recipe.batch_size, train_tf, shuffle=True, seed=recipe.seed, drop_last=recipe.drop_last),
-            BatchPlan(val, recipe.val_batch_size or recipe.batch_size, val_tf, shuffle=False, seed=recipe.seed,
-                      drop_last=recipe.drop_last),
+            # Every val image counts: the seed's val pipeline also drops the last partial batch, which
+            # skips up to 127 images, or all of them in a val set smaller than a batch.
+            BatchPlan(val, recipe.val_batch_size or recipe.batch_size, val_tf, shuffle=False, seed=recipe.seed),
             train.classes)
 
 
@@ -184,6 +185,10 @@ def cmd_train(args) -> int:
                            "aux_weight": info.aux_weight, "weights": args.weights,
                            "exclude": tuple(args.exclude or ())})
     check_size(info, recipe.input_size)
+    try:
+        recipe.check()
+    except ValueError as exc:
+        raise SystemExit(f"twins train: {exc}") from None
     side = Side(recipe.framework, args.backend or recipe.backend)
     recipe.backend = side.backend
     train_plan, val_plan, classes = plans(recipe, info)
@@ -365,7 +370,7 @@ def add_parsers(sub) -> None:
                    help="imagenet: RandomResizedCrop / Resize+CenterCrop, ImageNet mean/std (the zoo's); food101: "
                         "random / central square crop, area resize, pixels in [0, 1] (vgg19_slim's)")
     t.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="full batches only, as the seed 002 pipelines (vgg19_slim: on)")
+                   help="full training batches only, as the seed 002 pipeline (vgg19_slim: on); val keeps every image")
     t.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's, 224/299)")
     t.add_argument("--feature-extract", action="store_true", help="train the new classifier only")
     t.add_argument("--weights", help="initial weights (torch layout); another class count keeps all but the head")
