@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PYTEST := $(PY) -m pytest parity_tests -q -p no:cacheprovider
+PYTEST := $(PY) -m pytest parity_tests -q -p no:cacheprovider --durations=15
 BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
 

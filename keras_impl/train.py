@@ -139,13 +139,15 @@ class RecipeCallback(keras.callbacks.Callback):
             self.scalars.step(step, loss=value, lr=lr)
         if due(recipe.val_every, step):
             self.model  # noqa: B018 -- syncs the weights into the variables (jax)
-            val = evaluate(self.base, self.val_plan, recipe.workers)
+            with self.meter.paused():
+                val = evaluate(self.base, self.val_plan, recipe.workers)
             record_eval(self.history, step, self.train_seq.epoch, val)
             self.run.write_history(self.history)
             self.scalars.step(step, acc=val["acc"])
             self.log(f"[{step} / {total}] val loss {val['loss']:.4f} acc {val['acc']:.4f}")
         if recipe.checkpoint_every and (step + 1) % recipe.checkpoint_every == 0 and index + 1 < self.steps_per_epoch:
-            self.checkpoint(Position(self.train_seq.epoch, index + 1, step + 1, self.meter.state()))
+            with self.meter.paused():
+                self.checkpoint(Position(self.train_seq.epoch, index + 1, step + 1, self.meter.state()))
 
     def on_epoch_end(self, epoch, logs=None):
         train = self.meter.result()
@@ -171,6 +173,7 @@ class RecipeCallback(keras.callbacks.Callback):
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
 
+        self.scalars.flush()
         self.run.save_resume(at, lambda folder: checkpoints.write_atomic(folder / RESUME_FILE, save),
                              {"framework": "keras", "backend": keras.backend.backend()})
 
@@ -217,7 +220,7 @@ def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, 
     position = Position.start(state)
     if state is not None:
         _load_resume(view, state["dir"] / RESUME_FILE)
-        history = run.history_at(state)
+        history = run.history_at(state, recipe)
         log(f"resuming {position.describe(recipe, steps_per_epoch)} from {state['dir']}")
     scalars = Scalars(run, purge_step=position.epoch, purge_iteration=position.step)
     train_seq = PlanSequence(train_plan, recipe.workers, outputs, start=position.batch)

@@ -48,8 +48,11 @@ def test_truncated_and_non_checkpoint_files_are_refused_clearly(tmp_path, resnet
     text.write_text("these are not weights")
     with pytest.raises(CheckpointError, match="could not read as a PyTorch checkpoint"):
         checkpoints.read(text)
+    (tmp_path / "x.ckpt").write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match=r"unsupported checkpoint format '.ckpt'.*\.pth"):
         checkpoints.read(tmp_path / "x.ckpt")
+    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: \S+y.ckpt \(nor y.ckpt.index"):
+        checkpoints.read(tmp_path / "y.ckpt")
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         checkpoints.read(tmp_path / "missing.pth")
 

@@ -3,6 +3,7 @@ resume folders that are complete before `resume.json` names them, TensorBoard sc
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -92,9 +93,20 @@ def test_a_resumed_run_drops_the_records_made_after_its_checkpoint(tmp_path):
                                            {"loss": 1.0, "acc": acc, "samples": 4, "seconds": 1.0}))
     history["evals"] = [{"step": s, "epoch": s // 4, "loss": 1.0, "acc": 0.5} for s in (0, 3, 6, 9)]
     run.write_history(history)
-    at = run.history_at({"epoch": 1, "batch": 3, "step": 7})  # half-way through epoch 2
+    at = run.history_at({"epoch": 1, "batch": 3, "step": 7}, recipe())  # half-way through epoch 2
     assert [e["epoch"] for e in at["epochs"]] == [0] and [e["step"] for e in at["evals"]] == [0, 3, 6]
     assert (at["best_epoch"], at["best_val_acc"]) == (0, 0.5)
+    # 6 steps done: the eval after step index 6 is made again by the resumed run, so it goes.
+    assert [e["step"] for e in run.history_at({"epoch": 1, "batch": 2, "step": 6}, recipe())["evals"]] == [0, 3]
+    empty = RunDir(tmp_path / "fresh").history_at({"epoch": 0, "batch": 2, "step": 2}, recipe())
+    assert empty["model"] == "resnet18" and empty["epochs"] == [] and empty["evals"] == []
+
+
+def test_a_resume_marker_of_an_earlier_format_is_refused_with_the_way_out(tmp_path):
+    (tmp_path / "resume-0001").mkdir()
+    (tmp_path / "resume.json").write_text('{"epoch": 1, "dir": "resume-0001", "framework": "keras"}')
+    with pytest.raises(ValueError, match=r"earlier twins.*best.safetensors.*--weights"):
+        RunDir(tmp_path).resume_state()
 
 
 def test_an_epoch_tally_survives_a_checkpoint():
@@ -104,6 +116,9 @@ def test_an_epoch_tally_survives_a_checkpoint():
     meter.add(1.0, 2, 4, 0.01)
     meter.add(0.5, 3, 4, 0.005)
     resumed = EpochMeter(meter.state())
+    with resumed.paused():
+        time.sleep(0.05)  # a val evaluation: not training time
+    assert resumed.seconds - meter.state()["seconds"] < 0.04
     resumed.add(0.25, 4, 4, 0.001)
     result = resumed.result()
     assert result["step_losses"] == [1.0, 0.5, 0.25] and result["step_lrs"] == [0.01, 0.005, 0.001]
@@ -116,7 +131,7 @@ def test_step_scalars_use_the_seeds_tags_in_their_own_stream(tmp_path):
     scalars = Scalars(run)
     scalars.step(0, loss=2.0, lr=1e-3)
     scalars.step(10, loss=1.0, lr=5e-4, acc=0.25)
-    scalars.close()
+    scalars.flush()  # what a checkpoint does: a killed process has written these
     values = {}
     for path in (run.tensorboard_path / "iteration").iterdir():
         for event in tf.compat.v1.train.summary_iterator(str(path)):
@@ -125,3 +140,4 @@ def test_step_scalars_use_the_seeds_tags_in_their_own_stream(tmp_path):
     assert values == {("iteration/loss", 0): 2.0, ("iteration/learning_rate", 0): pytest.approx(1e-3),
                       ("iteration/loss", 10): 1.0, ("iteration/learning_rate", 10): pytest.approx(5e-4),
                       ("iteration/accuracy", 10): 0.25}
+    scalars.close()

@@ -208,11 +208,13 @@ def write_zoo(prefix: str) -> None:
     tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=tensors)
 
 
-@pytest.fixture(scope="module")
-def zoo_checkpoint(tf, tmp_path_factory):
+@pytest.fixture(scope="session")
+def zoo_checkpoint(tmp_path_factory):
     """A full-size TF-slim vgg_19 checkpoint (~575 MB); values are `value(index, shape)`. Written in a
     subprocess: tensorflow keeps the heap of what it wrote after it is freed (~1.4 GB through a
-    Saver), and the pytest process lives on for the rest of the suite."""
+    Saver), and the pytest process lives on for the rest of the suite. Session-scoped: its users run at
+    two points of the suite (`conftest.pytest_collection_modifyitems`)."""
+    pytest.importorskip("tensorflow")
     prefix = tmp_path_factory.mktemp("zoo") / "vgg_19.ckpt"
     code = f"from parity_tests.test_tf_checkpoint import write_zoo; write_zoo({str(prefix)!r})"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -268,8 +270,13 @@ def food(tmp_path_factory):
     return make_food101(tmp_path_factory.mktemp("food"), train=2, test=1, size=48, seed=2)
 
 
+TENSORFLOW_PASS = pytest.mark.skipif(BACKEND != "tensorflow", reason="vgg19_slim's end-to-end run is in the "
+                                     "tensorflow pass (DESIGN.md test budget)")
+
+
 @pytest.mark.parametrize("framework", ["torch", pytest.param("keras", marks=pytest.mark.keras)],
                          ids=["torch", f"keras-{BACKEND}"])
+@TENSORFLOW_PASS
 def test_vgg19_slim_fine_tunes_from_the_slim_checkpoint_on_food101(zoo_checkpoint, food, tmp_path, framework):
     """The seed's job end to end on a generated Food-101 folder: `twins train vgg19_slim` from the
     1000-class slim checkpoint (fc8 fresh for 2 classes), killed at its first checkpoint half-way
@@ -278,8 +285,6 @@ def test_vgg19_slim_fine_tunes_from_the_slim_checkpoint_on_food101(zoo_checkpoin
     alexnet test in test_train.py, which runs on jax too."""
     from parity_tests.test_train import run_killed, twins_cli
 
-    if BACKEND != "tensorflow":
-        pytest.skip("vgg19_slim's end-to-end run is in the tensorflow pass (DESIGN.md test budget)")
     run = tmp_path / "run"
     args = ["train", "vgg19_slim", "--framework", framework, "--data", str(food), "--out", str(run), "--weights",
             str(zoo_checkpoint), "--epochs", "1", "--batch-size", "2", "--val-batch-size", "2", "--checkpoint-every",
@@ -322,4 +327,6 @@ def test_twins_convert_turns_the_slim_checkpoint_into_a_torch_layout_file(zoo_ch
     assert state["fc8.weight"].shape == (101, 4096, 1, 1)
     assert np.array_equal(state["conv1.conv1_1.weight"], to_torch(value(0, ZOO[0][1])))
     wrong = twins_cli("convert", str(tmp_path / "missing.ckpt"), str(out), "--model", "vgg19_slim")
-    assert wrong.returncode != 0 and "unsupported format" in wrong.stderr and "TensorFlow checkpoint" in wrong.stderr
+    assert wrong.returncode != 0 and "source not found" in wrong.stderr and "missing.ckpt.index" in wrong.stderr
+    with pytest.raises(FileNotFoundError, match=r"missing.ckpt \(nor missing.ckpt.index"):
+        checkpoints.read(tmp_path / "missing.ckpt")

@@ -127,7 +127,9 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["rng"])
-        history = run.history_at(state)
+        if "cuda_rng" in saved and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        history = run.history_at(state, recipe)
         if run.best_path.is_file():
             best = {k: torch.from_numpy(v) for k, v in checkpoints.read(run.best_path).items()}
         log(f"resuming {position.describe(recipe, steps_per_epoch)} from {state['dir']}")
@@ -138,8 +140,11 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
         def write_resume(folder):
             payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                        "rng": torch.get_rng_state()}
+            if torch.cuda.is_available():  # dropout masks on a GPU come from its own generators
+                payload["cuda_rng"] = torch.cuda.get_rng_state_all()
             checkpoints.write_atomic(folder / RESUME_FILE, lambda tmp: torch.save(payload, tmp))
 
+        scalars.flush()
         run.save_resume(at, write_resume, {"framework": "torch"})
 
     try:
@@ -172,7 +177,8 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
                     log(step_line(step, total, value, lr))
                     scalars.step(step, loss=value, lr=lr)
                 if due(recipe.val_every, step):
-                    val = evaluate(model, val_data, device, f"step {step} val")
+                    with meter.paused():
+                        val = evaluate(model, val_data, device, f"step {step} val")
                     model.train()
                     record_eval(history, step, epoch, val)
                     run.write_history(history)
@@ -180,7 +186,8 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
                     log(f"[{step} / {total}] val loss {val['loss']:.4f} acc {val['acc']:.4f}")
                 if recipe.checkpoint_every and (step + 1) % recipe.checkpoint_every == 0 \
                         and index + 1 < steps_per_epoch:
-                    checkpoint(Position(epoch, index + 1, step + 1, meter.state()))
+                    with meter.paused():
+                        checkpoint(Position(epoch, index + 1, step + 1, meter.state()))
             bar.close()
             train = meter.result()
             val = evaluate(model, val_data, device, f"epoch {epoch + 1}/{recipe.epochs} val")

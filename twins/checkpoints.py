@@ -70,6 +70,9 @@ def read(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if prefix is not None:
         return tf_checkpoint.read(prefix, path)
     suffix = _suffix(path)
+    if suffix not in SUFFIXES and not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path} (nor {path.name}.index beside it, as a TensorFlow "
+                                "checkpoint prefix has)")
     if suffix not in SUFFIXES:
         raise CheckpointError(
             f"{path}: unsupported checkpoint format {suffix or '(no suffix)'!r}; "

@@ -22,6 +22,7 @@ the steps it repeats.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -81,7 +82,8 @@ class Recipe:
         """Refuse settings no run can use, naming the option and the value."""
         problems = [f"--{name.replace('_', '-')} must be at least {low}, got {value}"
                     for name, value, low in (("epochs", self.epochs, 1), ("batch_size", self.batch_size, 1),
-                                             ("val_batch_size", self.val_batch_size or 1, 1),
+                                             ("val_batch_size", 1 if self.val_batch_size is None
+                                              else self.val_batch_size, 1),
                                              ("log_every", self.log_every, 0), ("val_every", self.val_every, 0),
                                              ("checkpoint_every", self.checkpoint_every, 0),
                                              ("margin", self.margin, 0))
@@ -107,7 +109,7 @@ class Recipe:
 
 
 # Seed 002 (SPEC.md section 4): VGG-19 on Food-101. The seed saves a checkpoint every 600 s; a step
-# count keeps the run reproducible, and 500 puts one beside every val evaluation.
+# count keeps the run reproducible (500: one per val evaluation, the step before it).
 FOOD101_RECIPE = dict(epochs=20, batch_size=64, val_batch_size=128, lr=1e-3, lr_end=1e-7, momentum=0.9,
                       weight_decay=5e-4, log_every=10, val_every=500, checkpoint_every=500, preprocess="food101",
                       margin=10, drop_last=True)
@@ -189,6 +191,10 @@ class RunDir:
         if not marker.is_file():
             return None
         state = json.loads(marker.read_text())
+        if "step" not in state:
+            raise ValueError(f"{marker} was written by an earlier twins (a resume point per epoch, Keras' own SGD "
+                             "state) and cannot be resumed by this one; its best.safetensors holds the best "
+                             "weights: start a new run from them with --weights")
         state["dir"] = self.path / state["dir"]
         if not state["dir"].is_dir():
             raise FileNotFoundError(f"{marker} names {state['dir']}, which is missing")
@@ -212,12 +218,13 @@ class RunDir:
         if previous is not None and previous["dir"] != folder:
             shutil.rmtree(previous["dir"], ignore_errors=True)
 
-    def history_at(self, state: dict) -> dict:
+    def history_at(self, state: dict, recipe: Recipe) -> dict:
         """history.json as it was when `state` was saved: a process killed between writing the history
-        and the next checkpoint leaves records the resumed run will make again."""
-        history = self.history()
+        and the next checkpoint leaves records the resumed run will make again. (An eval's `step` is the
+        0-based index of the step before it, `state["step"]` the count of steps done.)"""
+        history = {**new_history(recipe), **self.history()}
         history["epochs"] = [e for e in history["epochs"] if e["epoch"] < state["epoch"]]
-        history["evals"] = [e for e in history.get("evals", []) if e["step"] <= state["step"]]
+        history["evals"] = [e for e in history["evals"] if e["step"] < state["step"]]
         best = [e for e in history["epochs"] if e["val"]["acc"] == max(r["val"]["acc"] for r in history["epochs"])]
         history["best_epoch"] = best[0]["epoch"] if best else None
         history["best_val_acc"] = best[0]["val"]["acc"] if best else None
@@ -275,6 +282,16 @@ class EpochMeter:
     @property
     def seconds(self) -> float:
         return self.seconds_before + time.perf_counter() - self.start
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time spent inside (a val evaluation, a checkpoint) is not training time: neither the epoch's
+        seconds nor the images/s count it."""
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.start += time.perf_counter() - begin
 
     def running(self) -> dict:
         """What a progress bar shows: running loss, accuracy and images/s of this process."""
@@ -384,6 +401,13 @@ class Scalars:
         for tag, value in (("loss", loss), ("learning_rate", lr), ("accuracy", acc)):
             if value is not None:
                 self._iterations.add_scalar(f"iteration/{tag}", value, step)
+
+    def flush(self) -> None:
+        """Before a checkpoint: a resumed run purges the steps after it, so those before it must be on
+        disk (tensorboardX otherwise flushes every 2 minutes)."""
+        self.writer.flush()
+        if self._iterations is not None:
+            self._iterations.flush()
 
     def close(self) -> None:
         self.writer.close()

@@ -26,6 +26,9 @@ def _check_formats(src: str, dst: str) -> None:
     from twins import tf_checkpoint
 
     ok = KERAS_SUFFIXES + checkpoints.SUFFIXES
+    if not src.endswith(ok) and not Path(src).exists() and tf_checkpoint.prefix_of(Path(src)) is None:
+        raise SystemExit(f"source not found: {src} (nor {Path(src).name}.index beside it, as a TensorFlow "
+                         "checkpoint prefix has)")
     if not src.endswith(ok) and tf_checkpoint.prefix_of(Path(src)) is None:
         raise SystemExit(f"source {src!r}: unsupported format; expected one of {', '.join(ok)}, "
                          f"or {tf_checkpoint.FORMAT}")

@@ -821,8 +821,8 @@ def failed_row(model, backend, reason) -> dict:
 # layer type with resnet18 (the variants' own wiring is what their eval and stage rows check), and
 # resnet101/152 with resnet50; alexnet's round trip and head restore are the bridge's generic code;
 # the float64 training checks of alexnet, vgg11_bn and inception_v3 peak at 8.4, 18 and 6.7 GB in one
-# worker, vgg19_slim's bridge checks alone at 10 GB (143 M parameters at 224x224, its only size)
-# worker (tensorflow, jax) and take minutes; densenet121's cost 40 s a backend (squeezenet1_0 runs the
+# worker (tensorflow, jax) and take minutes, vgg19_slim's bridge checks alone 10 GB (143 M parameters
+# at 224x224, its only size); densenet121's cost 40 s a backend (squeezenet1_0 runs the
 # full set for the zoo). All for DESIGN.md's test budget (8 GB, 25 min; measured 24 min before these
 # cuts).
 QUICK_SUITE: dict[str, tuple | None] = {

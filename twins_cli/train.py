@@ -168,7 +168,14 @@ def cmd_train(args) -> int:
     run = RunDir(args.out)
     if args.resume:
         recipe = Recipe.from_json(run.config())
+        changed = [f"--{k.replace('_', '-')}" for k in RECIPE_OPTIONS if k != "epochs" and getattr(args, k) is not None]
+        if changed:
+            raise SystemExit(f"--resume continues the recipe in {run.config_path}; {', '.join(changed)} cannot "
+                             "change it (only --epochs can extend a constant-rate run)")
         if args.epochs and args.epochs != recipe.epochs:
+            if recipe.lr_end is not None:
+                raise SystemExit(f"{run.path} decays its rate over {recipe.epochs} epochs; --epochs {args.epochs} "
+                                 "would stretch the schedule mid-run (start a new run with --weights instead)")
             recipe.epochs = args.epochs
         info = registry.get(recipe.model)
     else:
@@ -178,6 +185,8 @@ def cmd_train(args) -> int:
         settings = recipe_defaults(args.model)
         settings.update({k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k) is not None})
         if args.constant_lr:
+            if args.lr_end is not None:
+                raise SystemExit("--constant-lr and --lr-end contradict each other; give one")
             settings["lr_end"] = None
         recipe = Recipe(**{**settings, "model": args.model, "framework": args.framework, "data": args.data,
                            "feature_extract": args.feature_extract, "seed": args.seed, "workers": args.workers,
@@ -201,7 +210,8 @@ def cmd_train(args) -> int:
           f"batch {recipe.batch_size}, {recipe.epochs} epochs")
     print(describe(recipe, len(train_plan)))
     model = side.build(recipe.model, num_classes=len(classes), seed=recipe.seed)
-    if recipe.weights and not args.resume:
+    # A run resumed before its first checkpoint starts over, from its --weights like a new one.
+    if recipe.weights and not (args.resume and run.resume_state() is not None):
         load_weights(side, model, info, recipe.weights, recipe.exclude, len(classes))
     trainable = side.trainer.set_feature_extract(model, info.classifier, recipe.feature_extract)
     print(f"parameters to update ({len(trainable)}{', feature extraction' if recipe.feature_extract else ''}):")
@@ -377,7 +387,8 @@ def add_parsers(sub) -> None:
     t.add_argument("--exclude", action="append", help="torch key prefix to leave fresh when loading --weights")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=2, help="data loading workers (processes on torch, threads on Keras)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last complete epoch")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (epoch end or --checkpoint-every)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on an ImageFolder split")
