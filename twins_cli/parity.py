@@ -819,14 +819,16 @@ def failed_row(model, backend, reason) -> dict:
 # check that applies (None), or these checks, at this size (None: the model's parity size). The
 # rest runs in `make parity` (README "Parity"): resnet34 and the two resnet18 variants share every
 # layer type with resnet18 (the variants' own wiring is what their eval and stage rows check), and
-# resnet101/152 with resnet50; alexnet's round trip and head restore are the bridge's generic code;
+# resnet101/152 with resnet50; resnet50's training checks run on resnet50-deep-dilated's Bottleneck
+# blocks (the same code, with the deep stem and dilation on top); alexnet's round trip and head restore are the bridge's generic code;
 # the float64 training checks of alexnet, vgg11_bn and inception_v3 peak at 8.4, 18 and 6.7 GB in one
 # worker (tensorflow, jax) and take minutes, vgg19_slim's bridge checks alone 10 GB (143 M parameters
 # at 224x224, its only size); densenet121's cost 40 s a backend (squeezenet1_0 runs the
 # full set for the zoo). All for DESIGN.md's test budget (8 GB, 25 min; measured 24 min before these
 # cuts).
 QUICK_SUITE: dict[str, tuple | None] = {
-    "resnet18": None, "resnet50": None, "resnet50-deep-dilated": None, "squeezenet1_0": None,
+    "resnet18": None, "resnet50-deep-dilated": None, "squeezenet1_0": None,
+    "resnet50": (("eval_output", "stage_outputs", "round_trip", "exclude_restore"), None),
     "resnet18-cifar": (("eval_output", "stage_outputs", "round_trip"), None),
     "resnet18-features": (("eval_output", "stage_outputs", "exclude_restore"), None),
     "resnet34": (("eval_output", "stage_outputs"), None),
