@@ -37,15 +37,30 @@ def covered(check: str) -> list[str]:
     return [n for n, plan in SUITE.items() if applies(n) and (plan is None or check in plan[0])]
 
 
+# Models whose quick plans share one worker process (each still gets its own plan, `--quick`): a worker
+# start costs 5-8 s (imports, and on jax the first compilations), 6 fewer a backend keep `make test` in
+# DESIGN.md's budget. Only eval-mode and bridge checks are grouped; a model with float64 training checks
+# has a worker of its own, so one model's peak is the worker's.
+WORKER_GROUPS = (("resnet34", "resnet101", "resnet152"), ("resnet50", "resnet18-cifar", "resnet18-features"),
+                 ("alexnet", "vgg11_bn", "vgg19_slim"), ("densenet121", "inception_v3"))
+
+
+def worker_group(name: str) -> tuple[str, ...]:
+    return next((group for group in WORKER_GROUPS if name in group), (name,))
+
+
 @functools.lru_cache(maxsize=None)
-def results(name: str) -> dict:
+def group_results(group: tuple[str, ...]) -> dict:
     from twins_cli.parity import run_parity
 
-    checks, size = SUITE[name] or (None, None)
-    rows = run_parity([name], [BACKEND], checks=checks, size=size, log=io.StringIO())
+    rows = run_parity(list(group), [BACKEND], quick=True, log=io.StringIO())
     crashed = [r for r in rows if r["check"] == "run"]
     assert not crashed, crashed[0]["detail"]
-    return {row["check"]: row for row in rows}
+    return {(row["model"], row["check"]): row for row in rows}
+
+
+def results(name: str) -> dict:
+    return {check: row for (model, check), row in group_results(worker_group(name)).items() if model == name}
 
 
 def assert_row(name, check):
@@ -159,6 +174,14 @@ def test_float64_switches_are_undone_after_a_run():
     rows = run_model("resnet18", size=32, checks=("train_loss",))
     assert rows[0].passed and rows[0].meta["train_dtype"] == "float64"
     assert settings() == before
+
+
+def test_worker_groups_hold_eval_and_bridge_checks_only():
+    """A grouped worker keeps every model's compiled graphs until it exits: no float64 training there."""
+    training = {"train_loss", "gradients", "sgd_step_params", "sgd_step_bn_stats"}
+    for group in WORKER_GROUPS:
+        for name in group:
+            assert SUITE[name] is not None and not training & set(SUITE[name][0]), name
 
 
 def test_the_suite_names_every_registered_model_and_variant():
