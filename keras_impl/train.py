@@ -65,13 +65,13 @@ def set_feature_extract(model: keras.Model, heads, feature_extract: bool) -> lis
 
 def set_weight_decay(model: keras.Model, weight_decay: float) -> list[str]:
     """Twin of `torch_impl.train.set_weight_decay`: the variables of `twins.optim.l2_keys` (every conv
-    kernel that trains) get `L2(weight_decay / 2)`, which is `weight_decay * sum(w**2) / 2` (Keras' L2
-    has no half), and `fit` adds it to the loss; every other variable gets none. Returns the torch names."""
+    kernel that trains) get `training.SlimL2(weight_decay)`, `weight_decay * sum(w**2) / 2`, and `fit`
+    adds it to the loss; every other variable gets none. Returns the torch names."""
     trainable = {slot.key: slot for slot in slots(model) if slot.variable.trainable}
     keys = set(optim.l2_keys({key: tuple(slot.variable.shape) for key, slot in trainable.items()})) \
         if weight_decay else set()
     for slot in slots(model):
-        slot.variable.regularizer = keras.regularizers.L2(weight_decay / 2) if slot.key in keys else None
+        slot.variable.regularizer = training.SlimL2(weight_decay) if slot.key in keys else None
     return natural_order(keys)
 
 

@@ -108,3 +108,28 @@ def test_the_l2_term_decays_the_same_tensors_by_the_same_amount():
     assert ttrain.set_weight_decay(tmodel, 5e-4) == ktrain.set_weight_decay(kmodel, 5e-4) == []
     ktrain.set_feature_extract(kmodel, ("fc",), False)
     assert ktrain.set_weight_decay(kmodel, 0.0) == [] and kmodel.losses == []
+
+
+@pytest.mark.keras
+def test_the_l2_term_is_exact_in_float64():
+    """The float64 parity checks resolve the L2 term to rounding: `SlimL2` multiplies by a Python float
+    in the variable's dtype. Keras' own `L2` casts its factor through a float32 tensor on tensorflow,
+    which the same comparison catches (5e-8 relative)."""
+    import keras
+
+    import keras_impl
+    from keras_impl.train import set_weight_decay
+    from keras_impl.weights import slots
+    from parity_tests.conftest import BACKEND
+    from twins_cli.parity import keras_dtype
+
+    with keras_dtype("float64"):
+        model = keras_impl.build("resnet18", num_classes=2)
+        set_weight_decay(model, 5e-4)
+        decayed = [s.variable for s in slots(model) if s.variable.regularizer is not None]
+        expected = sum(0.5 * 5e-4 * np.sum(keras.ops.convert_to_numpy(v).astype(np.float64) ** 2) for v in decayed)
+        got = float(sum(keras.ops.convert_to_numpy(loss) for loss in model.losses))
+        assert abs(got - expected) <= 1e-14 * expected
+        keras_l2 = float(sum(keras.ops.convert_to_numpy(keras.regularizers.L2(2.5e-4)(v)) for v in decayed))
+        if BACKEND == "tensorflow":
+            assert abs(keras_l2 - expected) > 1e-9 * expected
