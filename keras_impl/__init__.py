@@ -15,6 +15,7 @@ from . import alexnet, vgg
 from . import densenet, squeezenet
 from . import inception
 from . import vgg_slim
+from . import saliency
 
 _BUILDERS = {
     "resnet18": resnet.resnet18,
@@ -28,6 +29,7 @@ _BUILDERS = {
     "densenet121": densenet.densenet121,
     "inception_v3": inception.inception_v3,
     "vgg19_slim": vgg_slim.vgg19_slim,
+    "saliency_unet": saliency.saliency_unet,
 }
 
 

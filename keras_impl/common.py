@@ -11,6 +11,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from twins.registry import size_problem
+
 
 def he_fan_out():
     """torchvision's conv init: kaiming_normal_(mode="fan_out", nonlinearity="relu")."""
@@ -100,11 +102,44 @@ class AdaptiveAveragePool(layers.AdaptiveAveragePooling2D):
         return ops.einsum("pw,nowc->nopc", cols, ops.einsum("oh,nhwc->nowc", rows, x))
 
 
+@keras.saving.register_keras_serializable(package="twins")
+class LeakyReLU(layers.LeakyReLU):
+    """torch's LeakyReLU: `x` where `x > 0`, else `negative_slope * x`, the slope multiplied in the input's
+    dtype. Keras' own layer calls tensorflow's LeakyRelu op there, which keeps the slope as a float32
+    attribute (0.2 becomes 0.2000000030): a float64 model then computes its negative side 1.5e-8 off
+    torch's, which the float64 parity checks see (saliency_unet's loss 7.6e-11 against a bound of 1e-11).
+    The slope has no default here: Keras' is 0.3, torch's 0.01."""
+
+    def __init__(self, negative_slope, **kwargs):
+        super().__init__(negative_slope=negative_slope, **kwargs)
+
+    def call(self, inputs):
+        slope = ops.convert_to_tensor(np.asarray(self.negative_slope, keras.backend.standardize_dtype(inputs.dtype)))
+        return ops.where(ops.greater(inputs, 0), inputs, ops.multiply(inputs, slope))
+
+
 def torch_uniform(fan_in: int):
     """PyTorch's default Conv2d/Linear init: kaiming_uniform_(a=sqrt(5)) for the weight and the bias
     are both U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
     return keras.initializers.RandomUniform(-bound, bound)
+
+
+@keras.saving.register_keras_serializable(package="twins")
+class OneFilterConv2D(layers.Conv2D):
+    """Conv2D with one filter and a kernel larger than 1x1 (the saliency U-Net's output conv `conv_0`), the same
+    layer as Keras' on tensorflow and jax. On the torch backend Keras hands torch the kernel as a permuted view
+    of its (kh, kw, in, 1) variable, which for one filter is channels-last contiguous as it stands, and torch
+    2.13's CPU convolution in float64 then fails its backward ("slow_conv2d: grad_weight must be contiguous";
+    plain torch: `conv2d(x, w.permute(3, 2, 0, 1))` with `w` of shape (3, 3, C, 1), double). There it
+    convolves with the kernel and an all-zero second filter and keeps the first output: the same values and
+    gradients, and a kernel torch copies before the convolution."""
+
+    def convolution_op(self, inputs, kernel):
+        if keras.backend.backend() != "torch":
+            return super().convolution_op(inputs, kernel)
+        padded = ops.concatenate([kernel, ops.zeros_like(kernel)], axis=-1)
+        return super().convolution_op(inputs, padded)[..., :1]
 
 
 def conv2d(x, filters, kernel, stride=1, padding=0, dilation=1, use_bias=False, *, name,
@@ -115,7 +150,8 @@ def conv2d(x, filters, kernel, stride=1, padding=0, dilation=1, use_bias=False, 
     symmetrically."""
     if padding:
         x = layers.ZeroPadding2D(padding, name=f"{name}-pad")(x)
-    return layers.Conv2D(
+    conv = OneFilterConv2D if filters == 1 and kernel != 1 and kernel != (1, 1) else layers.Conv2D
+    return conv(
         filters,
         kernel,
         strides=stride,
@@ -162,9 +198,10 @@ class ImageCheck(layers.Layer):
     output declares `channels`, which is what the first conv is built for. A fixed `input_shape`
     outside `min_size`..`max_size` is refused when the model is built, not by a layer deep inside it."""
 
-    def __init__(self, channels=3, model="model", min_size=1, max_size=None, **kwargs):
+    def __init__(self, channels=3, model="model", min_size=1, max_size=None, multiple=1, why="", **kwargs):
         super().__init__(**kwargs)
         self.channels, self.model, self.min_size, self.max_size = channels, model, min_size, max_size
+        self.multiple, self.why = multiple, why
 
     def call(self, x):
         shape = tuple(x.shape)
@@ -187,10 +224,10 @@ class ImageCheck(layers.Layer):
         height, width = shape[1:3]
         if height is None or width is None:
             return
-        if min(height, width) < self.min_size or (self.max_size is not None and max(height, width) > self.max_size):
-            expected = (f"at least {self.min_size}x{self.min_size}" if self.max_size is None
-                        else f"{self.min_size}x{self.min_size} to {self.max_size}x{self.max_size}")
-            raise ValueError(f"{self.model} needs images of {expected} pixels, got {height}x{width}")
+        problem = size_problem(self.model, height, width, min_size=self.min_size, max_size=self.max_size,
+                               multiple=self.multiple, why=self.why)
+        if problem:
+            raise ValueError(problem)
 
     def compute_output_shape(self, input_shape):
         self.check_size(input_shape)
@@ -201,15 +238,16 @@ class ImageCheck(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "model": self.model, "min_size": self.min_size,
-                "max_size": self.max_size}
+                "max_size": self.max_size, "multiple": self.multiple, "why": self.why}
 
 
-def image_input(input_shape=(None, None, 3), model="model", name="image", min_size=1, max_size=None):
+def image_input(input_shape=(None, None, 3), model="model", name="image", min_size=1, max_size=None, multiple=1,
+                why=""):
     """`(inputs, checked)`: the NHWC model input and the same tensor after `ImageCheck`. The input's
     channel axis is left open for the check's sake; its dtype follows the dtype policy's variables
     (keras.Input alone would cast a float64 batch to floatx). `min_size` is the registry's
     `min_input_size`, refused by name rather than by a pooling layer's negative-size error; `max_size`
-    the registry's `max_input_size`."""
+    the registry's `max_input_size`, `multiple` its `size_multiple`."""
     height, width, channels = input_shape
     inputs = keras.Input(shape=(height, width, None), dtype=keras.config.dtype_policy().variable_dtype, name=name)
-    return inputs, ImageCheck(channels, model, min_size, max_size, name="image_check")(inputs)
+    return inputs, ImageCheck(channels, model, min_size, max_size, multiple, why, name="image_check")(inputs)

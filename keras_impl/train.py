@@ -1,5 +1,5 @@
-"""The training recipes (seed 001's `train_model`, seed 002's iteration loop) as Keras `compile` + `fit`
-with callbacks. Twin of `torch_impl/train.py`.
+"""The training recipes (seed 001's `train_model`, seed 002's iteration loop, seed 000's saliency loop) as
+Keras `compile` + `fit` with callbacks. Twin of `torch_impl/train.py`.
 
 Per epoch a train phase (`fit`'s epoch, Keras' progress bar with loss, accuracy, images/s and ETA) and
 a val phase (the logits of the single-output model, scored by `twins.metrics` exactly as the torch
@@ -11,7 +11,9 @@ backend-specific `train_step`. Per step, what `Recipe` asks for: the rate of `tw
 through a `RateTable` schedule and torch's momentum form (`training.MomentumSGD`), the L2 term as
 variable regularizers that `fit` adds to the loss, a loss line every `log_every` steps, a val evaluation
 every `val_every` and a resume checkpoint every `checkpoint_every` (a resumed half-done epoch is a `fit`
-of its own over the remaining batches).
+of its own over the remaining batches). The model's task (`twins.tasks`) decides the loss (cross-entropy;
+`MeanSquaredError` for the saliency map) and what a val phase scores; the recipe the optimiser, in torch's
+form (`MomentumSGD`, or `TorchAdam` for the saliency seed).
 """
 from __future__ import annotations
 
@@ -21,10 +23,10 @@ import time
 import keras
 import numpy as np
 
-from twins import checkpoints, metrics, optim
+from twins import checkpoints, optim, tasks
 from twins.data import BatchPlan
-from twins.runs import (EpochMeter, Position, Recipe, RunDir, Scalars, due, epoch_line, epoch_record, natural_order,
-                        new_history, record_epoch, record_eval, step_line)
+from twins.runs import (EpochMeter, Position, Recipe, RunDir, Scalars, best_line, due, epoch_line, epoch_record,
+                        natural_order, new_history, record_epoch, record_eval, scores_text, step_line, task_of)
 
 from . import training
 from .weights import load_torch_state_dict, slots, torch_state_dict
@@ -54,12 +56,12 @@ class PlanSequence(keras.utils.PyDataset):
 def set_feature_extract(model: keras.Model, heads, feature_extract: bool) -> list[str]:
     """Twin of `torch_impl.train.set_feature_extract`: with `feature_extract`, every layer outside the
     classifier heads is frozen (`trainable = False`; a frozen BatchNorm still normalises with batch
-    statistics in training, as torch's does). Returns the torch names of the parameters that train
-    (`twins.runs.natural_order`)."""
+    statistics in training, as torch's does); without it, what trains is what the builder left trainable.
+    Returns the torch names of the parameters that train (`twins.runs.natural_order`)."""
     prefixes = [h.replace(".", "-") for h in heads]
-    for layer in model.layers:
-        in_head = any(layer.name == p or layer.name.startswith(p + "-") for p in prefixes)
-        layer.trainable = in_head or not feature_extract
+    if feature_extract:
+        for layer in model.layers:
+            layer.trainable = any(layer.name == p or layer.name.startswith(p + "-") for p in prefixes)
     return natural_order(slot.key for slot in slots(model) if slot.variable.trainable)
 
 
@@ -79,17 +81,31 @@ def predict_logits(model: keras.Model, plan: BatchPlan, workers: int = 0) -> tup
     """Eval-mode logits and labels of every sample of `plan` (epoch 0, in order; the plan must not
     shuffle)."""
     logits = model.predict(PlanSequence(plan, workers, labels=False), verbose=0)
-    labels = np.asarray([label for _, label in plan.folder.samples], np.int64)[:len(logits)]
-    return np.asarray(logits), labels
+    return np.asarray(logits), plan.targets()[:len(logits)]
 
 
-def evaluate(model: keras.Model, plan: BatchPlan, workers: int) -> dict:
-    """The val phase: eval-mode logits scored by `twins.metrics` (loss, acc, samples, seconds), exactly
-    as the torch twin scores its own."""
+def evaluate(model: keras.Model, plan: BatchPlan, workers: int, task: tasks.Task) -> dict:
+    """The val phase: eval-mode outputs scored by the task (`twins.tasks`: loss and acc, or loss, cc, kld
+    and sim), exactly as the torch twin scores its own; plus samples and seconds. Batch by batch, so a
+    val set of maps is never held whole."""
     start = time.perf_counter()
-    logits, labels = predict_logits(model, plan, workers)
-    return {"loss": metrics.cross_entropy(logits, labels), "acc": metrics.correct(logits, labels) / len(labels),
-            "samples": len(labels), "seconds": time.perf_counter() - start}
+    tally = task.tally()
+    for x, y in plan.iterate(0, workers):
+        tally.add(np.asarray(model.predict_on_batch(x)), y)
+    return {**tally.result(), "seconds": time.perf_counter() - start}
+
+
+def score(model: keras.Model, plan: BatchPlan, task: tasks.Task, workers: int = 0) -> dict:
+    """A checkpoint's val scores on `plan` (`twins evaluate`). Twin of `torch_impl.train.score`."""
+    return evaluate(model, plan, workers, task)
+
+
+def make_optimizer(rates: np.ndarray, recipe: Recipe) -> keras.optimizers.Optimizer:
+    """The recipe's optimiser in torch's form, its rate read from the shared table: SGD with momentum
+    (`MomentumSGD`) or Adam (`TorchAdam`). Twin of `torch_impl.train.make_optimizer`."""
+    if recipe.optimizer == "adam":
+        return training.adam(training.RateTable(rates), recipe.betas)
+    return training.sgd(training.RateTable(rates), recipe.momentum)
 
 
 def snapshot(model: keras.Model) -> list[np.ndarray]:
@@ -106,7 +122,7 @@ class RecipeCallback(keras.callbacks.Callback):
     def __init__(self, base: keras.Model, train_seq: PlanSequence, val_plan: BatchPlan, recipe: Recipe,
                  run: RunDir, history: dict, scalars: Scalars, rates: np.ndarray, position: Position, log):
         super().__init__()
-        self.base, self.train_seq, self.val_plan = base, train_seq, val_plan
+        self.base, self.train_seq, self.val_plan, self.task = base, train_seq, val_plan, task_of(recipe)
         self.recipe, self.run, self.history, self.scalars, self.log = recipe, run, history, scalars, log
         self.rates, self.position = rates, position
         self.steps_per_epoch = len(train_seq.plan)
@@ -116,7 +132,7 @@ class RecipeCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.train_seq.epoch = epoch
         resumed = epoch == self.position.epoch
-        self.meter = EpochMeter(self.position.meter if resumed else None)
+        self.meter = EpochMeter(self.position.meter if resumed else None, self.task.train_metrics)
         self.previous = (0, 0.0, 0.0)  # samples, running loss mean, running accuracy mean of this fit epoch
 
     def on_train_batch_end(self, batch, logs=None):
@@ -126,9 +142,10 @@ class RecipeCallback(keras.callbacks.Callback):
         size = min(plan.batch_size, plan.num_samples - index * plan.batch_size)
         # Keras logs running means over the fit epoch, weighted by batch size: recover this step's values.
         seen, loss_mean, acc_mean = self.previous
-        loss, acc = float(logs["loss"]), float(_accuracy(logs))
+        loss = float(logs["loss"])
+        acc = float(_accuracy(logs)) if "acc" in self.task.train_metrics else 0.0
         value = (loss * (seen + size) - loss_mean * seen) / size
-        correct = int(round(acc * (seen + size) - acc_mean * seen))
+        correct = int(round(acc * (seen + size) - acc_mean * seen)) if "acc" in self.task.train_metrics else None
         self.previous = (seen + size, loss, acc)
         lr = float(self.rates[step])
         self.meter.add(value, correct, size, lr)
@@ -140,18 +157,18 @@ class RecipeCallback(keras.callbacks.Callback):
         if due(recipe.val_every, step):
             self.model  # noqa: B018 -- syncs the weights into the variables (jax)
             with self.meter.paused():
-                val = evaluate(self.base, self.val_plan, recipe.workers)
+                val = evaluate(self.base, self.val_plan, recipe.workers, self.task)
             record_eval(self.history, step, self.train_seq.epoch, val)
             self.run.write_history(self.history)
-            self.scalars.step(step, acc=val["acc"])
-            self.log(f"[{step} / {total}] val loss {val['loss']:.4f} acc {val['acc']:.4f}")
+            self.scalars.step(step, score=(self.task.step_tag, val[self.task.score]))
+            self.log(f"[{step} / {total}] val {scores_text(val)}")
         if recipe.checkpoint_every and (step + 1) % recipe.checkpoint_every == 0 and index + 1 < self.steps_per_epoch:
             with self.meter.paused():
                 self.checkpoint(Position(self.train_seq.epoch, index + 1, step + 1, self.meter.state()))
 
     def on_epoch_end(self, epoch, logs=None):
         train = self.meter.result()
-        val = evaluate(self.base, self.val_plan, self.recipe.workers)
+        val = evaluate(self.base, self.val_plan, self.recipe.workers, self.task)
         record = epoch_record(epoch, float(self.rates[epoch * self.steps_per_epoch]), train, val)
         if record_epoch(self.history, record):
             self.best = snapshot(self.base)
@@ -202,16 +219,20 @@ def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, 
                 *, resume: bool = False, log=print) -> dict:
     """Run the recipe; returns the history (also in `run`). The model ends with the best weights."""
     set_weight_decay(model, recipe.weight_decay)
+    task = task_of(recipe)
     view = training.training_view(model, recipe.aux_heads)
     outputs = len(view.outputs)
     steps_per_epoch = len(train_plan)
     rates = optim.learning_rates(recipe.lr, recipe.lr_end, recipe.epochs * steps_per_epoch)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if task.name == "saliency":  # the recipe's nn.MSELoss(): the mean over every pixel of the batch
+        loss, accuracy = keras.losses.MeanSquaredError(), []
+    else:
+        loss, accuracy = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
     view.compile(
-        optimizer=training.sgd(training.RateTable(rates), recipe.momentum),
+        optimizer=make_optimizer(rates, recipe),
         loss=[loss] * outputs if outputs > 1 else loss,
         loss_weights=[1.0] + [recipe.aux_weight] * (outputs - 1) if outputs > 1 else None,
-        metrics=[["accuracy"]] + [[] for _ in range(outputs - 1)] if outputs > 1 else ["accuracy"],
+        metrics=[accuracy] + [[] for _ in range(outputs - 1)] if outputs > 1 else accuracy,
         jit_compile="auto",
     )
     keras.utils.set_random_seed(recipe.seed)
@@ -248,6 +269,5 @@ def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, 
     finally:
         scalars.close()
     callback.restore_best()
-    log(f"best val acc {history['best_val_acc']:.4f} at epoch {history['best_epoch'] + 1}; "
-        f"weights in {run.best_path}")
+    log(best_line(history, run))
     return history

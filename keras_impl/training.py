@@ -23,6 +23,21 @@ def cross_entropy(outputs, labels, aux_weight: float = 0.4):
     return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, outputs, from_logits=True))
 
 
+def mean_squared_error(outputs, targets):
+    """Twin of `torch_impl.training.mean_squared_error`: the mean over every element (NHWC maps)."""
+    return ops.mean(ops.square(ops.subtract(outputs, ops.cast(targets, outputs.dtype))))
+
+
+def loss_for(task: str, aux_weight: float = 0.4):
+    """Twin of `torch_impl.training.loss_for`: "classification" cross-entropy (with aux heads), "saliency"
+    MSE."""
+    if task == "classification":
+        return lambda outputs, labels: cross_entropy(outputs, labels, aux_weight)
+    if task == "saliency":
+        return mean_squared_error
+    raise ValueError(f"no training loss for task {task!r}")
+
+
 def training_view(model: keras.Model, aux_heads=()) -> keras.Model:
     """The model to train: `model` itself, or, with auxiliary heads (torch module paths such as
     `AuxLogits.fc`), a functional view on the same layers whose outputs are `[logits, aux...]`. The
@@ -33,6 +48,12 @@ def training_view(model: keras.Model, aux_heads=()) -> keras.Model:
         return model
     aux = [model.get_layer(head.replace(".", "-")).output for head in aux_heads]
     return keras.Model(model.inputs, [model.outputs[0], *aux], name=f"{model.name}_training")
+
+
+def _exact(value: float, variable):
+    """A Python float as an array of the variable's dtype: `ops.cast(0.9, "float64")` goes through a float32
+    tensor on tensorflow (0.899999976), which the float64 parity checks see."""
+    return ops.convert_to_tensor(np.asarray(value, dtype=keras.backend.standardize_dtype(variable.dtype)))
 
 
 @keras.saving.register_keras_serializable(package="twins")
@@ -60,15 +81,65 @@ class MomentumSGD(keras.optimizers.Optimizer):
         lr = ops.cast(learning_rate, variable.dtype)
         gradient = ops.cast(gradient, variable.dtype)
         buffer = self.momentums[self._get_variable_index(variable)]
-        # The momentum as an array of the variable's dtype: `ops.cast(0.9, "float64")` goes through a float32
-        # tensor on tensorflow (0.899999976), the float64 parity checks would see it.
-        dtype = keras.backend.standardize_dtype(variable.dtype)
-        momentum = ops.convert_to_tensor(np.asarray(self.momentum, dtype=dtype))
-        self.assign(buffer, ops.add(ops.multiply(buffer, momentum), gradient))
+        self.assign(buffer, ops.add(ops.multiply(buffer, _exact(self.momentum, variable)), gradient))
         self.assign_sub(variable, ops.multiply(buffer, lr))
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum}
+
+
+@keras.saving.register_keras_serializable(package="twins")
+class TorchAdam(keras.optimizers.Optimizer):
+    """Adam in torch's form (`torch.optim.Adam`, the saliency seed's optimiser):
+    `m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+    Keras' own Adam folds the bias corrections into the rate and adds `eps` to the uncorrected `sqrt(v)`
+    (`p -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`): its eps is effectively
+    `eps / sqrt(1 - b2^t)` larger, 10x at the first step with b2 = 0.99, which moves every parameter whose
+    gradient is within a few orders of eps (and its default eps is 1e-7, torch's 1e-8). Written with the
+    optimizer API only, so it runs on every backend."""
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, name="torch_adam", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        for label, beta in (("beta_1", beta_1), ("beta_2", beta_2)):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"{label} must be in [0, 1), got {beta}")
+        if not epsilon >= 0.0:
+            raise ValueError(f"epsilon must be at least 0, got {epsilon}")
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.exp_avgs = [self.add_variable_from_reference(v, "exp_avg") for v in variables]
+        self.exp_avg_sqs = [self.add_variable_from_reference(v, "exp_avg_sq") for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        lr = ops.cast(learning_rate, dtype)
+        gradient = ops.cast(gradient, dtype)
+        index = self._get_variable_index(variable)
+        m, v = self.exp_avgs[index], self.exp_avg_sqs[index]
+        step = ops.cast(self.iterations + 1, dtype)
+        b1, b2 = _exact(self.beta_1, variable), _exact(self.beta_2, variable)
+        # torch: exp_avg.lerp_(grad, 1 - beta1), exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        self.assign(m, ops.add(m, ops.multiply(ops.subtract(gradient, m), _exact(1.0 - self.beta_1, variable))))
+        self.assign(v, ops.add(ops.multiply(v, b2),
+                               ops.multiply(ops.square(gradient), _exact(1.0 - self.beta_2, variable))))
+        correction1 = ops.subtract(_exact(1.0, variable), ops.power(b1, step))
+        correction2 = ops.subtract(_exact(1.0, variable), ops.power(b2, step))
+        denom = ops.add(ops.divide(ops.sqrt(v), ops.sqrt(correction2)), _exact(self.epsilon, variable))
+        self.assign_sub(variable, ops.multiply(ops.divide(m, denom), ops.divide(lr, correction1)))
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+def adam(learning_rate, betas=(0.9, 0.999), eps: float = 1e-8) -> TorchAdam:
+    """Twin of `torch_impl.training.adam`: torch's Adam (`TorchAdam`); `learning_rate` is a float or a
+    `RateTable`."""
+    beta_1, beta_2 = betas
+    return TorchAdam(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=eps)
 
 
 @keras.saving.register_keras_serializable(package="twins")

@@ -4,11 +4,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from twins.registry import size_problem
+
 
 def check_nchw(x: torch.Tensor, channels: int = 3, model: str = "model", min_size: int = 1,
-               max_size: int | None = None) -> None:
+               max_size: int | None = None, multiple: int = 1, why: str = "") -> None:
     """Refuse the input mistakes that would otherwise surface as a shape error deep in the network.
-    `max_size` is for a model with an upper bound too (vgg19_slim squeezes a map that must stay 1x1)."""
+    `max_size` is for a model with an upper bound too (vgg19_slim squeezes a map that must stay 1x1),
+    `multiple` for one whose height and width must be multiples of it (saliency_unet: 32; `why` says why)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{model} expects a torch.Tensor of shape (N, {channels}, H, W), got {type(x).__name__}")
     if x.ndim != 4:
@@ -23,11 +26,10 @@ def check_nchw(x: torch.Tensor, channels: int = 3, model: str = "model", min_siz
             f"{model} expects NCHW input with {channels} channels, shape (N, {channels}, H, W); "
             f"got shape {tuple(x.shape)}.{hint}"
         )
-    height, width = x.shape[2], x.shape[3]
-    if min(height, width) < min_size or (max_size is not None and max(height, width) > max_size):
-        expected = (f"at least {min_size}x{min_size}" if max_size is None
-                    else f"{min_size}x{min_size} to {max_size}x{max_size}")
-        raise ValueError(f"{model} needs images of {expected} pixels, got {height}x{width}")
+    problem = size_problem(model, x.shape[2], x.shape[3], min_size=min_size, max_size=max_size, multiple=multiple,
+                           why=why)
+    if problem:
+        raise ValueError(problem)
     if not x.is_floating_point():
         raise TypeError(f"{model} expects a floating-point tensor, got dtype {x.dtype}")
 

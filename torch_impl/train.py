@@ -1,5 +1,5 @@
-"""The training recipes (seed 001's `train_model`, seed 002's iteration loop) as an explicit torch loop.
-Twin of `keras_impl/train.py`.
+"""The training recipes (seed 001's `train_model`, seed 002's iteration loop, seed 000's saliency loop) as
+an explicit torch loop. Twin of `keras_impl/train.py`.
 
 Per epoch a train phase and a val phase; running loss and accuracy per phase; the weights with the best
 val accuracy are kept and restored at the end; the history is returned and written to the run
@@ -10,7 +10,10 @@ resume checkpoint every `checkpoint_every`. Batches come from a
 `twins.data.BatchPlan` through a `Dataset`/`DataLoader` (workers load whole batches; the adapter
 transposes NHWC to NCHW). Inception's training loss is CE(logits) + 0.4 * CE(aux) through
 `torch_impl.training.cross_entropy`; val loss and accuracy are computed from the logits by
-`twins.metrics`, the same function the Keras twin uses.
+`twins.metrics`, the same function the Keras twin uses. The model's task (`twins.tasks`) decides the loss
+(cross-entropy; MSE for the saliency map) and what a val phase scores (accuracy; CC, KLD, SIM), the recipe
+the optimiser (SGD with momentum; torch's Adam for the saliency seed, with `zero_grad` every step, which
+the seed's loop forgets).
 """
 from __future__ import annotations
 
@@ -23,10 +26,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from twins import checkpoints, metrics, optim
+from twins import checkpoints, optim, tasks
 from twins.data import BatchPlan
-from twins.runs import (EpochMeter, Position, Recipe, RunDir, Scalars, due, epoch_line, epoch_record, natural_order,
-                        new_history, record_epoch, record_eval, step_line)
+from twins.runs import (EpochMeter, Position, Recipe, RunDir, Scalars, best_line, due, epoch_line, epoch_record,
+                        natural_order, new_history, record_epoch, record_eval, scores_text, step_line, task_of)
 
 from . import training
 
@@ -45,6 +48,8 @@ class PlanDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         x, y = self.plan.batch(self.epoch, self.start + index)
+        if y.ndim == 4:  # target maps (SALICON), NHWC like the images
+            y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
         return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y)
 
 
@@ -57,12 +62,13 @@ def loader(plan: BatchPlan, workers: int, epoch: int = 0, start: int = 0) -> tor
 
 def set_feature_extract(model: nn.Module, heads, feature_extract: bool) -> list[str]:
     """The seed's `set_parameter_requires_grad`: with `feature_extract`, every parameter outside the
-    classifier heads (torch module paths) is frozen. Returns the names of the parameters that train
-    (`twins.runs.natural_order`).
+    classifier heads (torch module paths) is frozen; without it, what trains is what the builder left
+    trainable (everything, but for the saliency U-Net's `frozen` modules). Returns the names of the
+    parameters that train (`twins.runs.natural_order`).
     Twin of `keras_impl.train.set_feature_extract`."""
-    for name, parameter in model.named_parameters():
-        in_head = any(name == h or name.startswith(h + ".") for h in heads)
-        parameter.requires_grad_(in_head or not feature_extract)
+    if feature_extract:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(any(name == h or name.startswith(h + ".") for h in heads))
     return natural_order(name for name, p in model.named_parameters() if p.requires_grad)
 
 
@@ -80,24 +86,33 @@ def tqdm_print(message: str) -> None:
     tqdm.write(message, file=sys.stdout)
 
 
-def evaluate(model, batches, device, desc) -> dict:
-    """The val phase: eval-mode logits scored by `twins.metrics` (loss, acc, samples, seconds)."""
+def to_nhwc(array: np.ndarray) -> np.ndarray:
+    """A model output or target as `twins.tasks` scores it: maps channels-last, logits as they are."""
+    return np.ascontiguousarray(array.transpose(0, 2, 3, 1)) if array.ndim == 4 else array
+
+
+def evaluate(model, batches, device, desc, task: tasks.Task) -> dict:
+    """The val phase: eval-mode outputs scored by the task (`twins.tasks`: loss and acc, or loss, cc, kld and
+    sim), as the Keras twin scores its own; plus samples and seconds."""
     model.eval()
-    total_loss, total_correct, seen = 0.0, 0, 0
+    tally = task.tally()
     start = time.perf_counter()
     dtype = next(model.parameters()).dtype  # float64 for the recipe-parity test
     bar = tqdm(batches, desc=desc, unit="batch", leave=False, file=sys.stdout, dynamic_ncols=True, disable=None)
     with torch.no_grad():
         for x, y in bar:
-            logits = model(x.to(device, dtype)).cpu().numpy()
-            labels = y.numpy()
-            total_loss += metrics.cross_entropy(logits, labels) * len(labels)
-            total_correct += metrics.correct(logits, labels)
-            seen += len(labels)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{total_correct / seen:.4f}")
+            tally.add(to_nhwc(model(x.to(device, dtype)).cpu().numpy()), to_nhwc(y.numpy()))
+            bar.set_postfix_str(task.describe(tally.result()))
     bar.close()
-    return {"loss": total_loss / seen, "acc": total_correct / seen, "samples": seen,
-            "seconds": time.perf_counter() - start}
+    return {**tally.result(), "seconds": time.perf_counter() - start}
+
+
+def make_optimizer(parameters, recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimiser: SGD with momentum (seeds 001, 002) or Adam (seed 000). Twin of
+    `keras_impl.train.make_optimizer`."""
+    if recipe.optimizer == "adam":
+        return training.adam(parameters, recipe.lr, recipe.betas)
+    return training.sgd(parameters, recipe.lr, recipe.momentum)
 
 
 def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, recipe: Recipe, run: RunDir,
@@ -105,13 +120,16 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
     """Run the recipe; returns the history (also in `run`). The model ends with the best weights."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
+    task = task_of(recipe)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = training.sgd(trainable, recipe.lr, recipe.momentum)
+    # The trainable parameters only, as the seed's `Adam(train_params)`.
+    optimizer = make_optimizer(trainable, recipe)
     parameters = dict(model.named_parameters())
     decayed = [parameters[name] for name in set_weight_decay(model, recipe.weight_decay)]
+    task_loss = training.loss_for(task.name, recipe.aux_weight)
 
     def loss_fn(outputs, labels):
-        loss = training.cross_entropy(outputs, labels, aux_weight=recipe.aux_weight)
+        loss = task_loss(outputs, labels)
         return loss + optim.l2_penalty(decayed, recipe.weight_decay) if decayed else loss
 
     steps_per_epoch = len(train_plan)
@@ -151,7 +169,7 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
         for epoch in range(position.epoch, recipe.epochs):
             resumed = epoch == position.epoch
             first = position.batch if resumed else 0
-            meter = EpochMeter(position.meter if resumed else None)
+            meter = EpochMeter(position.meter if resumed else None, task.train_metrics)
             desc = f"epoch {epoch + 1}/{recipe.epochs} train"
             bar = tqdm(loader(train_plan, recipe.workers, epoch, first), desc=desc, unit="batch", file=sys.stdout,
                        dynamic_ncols=True, disable=None, initial=first, total=steps_per_epoch)
@@ -161,7 +179,8 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
                 lr = float(rates[step])
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x, y = x.to(device, next(model.parameters()).dtype), y.to(device)
+                dtype = next(model.parameters()).dtype
+                x, y = x.to(device, dtype), y.to(device, dtype) if y.is_floating_point() else y.to(device)
                 optimizer.zero_grad(set_to_none=True)
                 outputs = model(x)
                 loss = loss_fn(outputs, y)
@@ -169,28 +188,28 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
                 optimizer.step()
                 logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
                 value = float(loss.detach())
-                meter.add(value, int((logits.detach().argmax(1) == y).sum()), len(y), lr)
+                correct = int((logits.detach().argmax(1) == y).sum()) if "acc" in task.train_metrics else None
+                meter.add(value, correct, len(y), lr)
                 running = meter.running()
-                bar.set_postfix(loss=f"{running['loss']:.4f}", acc=f"{running['acc']:.4f}",
-                                img_s=f"{running['img_s']:.1f}")
+                bar.set_postfix({k: f"{v:.4f}" if k != "img_s" else f"{v:.1f}" for k, v in running.items()})
                 if due(recipe.log_every, step):
                     log(step_line(step, total, value, lr))
                     scalars.step(step, loss=value, lr=lr)
                 if due(recipe.val_every, step):
                     with meter.paused():
-                        val = evaluate(model, val_data, device, f"step {step} val")
+                        val = evaluate(model, val_data, device, f"step {step} val", task)
                     model.train()
                     record_eval(history, step, epoch, val)
                     run.write_history(history)
-                    scalars.step(step, acc=val["acc"])
-                    log(f"[{step} / {total}] val loss {val['loss']:.4f} acc {val['acc']:.4f}")
+                    scalars.step(step, score=(task.step_tag, val[task.score]))
+                    log(f"[{step} / {total}] val {scores_text(val)}")
                 if recipe.checkpoint_every and (step + 1) % recipe.checkpoint_every == 0 \
                         and index + 1 < steps_per_epoch:
                     with meter.paused():
                         checkpoint(Position(epoch, index + 1, step + 1, meter.state()))
             bar.close()
             train = meter.result()
-            val = evaluate(model, val_data, device, f"epoch {epoch + 1}/{recipe.epochs} val")
+            val = evaluate(model, val_data, device, f"epoch {epoch + 1}/{recipe.epochs} val", task)
             record = epoch_record(epoch, float(rates[epoch * steps_per_epoch]), train, val)
             if record_epoch(history, record):
                 best = copy.deepcopy(model.state_dict())
@@ -202,9 +221,13 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
     finally:
         scalars.close()
     model.load_state_dict(best)
-    log(f"best val acc {history['best_val_acc']:.4f} at epoch {history['best_epoch'] + 1}; "
-        f"weights in {run.best_path}")
+    log(best_line(history, run))
     return history
+
+
+def score(model: nn.Module, plan: BatchPlan, task: tasks.Task, workers: int = 0) -> dict:
+    """A checkpoint's val scores on `plan` (`twins evaluate`); the model is on its device already."""
+    return evaluate(model, loader(plan, workers), next(model.parameters()).device, "evaluate", task)
 
 
 def predict_logits(model: nn.Module, plan: BatchPlan) -> tuple[np.ndarray, np.ndarray]:

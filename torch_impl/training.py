@@ -16,6 +16,28 @@ def cross_entropy(outputs, labels, aux_weight: float = 0.4):
     return F.cross_entropy(outputs, labels)
 
 
+def mean_squared_error(outputs, targets):
+    """Mean of the squared differences over every element (the saliency recipe's `nn.MSELoss()`); targets
+    are maps shaped like the outputs (NCHW)."""
+    return F.mse_loss(outputs, targets)
+
+
+def loss_for(task: str, aux_weight: float = 0.4):
+    """The training loss of a registry task: "classification" cross-entropy (with aux heads), "saliency" MSE.
+    Twin of `keras_impl.training.loss_for`."""
+    if task == "classification":
+        return lambda outputs, labels: cross_entropy(outputs, labels, aux_weight)
+    if task == "saliency":
+        return mean_squared_error
+    raise ValueError(f"no training loss for task {task!r}")
+
+
+def adam(parameters, learning_rate: float, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.optim.Adam:
+    """Twin of `keras_impl.training.adam`: torch's Adam, `p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t)
+    + eps)`."""
+    return torch.optim.Adam(parameters, lr=learning_rate, betas=tuple(betas), eps=eps)
+
+
 def sgd(parameters, learning_rate: float, momentum: float = 0.0) -> torch.optim.SGD:
     """Twin of `keras_impl.training.sgd`: `b = momentum * b + g; p -= lr * b` (TF1's `MomentumOptimizer`,
     the seeds' optimiser, has the same form)."""

@@ -1,12 +1,15 @@
 """Image data for both frameworks, numpy + OpenCV only: the ImageFolder layout, the fine-tuning seed's
-train / val transforms, the Food-101 layout with the VGG-19 seed's square crops, and a batch plan that
-makes every batch a pure function of (seed, epoch, batch index).
+train / val transforms, the Food-101 layout with the VGG-19 seed's square crops, the SALICON layout with
+the saliency seed's joint image / map augmentation, and a batch plan that makes every batch a pure
+function of (seed, epoch, batch index).
 
     folder = ImageFolder("DATA", "train")              # DATA/train/<class>/*.jpg
     plan = BatchPlan(folder, batch_size=8, transform=train_transform(224), shuffle=True, seed=0)
     x, y = plan.batch(epoch=0, index=3)                  # NHWC float32, int64 labels
     food = Food101("food-101", "train")                  # meta/{classes,train,test}.txt, images/<class>/<id>.jpg
     plan = BatchPlan(food, 64, food101_train_transform(224, margin=10), shuffle=True, drop_last=True)
+    salicon = Salicon("SALICON", "train")                # image/train/<name>.jpg, mask/train/<name>.png
+    x, y = BatchPlan(salicon, 4, salicon_train_transform(256), shuffle=True).batch(0, 0)  # y: NHW1 maps in [0, 1]
 
 `torch_impl.train` wraps a plan as a `Dataset` / `DataLoader` (the adapter transposes to NCHW),
 `keras_impl.train` as a `keras.utils.PyDataset`; both frameworks then see the same pixels in the same
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -81,6 +84,11 @@ class ImageFolder:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def example(self, index: int, transform: Callable, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        """Sample `index` as `(transform(image, rng), label)`."""
+        path, label = self.samples[index]
+        return transform(read_image(path), rng), label
 
 
 def check_same_classes(train: ImageFolder, val: ImageFolder) -> None:
@@ -147,6 +155,8 @@ class Food101:
     def __len__(self) -> int:
         return len(self.samples)
 
+    example = ImageFolder.example
+
 
 def _meta_lines(path: Path) -> list[tuple[int, str]]:
     """(1-based line number, stripped text) of the non-blank lines of a Food-101 meta file."""
@@ -156,8 +166,67 @@ def _meta_lines(path: Path) -> list[tuple[int, str]]:
     return [(number, line.strip()) for number, line in enumerate(lines, 1) if line.strip()]
 
 
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A saliency map as grayscale uint8 (H, W), read as the seed does (`cv2.imread` in colour, then
+    `COLOR_BGR2GRAY`; a grayscale file is read as it is)."""
+    path = str(path)
+    mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise DataError(f"unreadable saliency map: {path} (not an image OpenCV can decode, or truncated)")
+    if mask.dtype != np.uint8:
+        mask = cv2.convertScaleAbs(mask, alpha=255.0 / max(float(np.iinfo(mask.dtype).max), 1.0))
+    if mask.ndim == 3:
+        mask = cv2.cvtColor(mask, cv2.COLOR_BGRA2GRAY if mask.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    return mask
+
+
+@dataclass
+class Salicon:
+    """The SALICON layout of seed 000: images at `ROOT/image/<split>/<name>.jpg`, each with its saliency map
+    at `ROOT/mask/<split>/<name>.png` (grayscale, the image's size). Every image's map is checked to exist
+    here, so a missing one fails at start rather than mid-epoch; image and map sizes are checked when a
+    pair is read (a map of another size is refused, not stretched onto the image)."""
+
+    root: Path
+    split: str
+    samples: list[tuple[Path, Path]]
+    classes: list[str] = field(default_factory=list)  # none: the targets are maps
+
+    def __init__(self, root: str | os.PathLike, split: str):
+        self.root, self.split, self.classes = Path(root), split, []
+        images, masks = self.root / "image" / split, self.root / "mask" / split
+        if not images.is_dir():
+            raise DataError(f"no {split!r} images: expected {images}/<name>.jpg (SALICON layout: "
+                            f"ROOT/image/{{train,val}}/, ROOT/mask/{{train,val}}/)")
+        files = sorted(p for p in images.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{images} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        if not masks.is_dir():
+            raise DataError(f"no {split!r} saliency maps: expected {masks}/<name>.png beside {images}")
+        present = set(os.listdir(masks))
+        missing = [masks / f"{p.stem}.png" for p in files if f"{p.stem}.png" not in present]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise DataError(f"missing saliency map for {len(missing)} of {len(files)} images in {images}: "
+                            f"{', '.join(map(str, missing[:3]))}{more}")
+        self.samples = [(p, masks / f"{p.stem}.png") for p in files]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def example(self, index: int, transform: Callable, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Pair `index` as `transform(image, map, rng)`: one random draw moves both."""
+        image_path, mask_path = self.samples[index]
+        image, mask = read_image(image_path), read_mask(mask_path)
+        if image.shape[:2] != mask.shape:
+            raise DataError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image {image_path} is "
+                            f"{image.shape[1]}x{image.shape[0]}: a saliency map must have its image's size")
+        return transform(image, mask, rng)
+
+
 # ----------------------------------------------------------------------------------------------
-# Transforms: `f(image uint8 HWC RGB, rng) -> float32 HWC`
+# Transforms: `f(image uint8 HWC RGB, rng) -> float32 HWC`; paired ones (SALICON)
+# `f(image, map uint8 HW, rng) -> (float32 HWC, float32 HW1)`
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -282,6 +351,55 @@ def food101_val_transform(size: int = 224) -> Callable:
     return transform
 
 
+def salicon_resize(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's `A.Resize(size, size)` on both (bilinear; the aspect ratio is not kept). albumentations
+    resizes a mask by nearest neighbour, meant for label maps; a saliency map is a continuous density, so
+    it is resized bilinearly like its image."""
+    return (cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR),
+            cv2.resize(mask, (size, size), interpolation=cv2.INTER_LINEAR))
+
+
+def salicon_scale(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's scaling: image / 255 (no mean / std), map / 255 with a channel axis."""
+    return image.astype(np.float32) / 255.0, (mask.astype(np.float32) / 255.0)[..., None]
+
+
+def salicon_train_transform(size: int = 256) -> Callable:
+    """The seed's joint augmentation (albumentations' `Compose` of Resize(size), RandomSizedCrop((240, 256) at
+    256 px, scaled with `size`) p 0.4, HorizontalFlip p 0.5, Rotate(+-10 degrees) p 0.6), one draw of `rng`
+    moving image and map together: a square crop of random side in the range, at a uniformly random
+    position, resized back; a flip; a rotation about the centre with reflected borders
+    (`BORDER_REFLECT_101`, albumentations' default), bilinear. Then `salicon_scale`."""
+    low = max(1, round(size * 240 / 256))
+
+    def transform(image, mask, rng: np.random.Generator):
+        image, mask = salicon_resize(image, mask, size)
+        if rng.random() < 0.4:
+            side = int(rng.integers(low, size + 1))
+            top, left = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
+            image, mask = salicon_resize(image[top:top + side, left:left + side], mask[top:top + side, left:left + side],
+                                         size)
+        if rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if rng.random() < 0.6:
+            matrix = cv2.getRotationMatrix2D(((size - 1) / 2, (size - 1) / 2), float(rng.uniform(-10, 10)), 1.0)
+            image, mask = (cv2.warpAffine(np.ascontiguousarray(a), matrix, (size, size), flags=cv2.INTER_LINEAR,
+                                          borderMode=cv2.BORDER_REFLECT_101) for a in (image, mask))
+        return salicon_scale(image, mask)
+
+    return transform
+
+
+def salicon_val_transform(size: int = 256) -> Callable:
+    """Validation (and `twins predict`): Resize(size) and `salicon_scale`. The seed's val pipeline also flips
+    half the images at random; a validation score should not depend on a coin, so none here."""
+
+    def transform(image, mask, rng: np.random.Generator | None = None):
+        return salicon_scale(*salicon_resize(image, mask, size))
+
+    return transform
+
+
 # ----------------------------------------------------------------------------------------------
 # Batches
 
@@ -297,7 +415,7 @@ class BatchPlan:
     the kept batches hold the same pixels as without `drop_last`. `num_samples` is still the folder's
     size, `samples_per_epoch` the number an epoch visits."""
 
-    def __init__(self, folder: ImageFolder | Food101, batch_size: int, transform: Callable, *, shuffle: bool,
+    def __init__(self, folder: ImageFolder | Food101 | Salicon, batch_size: int, transform: Callable, *, shuffle: bool,
                  seed: int = 0, drop_last: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -326,13 +444,38 @@ class BatchPlan:
         return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
 
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """`(x, y)`: NHWC float32 images and int64 labels, or float32 NHW1 maps (SALICON)."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of a {len(self)}-batch epoch")
         positions = range(index * self.batch_size, min((index + 1) * self.batch_size, len(self.folder)))
         order = self.order(epoch)
-        images, labels = [], []
+        images, targets = [], []
         for k in positions:
-            path, label = self.folder.samples[order[k]]
-            images.append(self.transform(read_image(path), np.random.default_rng([self.seed, epoch, k])))
-            labels.append(label)
-        return np.stack(images).astype(np.float32), np.asarray(labels, np.int64)
+            x, y = self.folder.example(order[k], self.transform, np.random.default_rng([self.seed, epoch, k]))
+            images.append(x)
+            targets.append(y)
+        if isinstance(targets[0], np.ndarray):
+            return np.stack(images).astype(np.float32), np.stack(targets).astype(np.float32)
+        return np.stack(images).astype(np.float32), np.asarray(targets, np.int64)
+
+    def iterate(self, epoch: int = 0, workers: int = 0):
+        """Batches 0, 1, ... of `epoch` in order, loaded `workers` batches ahead by threads (OpenCV releases
+        the GIL while it decodes and resizes)."""
+        if workers < 1:
+            for index in range(len(self)):
+                yield self.batch(epoch, index)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            pending = [pool.submit(self.batch, epoch, i) for i in range(min(workers, len(self)))]
+            for index in range(len(self)):
+                batch = pending.pop(0).result()
+                if index + workers < len(self):
+                    pending.append(pool.submit(self.batch, epoch, index + workers))
+                yield batch
+
+    def targets(self) -> np.ndarray:
+        """The labels of every sample in epoch order (a plan that does not shuffle): what a classifier's
+        predictions are scored against."""
+        return np.asarray([label for _, label in self.folder.samples], np.int64)[self.order(0)]

@@ -1,4 +1,5 @@
-"""Classification metrics in numpy, the same function for both frameworks' logits."""
+"""Metrics in numpy, the same functions for both frameworks' outputs: classification (cross-entropy, accuracy,
+top-k) and saliency maps (MSE, CC, KLD, SIM)."""
 from __future__ import annotations
 
 import numpy as np
@@ -34,3 +35,77 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, probs.shape[-1])
     idx = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
     return idx, np.take_along_axis(probs, idx, axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Saliency maps (seed 000): the standard metrics of the MIT / SALICON benchmarks (Bylinskii et al., "What
+# do different evaluation metrics tell us about saliency models?", 2018), per image, on (N, H, W) maps.
+
+# MATLAB's `eps`, which the benchmark's KLdiv.m adds inside the log and to the denominator.
+KLD_EPS = float(np.finfo(np.float64).eps)
+
+
+def _as_maps(maps: np.ndarray, what: str) -> np.ndarray:
+    """(N, H, W) float64 from (N, H, W) or (N, H, W, 1) / (N, 1, H, W) single-channel maps."""
+    maps = np.asarray(maps, np.float64)
+    if maps.ndim == 4 and maps.shape[-1] == 1:
+        maps = maps[..., 0]
+    elif maps.ndim == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if maps.ndim != 3:
+        raise ValueError(f"{what}: expected single-channel maps (N, H, W), got shape {maps.shape}")
+    return maps
+
+
+def _per_image(maps: np.ndarray) -> np.ndarray:
+    return maps.reshape(maps.shape[0], -1)
+
+
+def _sum_normalised(flat: np.ndarray) -> np.ndarray:
+    """Each row as a distribution (sum 1); a row that sums to 0 (an empty map) becomes uniform."""
+    flat = np.clip(flat, 0.0, None)
+    total = flat.sum(axis=1, keepdims=True)
+    return np.where(total > 0, flat / np.where(total > 0, total, 1.0), 1.0 / flat.shape[1])
+
+
+def correlation_coefficient(pred, target) -> np.ndarray:
+    """CC per image: Pearson's correlation of the two maps (1 identical up to scale and shift, 0 unrelated,
+    -1 inverted). A constant map carries no information: its CC is 0 (the benchmark's code gives NaN)."""
+    p, g = _per_image(_as_maps(pred, "pred")), _per_image(_as_maps(target, "target"))
+    p, g = p - p.mean(axis=1, keepdims=True), g - g.mean(axis=1, keepdims=True)
+    norm = np.sqrt((p ** 2).sum(axis=1) * (g ** 2).sum(axis=1))
+    return np.where(norm > 0, (p * g).sum(axis=1) / np.where(norm > 0, norm, 1.0), 0.0)
+
+
+def kl_divergence(pred, target) -> np.ndarray:
+    """KLD per image: `sum G log(eps + G / (P + eps))` with both maps normalised to sum 1 (the benchmark's
+    KLdiv.m; 0 for identical maps, larger is worse). An all-zero map counts as uniform."""
+    p, g = _sum_normalised(_per_image(_as_maps(pred, "pred"))), _sum_normalised(_per_image(_as_maps(target, "target")))
+    return (g * np.log(KLD_EPS + g / (p + KLD_EPS))).sum(axis=1)
+
+
+def similarity(pred, target) -> np.ndarray:
+    """SIM per image: `sum min(P, G)` of the maps min-max normalised, then normalised to sum 1 (the
+    benchmark's similarity.m; 1 identical, 0 disjoint). A constant map counts as uniform."""
+    def normalise(flat):
+        low, high = flat.min(axis=1, keepdims=True), flat.max(axis=1, keepdims=True)
+        span = high - low
+        return _sum_normalised(np.where(span > 0, (flat - low) / np.where(span > 0, span, 1.0), 0.0))
+
+    p, g = normalise(_per_image(_as_maps(pred, "pred"))), normalise(_per_image(_as_maps(target, "target")))
+    return np.minimum(p, g).sum(axis=1)
+
+
+def mean_squared_error(pred, target) -> np.ndarray:
+    """MSE per image (the recipe's loss, `nn.MSELoss()` of one image)."""
+    p, g = _per_image(_as_maps(pred, "pred")), _per_image(_as_maps(target, "target"))
+    return ((p - g) ** 2).mean(axis=1)
+
+
+def saliency_scores(pred, target) -> dict[str, np.ndarray]:
+    """`{"loss": MSE, "cc", "kld", "sim"}`, one value per image."""
+    pred, target = _as_maps(pred, "pred"), _as_maps(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(f"predicted maps {pred.shape} and target maps {target.shape} differ in shape")
+    return {"loss": mean_squared_error(pred, target), "cc": correlation_coefficient(pred, target),
+            "kld": kl_divergence(pred, target), "sim": similarity(pred, target)}

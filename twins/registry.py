@@ -30,6 +30,9 @@ class ModelInfo:
     min_input_size: int = 32
     # Largest spatial size it accepts, where there is one (vgg19_slim squeezes a map that must be 1x1).
     max_input_size: int | None = None
+    # Height and width must be multiples of this (saliency_unet: 32, its decoder doubles the map back onto
+    # skip maps of the encoder, five times).
+    size_multiple: int = 1
     # Square image size the parity suite and `twins parity` use by default: big enough that every
     # stage has spatial extent > 1, small enough for a 2-core CPU.
     parity_size: int = 64
@@ -43,9 +46,58 @@ class ModelInfo:
     parity_train_options: dict = field(default_factory=dict)
     notes: str = ""
     extra: dict = field(default_factory=dict)
+    # What the model computes, which decides its loss, labels and metrics: "classification" (logits,
+    # cross-entropy, accuracy) or "saliency" (a sigmoid map, MSE, CC / KLD / SIM).
+    task: str = "classification"
+
+    def size_problem(self, height: int, width: int) -> str | None:
+        """Why a `height` x `width` input does not fit this model, or None (both twins and the CLI ask)."""
+        return size_problem(self.name, height, width, min_size=self.min_input_size, max_size=self.max_input_size,
+                            multiple=self.size_multiple, why=self.extra.get("size_why", ""))
 
 
 _RESNET_NOTE = "torchvision v1.5 layout (stride on the 3x3 conv of a Bottleneck)"
+
+# The saliency U-Net (seed 000): its decoder blocks (everything that is not the ResNet-50 encoder), and the
+# encoder modules the seed freezes. The seed freezes `model.children()` up to index 7: conv1, bn1, relu,
+# maxpool, tanh, sigmoid, layer1, layer2 (the last two are not in its comment's intent, but in its code);
+# of those conv1, bn1, layer1 and layer2 hold parameters.
+SALIENCY_DECODER = ("conv_5", "conv_4", "conv_3", "conv_2", "conv_1", "conv_0",
+                    "deconv4", "deconv3", "deconv2", "deconv1", "deconv0")
+SALIENCY_ENCODER = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+SALIENCY_FROZEN = ("conv1", "bn1", "layer1", "layer2")
+
+
+def check_frozen(frozen, modules=SALIENCY_ENCODER + SALIENCY_DECODER, model: str = "saliency_unet") -> tuple:
+    """The frozen set as a tuple of top-level module names, each one that holds parameters."""
+    frozen = tuple(frozen or ())
+    unknown = [name for name in frozen if name not in modules]
+    if unknown:
+        raise ValueError(f"{model} cannot freeze {', '.join(map(repr, unknown))}: expected top-level modules "
+                         f"among {', '.join(modules)}")
+    return frozen
+
+
+def size_problem(model: str, height: int, width: int, *, min_size: int = 1, max_size: int | None = None,
+                 multiple: int = 1, why: str = "") -> str | None:
+    """Why a `height` x `width` input does not fit, or None. The one message both twins' input checks and
+    the CLI give: the sizes that work and, for a size multiple, the nearest valid sizes."""
+    if min(height, width) < min_size or (max_size is not None and max(height, width) > max_size):
+        expected = (f"at least {min_size}x{min_size}" if max_size is None
+                    else f"{min_size}x{min_size} to {max_size}x{max_size}")
+        if multiple > 1:
+            expected += f" with height and width multiples of {multiple}"
+        return f"{model} needs images of {expected} pixels, got {height}x{width}"
+    if multiple > 1 and (height % multiple or width % multiple):
+        def near(n):
+            low = max(min_size, n // multiple * multiple)
+            return low, low + multiple if n > low else low
+
+        (h1, h2), (w1, w2) = near(height), near(width)
+        reason = f" ({why})" if why else ""
+        return (f"{model} needs a height and width that are multiples of {multiple}{reason}, got {height}x{width}; "
+                f"the nearest sizes that work are {h1}x{w1} and {h2}x{w2}")
+    return None
 
 MODELS: dict[str, ModelInfo] = {
     info.name: info
@@ -69,6 +121,16 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("vgg19_slim", "vgg_slim", 224, ("fc8",), min_input_size=224, max_input_size=255,
                   parity_size=224, parity_train_options={"dropout": 0.0}, mean=(0.0, 0.0, 0.0),
                   std=(1.0, 1.0, 1.0), notes="TF-slim layout; pixels in [0, 1] (the seed's Food-101 pipeline)"),
+        # The "classifier" is the output block `conv_0` (conv + BN to `num_classes` maps, 1 by default): what
+        # a restore into another output count leaves fresh. 32 px is the smallest input (layer4 at 1x1); the
+        # parity checks take 64: at 32, with batch 2, each training-mode BatchNorm of layer4 and conv_5 sees two
+        # values per channel and the float64 gradients of the two twins agree to 9e-7 only (2e-12 at 64).
+        ModelInfo("saliency_unet", "saliency", 256, ("conv_0",), num_classes=1, mean=(0.0, 0.0, 0.0),
+                  std=(1.0, 1.0, 1.0), min_input_size=32, size_multiple=32, parity_size=64, task="saliency",
+                  notes="the seed's Unet(resnet50); pixels in [0, 1]; sigmoid map of the input's size",
+                  extra={"backbone": "resnet50", "decoder": SALIENCY_DECODER, "frozen": SALIENCY_FROZEN,
+                         "size_why": "the encoder halves the map five times and the decoder doubles it back "
+                                     "onto the encoder's skip maps"}),
     ]
 }
 

@@ -2,15 +2,16 @@
 
     RUN/config.json        what was asked for (model, framework, data, hyperparameters, classes)
     RUN/classes.txt        one class name per line, label order (what `twins predict --classes` reads)
-    RUN/history.json       per epoch and phase: loss, accuracy, seconds, samples/s, learning rate, and
-                           the per-step training losses and rates; the best epoch and its val accuracy;
-                           the val evaluations made every `val_every` steps
-    RUN/best.safetensors   the best-val-accuracy weights in torch layout (restores into either framework)
+    RUN/history.json       per epoch and phase: loss and the task's metrics (accuracy; a saliency map's
+                           CC, KLD, SIM on val), seconds, samples/s, learning rate, and the per-step
+                           training losses and rates; the val metric that picks the best epoch (`score`),
+                           the best epoch and its value; the val evaluations made every `val_every` steps
+    RUN/best.safetensors   the best epoch's weights in torch layout (restores into either framework)
     RUN/resume.json        where training continues (epoch, batch, step) and the folder holding the state
     RUN/resume-SSSSSSSS/   weights, optimiser state and RNG state after step SSSSSSSS (framework files)
-    RUN/tensorboard/       TensorBoard scalars: per epoch loss, accuracy and learning rate per phase; per
+    RUN/tensorboard/       TensorBoard scalars: per epoch loss, metrics and learning rate per phase; per
                            step (`iteration/...`) the loss every `log_every` steps, the learning rate and
-                           the val accuracy every `val_every` steps
+                           the val score every `val_every` steps
 
 Every JSON and weights file is written atomically (temporary file, fsync, rename). A resume folder is
 complete before `resume.json` names it, so a process killed at any moment leaves a run that resumes
@@ -31,7 +32,7 @@ import time
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from twins import checkpoints
+from twins import checkpoints, registry, tasks
 
 
 @dataclass
@@ -72,10 +73,16 @@ class Recipe:
     margin: int = 10
     # Training batches of `batch_size` only (seed 002's `drop_remainder=True`); val keeps every image.
     drop_last: bool = False
+    # "sgd" (torch's momentum form, `momentum`) or "adam" (torch's Adam, `betas`; seed 000).
+    optimizer: str = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    # Top-level modules whose parameters do not train (saliency_unet; None: the model's default set).
+    frozen: tuple[str, ...] | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["aux_heads"], d["exclude"] = list(self.aux_heads), list(self.exclude)
+        d["aux_heads"], d["exclude"], d["betas"] = list(self.aux_heads), list(self.exclude), list(self.betas)
+        d["frozen"] = None if self.frozen is None else list(self.frozen)
         return d
 
     def check(self) -> None:
@@ -96,8 +103,12 @@ class Recipe:
             problems.append(f"--momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             problems.append(f"--weight-decay must be at least 0, got {self.weight_decay}")
-        if self.preprocess not in ("imagenet", "food101"):
-            problems.append(f"--preprocess must be imagenet or food101, got {self.preprocess!r}")
+        if self.preprocess not in PREPROCESS:
+            problems.append(f"--preprocess must be one of {', '.join(PREPROCESS)}, got {self.preprocess!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            problems.append(f"--optimizer must be sgd or adam, got {self.optimizer!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"--betas must be two numbers in [0, 1), got {', '.join(map(str, self.betas))}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -105,6 +116,9 @@ class Recipe:
     def from_json(cls, config: dict) -> "Recipe":
         config = dict(config)
         config["aux_heads"], config["exclude"] = tuple(config["aux_heads"]), tuple(config["exclude"])
+        config["betas"] = tuple(config.get("betas", (0.9, 0.999)))
+        if config.get("frozen") is not None:
+            config["frozen"] = tuple(config["frozen"])
         return cls(**config)
 
 
@@ -113,7 +127,13 @@ class Recipe:
 FOOD101_RECIPE = dict(epochs=20, batch_size=64, val_batch_size=128, lr=1e-3, lr_end=1e-7, momentum=0.9,
                       weight_decay=5e-4, log_every=10, val_every=500, checkpoint_every=500, preprocess="food101",
                       margin=10, drop_last=True)
-RECIPES: dict[str, dict] = {"vgg19_slim": FOOD101_RECIPE}
+# Seed 000 (SPEC.md section 3): the saliency U-Net on SALICON. Its train loader drops the last partial batch;
+# val keeps every image here (the seed validates on one batch by eye).
+SALIENCY_RECIPE = dict(epochs=5, batch_size=4, lr=1e-3, optimizer="adam", betas=(0.9, 0.99), preprocess="salicon",
+                       drop_last=True)
+RECIPES: dict[str, dict] = {"vgg19_slim": FOOD101_RECIPE, "saliency_unet": SALIENCY_RECIPE}
+# The transforms a recipe can ask for (twins.data): the zoo's, the Food-101 seed's, the saliency seed's.
+PREPROCESS = ("imagenet", "food101", "salicon")
 
 
 def recipe_defaults(model: str) -> dict:
@@ -175,7 +195,7 @@ class RunDir:
 
     def history(self) -> dict:
         if not self.history_path.is_file():
-            return {"epochs": [], "best_epoch": None, "best_val_acc": None}
+            return {"epochs": [], "evals": []}
         return json.loads(self.history_path.read_text())
 
     def write_history(self, history: dict) -> None:
@@ -225,9 +245,10 @@ class RunDir:
         history = {**new_history(recipe), **self.history()}
         history["epochs"] = [e for e in history["epochs"] if e["epoch"] < state["epoch"]]
         history["evals"] = [e for e in history["evals"] if e["step"] < state["step"]]
-        best = [e for e in history["epochs"] if e["val"]["acc"] == max(r["val"]["acc"] for r in history["epochs"])]
+        score = history["score"]
+        best = [e for e in history["epochs"] if e["val"][score] == max(r["val"][score] for r in history["epochs"])]
         history["best_epoch"] = best[0]["epoch"] if best else None
-        history["best_val_acc"] = best[0]["val"]["acc"] if best else None
+        history["best_score"] = best[0]["val"][score] if best else None
         return history
 
 
@@ -258,11 +279,13 @@ class Position:
 
 
 class EpochMeter:
-    """The running tally of a train phase: loss and accuracy weighted by batch size, the per-step losses
-    and rates, and the seconds spent. Both trainers keep one; it is saved with a mid-epoch checkpoint so
-    a resumed epoch reports what an uninterrupted one would."""
+    """The running tally of a train phase: loss and (for a classifier) accuracy weighted by batch size, the
+    per-step losses and rates, and the seconds spent. Both trainers keep one; it is saved with a mid-epoch
+    checkpoint so a resumed epoch reports what an uninterrupted one would. `metrics` is the task's
+    `train_metrics`: ("acc",) counts correct predictions, () the loss alone."""
 
-    def __init__(self, state: dict | None = None):
+    def __init__(self, state: dict | None = None, metrics: tuple[str, ...] = ("acc",)):
+        self.metrics = tuple(metrics)
         state = state or {}
         self.loss_sum = state.get("loss_sum", 0.0)
         self.correct = state.get("correct", 0)
@@ -272,9 +295,9 @@ class EpochMeter:
         self.seconds_before = state.get("seconds", 0.0)
         self.start, self._seen_at_start = time.perf_counter(), self.seen
 
-    def add(self, loss: float, correct: int, size: int, lr: float) -> None:
+    def add(self, loss: float, correct: int | None, size: int, lr: float) -> None:
         self.loss_sum += loss * size
-        self.correct += correct
+        self.correct += correct or 0
         self.seen += size
         self.step_losses.append(loss)
         self.step_lrs.append(lr)
@@ -294,18 +317,22 @@ class EpochMeter:
             self.start += time.perf_counter() - begin
 
     def running(self) -> dict:
-        """What a progress bar shows: running loss, accuracy and images/s of this process."""
+        """What a progress bar shows: running loss, accuracy (a classifier's) and images/s of this process."""
         elapsed = time.perf_counter() - self.start
-        return {"loss": self.loss_sum / max(self.seen, 1), "acc": self.correct / max(self.seen, 1),
-                "img_s": (self.seen - self._seen_at_start) / elapsed if elapsed > 0 else 0.0}
+        out = {"loss": self.loss_sum / max(self.seen, 1)}
+        if "acc" in self.metrics:
+            out["acc"] = self.correct / max(self.seen, 1)
+        return {**out, "img_s": (self.seen - self._seen_at_start) / elapsed if elapsed > 0 else 0.0}
 
     def state(self) -> dict:
         return {"loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
                 "step_losses": self.step_losses, "step_lrs": self.step_lrs, "seconds": self.seconds}
 
     def result(self) -> dict:
-        return {"loss": self.loss_sum / max(self.seen, 1), "acc": self.correct / max(self.seen, 1),
-                "samples": self.seen, "seconds": self.seconds, "step_losses": self.step_losses,
+        out = {"loss": self.loss_sum / max(self.seen, 1)}
+        if "acc" in self.metrics:
+            out["acc"] = self.correct / max(self.seen, 1)
+        return {**out, "samples": self.seen, "seconds": self.seconds, "step_losses": self.step_losses,
                 "step_lrs": self.step_lrs}
 
 
@@ -333,47 +360,69 @@ def natural_order(names) -> list[str]:
     return sorted(names, key=key)
 
 
+def task_of(recipe: Recipe) -> tasks.Task:
+    return tasks.get(registry.get(recipe.model).task)
+
+
 def new_history(recipe: Recipe) -> dict:
+    """`score` names the val metric that picks the best epoch (`acc` for a classifier, `cc` for a saliency
+    map); `best_score` is its value at `best_epoch`."""
     return {"model": recipe.model, "framework": recipe.framework, "backend": recipe.backend,
-            "epochs": [], "evals": [], "best_epoch": None, "best_val_acc": None}
+            "epochs": [], "evals": [], "score": task_of(recipe).score, "best_epoch": None, "best_score": None}
 
 
 def record_eval(history: dict, step: int, epoch: int, val: dict) -> None:
-    """A val evaluation made every `val_every` steps (after step `step`, 0-based, the seed's count)."""
-    history["evals"].append({"step": step, "epoch": epoch, "loss": val["loss"], "acc": val["acc"]})
+    """A val evaluation made every `val_every` steps (after step `step`, 0-based, the seed's count): its
+    loss and metrics."""
+    scores = {k: v for k, v in val.items() if k not in ("samples", "seconds")}
+    history["evals"].append({"step": step, "epoch": epoch, **scores})
 
 
 def epoch_record(epoch: int, lr: float, train: dict, val: dict) -> dict:
-    """One epoch in history.json; `train` / `val` hold loss, acc, samples, seconds (and train's
+    """One epoch in history.json; `train` / `val` hold loss, the task's metrics, samples, seconds (and train's
     step_losses and step_lrs); `lr` is the rate of the epoch's first step."""
     for phase in (train, val):
         phase["samples_per_sec"] = phase["samples"] / phase["seconds"] if phase["seconds"] > 0 else None
     return {"epoch": epoch, "lr": lr, "train": train, "val": val}
 
 
+def scores_text(phase: dict) -> str:
+    """`loss 0.1234 acc 0.5000` (or `loss .. cc .. kld .. sim ..`) of a phase's result."""
+    return " ".join(f"{k} {phase[k]:.4f}" for k in ("loss", *METRIC_ORDER) if k in phase)
+
+
+# The metrics a phase result may hold, in the order lines and TensorBoard list them.
+METRIC_ORDER = ("acc", "cc", "kld", "sim")
+
+
 def epoch_line(record: dict, epochs: int, history: dict) -> str:
     """The line both trainers print at the end of an epoch."""
     train, val = record["train"], record["val"]
-    return (f"epoch {record['epoch'] + 1}/{epochs}: train loss {train['loss']:.4f} acc {train['acc']:.4f} "
-            f"({train['samples_per_sec']:.1f} img/s) | val loss {val['loss']:.4f} acc {val['acc']:.4f}"
-            + (" (best)" if history["best_epoch"] == record["epoch"] else ""))
+    return (f"epoch {record['epoch'] + 1}/{epochs}: train {scores_text(train)} ({train['samples_per_sec']:.1f} "
+            f"img/s) | val {scores_text(val)}" + (" (best)" if history["best_epoch"] == record["epoch"] else ""))
+
+
+def best_line(history: dict, run: "RunDir") -> str:
+    """The line both trainers end with."""
+    return (f"best val {history['score']} {history['best_score']:.4f} at epoch {history['best_epoch'] + 1}; "
+            f"weights in {run.best_path}")
 
 
 def record_epoch(history: dict, record: dict) -> bool:
-    """Append `record`; returns True when its val accuracy is the best so far (strictly better, as the
-    seed's `epoch_acc > best_acc`, so the earliest best epoch is kept)."""
+    """Append `record`; returns True when its val score (`history["score"]`) is the best so far (strictly
+    better, as the seed's `epoch_acc > best_acc`, so the earliest best epoch is kept)."""
     history["epochs"].append(record)
-    acc = record["val"]["acc"]
-    if history["best_val_acc"] is None or acc > history["best_val_acc"]:
-        history["best_val_acc"], history["best_epoch"] = acc, record["epoch"]
+    value = record["val"][history["score"]]
+    if history["best_score"] is None or value > history["best_score"]:
+        history["best_score"], history["best_epoch"] = value, record["epoch"]
         return True
     return False
 
 
 class Scalars:
     """TensorBoard scalars through tensorboardX (no TensorFlow needed): per epoch `train/loss`,
-    `val/acc`, `lr` in `RUN/tensorboard`; per step `iteration/loss`, `iteration/learning_rate`,
-    `iteration/accuracy` (the seed's tags) in `RUN/tensorboard/iteration`, a second event stream
+    `val/acc` (`val/cc`, ...), `lr` in `RUN/tensorboard`; per step `iteration/loss`, `iteration/learning_rate`,
+    `iteration/accuracy` (the seed's tags; `iteration/cc`) in `RUN/tensorboard/iteration`, a second event stream
     because the two count different things and a resumed run purges each from its own step."""
 
     def __init__(self, run: RunDir, purge_step: int | None = None, purge_iteration: int | None = None):
@@ -386,19 +435,23 @@ class Scalars:
     def epoch(self, record: dict) -> None:
         step = record["epoch"]
         for phase in ("train", "val"):
-            self.writer.add_scalar(f"{phase}/loss", record[phase]["loss"], step)
-            self.writer.add_scalar(f"{phase}/acc", record[phase]["acc"], step)
+            for key in ("loss", *METRIC_ORDER):
+                if key in record[phase]:
+                    self.writer.add_scalar(f"{phase}/{key}", record[phase][key], step)
         self.writer.add_scalar("lr", record["lr"], step)
         self.writer.flush()
 
-    def step(self, step: int, *, loss: float | None = None, lr: float | None = None, acc: float | None = None):
-        """Per-step scalars under the seed's tags (`loss`, `learning_rate`, `accuracy`)."""
+    def step(self, step: int, *, loss: float | None = None, lr: float | None = None,
+             score: tuple[str, float] | None = None):
+        """Per-step scalars under the seed's tags (`loss`, `learning_rate`, and a val evaluation's score:
+        `accuracy` for a classifier, `cc` for a saliency map)."""
         if self._iterations is None:
             from tensorboardX import SummaryWriter
 
             logdir, purge = self._iteration_args
             self._iterations = SummaryWriter(logdir, purge_step=purge)
-        for tag, value in (("loss", loss), ("learning_rate", lr), ("accuracy", acc)):
+        values = [("loss", loss), ("learning_rate", lr)] + ([score] if score else [])
+        for tag, value in values:
             if value is not None:
                 self._iterations.add_scalar(f"iteration/{tag}", value, step)
 

@@ -1,12 +1,13 @@
 """Small learnable image sets that a network can learn from scratch in minutes on a CPU: dark shapes
 (discs against squares, and triangles if asked) of random colours, sizes and positions on light, noisy
-backgrounds.
+backgrounds; and for the saliency seed, a bright blob among dim distractors with its Gaussian saliency map.
 
     twins shapes DATA [--train 200 --val 50 --size 64 --seed 0]    # DATA/{train,val}/{disc,square}/*.jpg
     make_food101("FOOD")                      # FOOD/meta/{classes,labels,train,test}.txt, FOOD/images/<class>/<id>.jpg
+    make_salicon("SAL")                       # SAL/image/{train,val}/<id>.jpg, SAL/mask/{train,val}/<id>.png
 
-They stand in for the seeds' data sets (the hymenoptera ants/bees ImageFolder, Food-101; no dataset
-can be downloaded here) in the README's commands and the tests.
+They stand in for the seeds' data sets (the hymenoptera ants/bees ImageFolder, Food-101, SALICON; no
+dataset can be downloaded here) in the README's commands and the tests.
 """
 from __future__ import annotations
 
@@ -103,4 +104,51 @@ def make_food101(root: str | os.PathLike, classes: tuple[str, ...] = CLASSES, tr
     for name, lines in lists.items():
         text = "".join(f"{line}\n" for line in lines)
         checkpoints.write_atomic(meta / f"{name}.txt", lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+    return root
+
+
+def draw_salient(height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One RGB uint8 image and its uint8 saliency map: a dim, noisy background with two to four dim grey
+    shapes (distractors) and one bright, saturated disc; the map is a Gaussian on the disc's centre with a
+    spread of its radius, peaking at 255. What draws the eye is the one bright colourful thing, so a
+    network can learn where it is from the pixels."""
+    side = min(height, width)
+    image = np.clip(rng.integers(30, 70) + rng.normal(0, 10, size=(height, width, 3)), 0, 255).astype(np.uint8)
+    for _ in range(int(rng.integers(2, 5))):
+        grey = int(rng.integers(60, 110))
+        r = max(2, int(rng.uniform(0.06, 0.14) * side))
+        cx, cy = int(rng.integers(r, width - r)), int(rng.integers(r, height - r))
+        if rng.random() < 0.5:
+            cv2.circle(image, (cx, cy), r, (grey, grey, grey), thickness=-1, lineType=cv2.LINE_AA)
+        else:
+            cv2.rectangle(image, (cx - r, cy - r), (cx + r, cy + r), (grey, grey, grey), thickness=-1)
+    radius = max(2, int(rng.uniform(0.08, 0.14) * side))
+    cx, cy = int(rng.integers(radius, width - radius)), int(rng.integers(radius, height - radius))
+    color = [int(rng.integers(200, 256)), int(rng.integers(120, 256)), int(rng.integers(0, 90))]
+    rng.shuffle(color)
+    cv2.circle(image, (cx, cy), radius, tuple(color), thickness=-1, lineType=cv2.LINE_AA)
+    ys, xs = np.mgrid[0:height, 0:width]
+    saliency = np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2.0 * radius ** 2))
+    return image, np.round(255.0 * saliency).astype(np.uint8)
+
+
+def make_salicon(root: str | os.PathLike, train: int = 200, val: int = 50, size: int = 64, seed: int = 0) -> Path:
+    """Write a SALICON-layout folder (seed 000's): `root/image/{train,val}/<id>.jpg`, 4:3 images
+    `size * 4 // 3` x `size` as SALICON's 640x480, and `root/mask/{train,val}/<id>.png`, each image's
+    saliency map (`draw_salient`) at the image's size."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    height, width = size, size * 4 // 3
+    for split, count in (("train", train), ("val", val)):
+        images, masks = root / "image" / split, root / "mask" / split
+        images.mkdir(parents=True, exist_ok=True)
+        masks.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            image, saliency = draw_salient(height, width, rng)
+            name = f"{split}_{i:05d}"
+            write_jpeg(images / f"{name}.jpg", image)
+            ok, encoded = cv2.imencode(".png", saliency)
+            if not ok:
+                raise RuntimeError("OpenCV could not encode a PNG")
+            checkpoints.write_atomic(masks / f"{name}.png", lambda tmp, data=encoded.tobytes(): tmp.write_bytes(data))
     return root
