@@ -9,6 +9,12 @@ STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest parity_tests -q -p no:cacheprovider --durations=15
 BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
+# JAX compiles every op the first time a process runs it (a Keras model's first build on jax: ~10 s for
+# saliency_unet, 0.7 s the second time); the tests, the parity workers and the CLI runs they start are many
+# processes building the same models, so they share compiled programs through JAX's persistent cache.
+export JAX_COMPILATION_CACHE_DIR := $(CURDIR)/.cache/jax
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS := 0
+export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES := 0
 
 .PHONY: demo test test-backend parity bench clean
 
@@ -43,4 +49,4 @@ bench: $(STAMP)
 	$(PY) -m benchmarks --models resnet50 --backends all --mode train,infer
 
 clean:
-	rm -rf $(VENV) reports
+	rm -rf $(VENV) reports .cache

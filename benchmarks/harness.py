@@ -386,6 +386,9 @@ def run(
                 )
             if info.max_input_size is not None and img_size > info.max_input_size:
                 raise ValueError(f"img_size {img_size} is above {name}'s largest input size {info.max_input_size}")
+            problem = info.size_problem(img_size, img_size)
+            if problem:
+                raise ValueError(f"img_size {img_size}: {problem}")
     if warmup is not None:
         # At least one: the first step (tracing, compilation, autotuning) is never among the timed ones.
         warmup = _positive_int(warmup, "warmup", minimum=1)

@@ -174,6 +174,13 @@ def flatten_outputs(out) -> list:
     return [out]
 
 
+def map_task(model: str) -> bool:
+    """A model whose training loss is MSE on a map (the saliency U-Net), not cross-entropy over classes."""
+    from twins import registry
+
+    return model != schema.PEER_MODEL and registry.get(model).task == "saliency"
+
+
 def class_axis_error(model: str, shape) -> ValueError:
     return ValueError(
         f"the benchmark's loss is cross-entropy over a class axis; {model} returned an output of "
@@ -268,21 +275,22 @@ class TorchRunner:
             with torch.no_grad(), self._autocast():
                 outputs = flatten_outputs(model(x))
             labels = []
+            maps = map_task(config["model"])
             for out in outputs:
                 if out.ndim < 2:
                     raise class_axis_error(config["model"], out.shape)
-                labels.append(
-                    torch.randint(0, out.shape[1], (out.shape[0], *out.shape[2:]), device=self.device)
-                )
+                labels.append(torch.rand(out.shape, device=self.device) if maps else
+                              torch.randint(0, out.shape[1], (out.shape[0], *out.shape[2:]), device=self.device))
             del outputs
             optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
-            cross_entropy = torch.nn.functional.cross_entropy
+            # The model's own loss: cross-entropy over classes; MSE against a target map (saliency_unet).
+            criterion = torch.nn.functional.mse_loss if maps else torch.nn.functional.cross_entropy
 
             def step():
                 optimizer.zero_grad(set_to_none=True)
                 with self._autocast():
                     outs = flatten_outputs(forward(x))
-                    loss = sum(cross_entropy(out, label) for out, label in zip(outs, labels))
+                    loss = sum(criterion(out, label) for out, label in zip(outs, labels))
                 loss.backward()
                 optimizer.step()
 
@@ -471,17 +479,22 @@ class KerasRunner:
 
         batch, size = config["batch"], config["img_size"]
         model = self._build(config)
-        params = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+        # Every parameter, frozen ones too (saliency_unet freezes its encoder's first stages), as torch counts
+        # `model.parameters()`; BatchNorm's running statistics are buffers there, not parameters.
+        params = sum(int(np.prod(v.shape)) for v in model.weights if v.name not in ("moving_mean", "moving_variance"))
         x_host = rng.standard_normal((batch, size, size, 3), dtype=np.float32)
         spec = model.compute_output_spec(keras.KerasTensor(x_host.shape))
         for out in keras.tree.flatten(spec):
             if len(out.shape) < 2:
                 raise class_axis_error(config["model"], out.shape)
+        maps = map_task(config["model"])
         y_host = keras.tree.map_structure(
-            lambda out: rng.integers(0, out.shape[-1], size=tuple(out.shape[:-1]), dtype=np.int32), spec
+            lambda out: rng.random(tuple(out.shape), dtype=np.float32) if maps else
+            rng.integers(0, out.shape[-1], size=tuple(out.shape[:-1]), dtype=np.int32), spec
         )
         loss = keras.tree.map_structure(
-            lambda out: keras.losses.SparseCategoricalCrossentropy(from_logits=True), spec
+            lambda out: keras.losses.MeanSquaredError() if maps else
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True), spec
         )
         model.compile(
             optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE, momentum=MOMENTUM),

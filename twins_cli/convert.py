@@ -94,7 +94,10 @@ def cmd_convert(args) -> int:
 
 
 def classes_in(state, info) -> int:
-    """The class count of a torch-layout checkpoint: the rows of its last classifier layer's weight
-    (the registry's default when the checkpoint has no head)."""
-    head = state.get(info.classifier[-1] + ".weight")
-    return int(head.shape[0]) if head is not None else info.num_classes
+    """The class count of a torch-layout checkpoint: the rows of its last classifier layer's weight (a block's
+    first weight: saliency_unet's `conv_0.0.weight`), the registry's default when the checkpoint has no
+    head."""
+    head = info.classifier[-1]
+    key = next((k for k in state if k == f"{head}.weight" or (k.startswith(f"{head}.") and k.endswith(".weight"))),
+               None)
+    return int(state[key].shape[0]) if key is not None else info.num_classes

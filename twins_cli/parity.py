@@ -12,12 +12,16 @@ The checks, each an independent computation on both sides compared against the t
 - `eval_output`: eval-mode outputs (float32).
 - `stage_outputs`: every named stage tap (`stem`, `layer1`..`layer4`), Keras `get_layer(name).output`
   against torch `forward_stages(x)[name]`, by name (float32; models with stage taps).
-- `train_loss`: training-mode cross-entropy over the output's class axis.
-- `gradients`: the gradient of every parameter. The key sets must be equal, counted from the torch side:
-  a Keras trainable with no torch parameter (or the reverse) fails the row.
+- `train_loss`: the training-mode loss of the model's task: cross-entropy over the output's class axis, or
+  MSE against a target map (`saliency_unet`).
+- `gradients`: the gradient of every parameter that trains. The key sets must be equal, counted from the
+  torch side: a Keras trainable with no torch parameter (or the reverse: a layer frozen on one side only)
+  fails the row.
 - `sgd_step_params`, `sgd_step_bn_stats`: the *updates* of every parameter and of every BatchNorm
   running statistic over two SGD-momentum steps on two batches (the second step is the first one that
-  uses the momentum buffer).
+  uses the momentum buffer). `adam_step_params`, `adam_step_bn_stats`: the same under the recipe's Adam
+  (torch's `Adam` against `keras_impl.training.TorchAdam`), in their place for a model whose recipe
+  trains with Adam (`STEP_CHECKS`; `run_model(optimizer=...)` picks the other pair).
 - `round_trip`: torch state -> Keras -> torch state, bit-exact by key; and Keras' own init (BatchNorm
   randomised) -> torch-layout .safetensors -> torch twin, whose eval output must equal the Keras
   twin's (a mapping that is wrong the same way in both directions comes back bit-exact, but computes
@@ -44,7 +48,6 @@ import argparse
 import contextlib
 import copy
 import ctypes
-import functools
 import json
 import os
 import subprocess
@@ -65,10 +68,16 @@ CHECKS = (
     "gradients",
     "sgd_step_params",
     "sgd_step_bn_stats",
+    "adam_step_params",
+    "adam_step_bn_stats",
     "round_trip",
     "exclude_restore",
 )
-TRAIN_CHECKS = ("train_loss", "gradients", "sgd_step_params", "sgd_step_bn_stats")
+TRAIN_CHECKS = ("train_loss", "gradients", "sgd_step_params", "sgd_step_bn_stats", "adam_step_params",
+                "adam_step_bn_stats")
+# The optimiser-step checks of each optimiser: a model gets the pair of its recipe's optimiser (SGD for
+# the classifiers, Adam for the saliency U-Net).
+STEP_CHECKS = {"sgd": ("sgd_step_params", "sgd_step_bn_stats"), "adam": ("adam_step_params", "adam_step_bn_stats")}
 # Float32 on CPU, the defaults of DESIGN.md "Parity". A looser bound for one model goes in MODEL_BOUNDS
 # with the measured value and the reason next to it.
 FLOAT32_BOUNDS = {
@@ -78,6 +87,8 @@ FLOAT32_BOUNDS = {
     "gradients": 1e-3,
     "sgd_step_params": 1e-4,
     "sgd_step_bn_stats": 1e-4,
+    "adam_step_params": 1e-4,
+    "adam_step_bn_stats": 1e-4,
     "round_trip": 0.0,  # bit-exact
     "exclude_restore": 0.0,  # bit-exact
 }
@@ -93,6 +104,11 @@ FLOAT64_BOUNDS = {
     "gradients": (1e-9, 5.3e-11),  # inception_v3 on tensorflow (AuxLogits.fc)
     "sgd_step_params": (1e-6, 5.9e-8),  # inception_v3 on tensorflow (step 2)
     "sgd_step_bn_stats": (2e-8, 1.3e-9),  # resnet152 on torch
+    # Adam's steps (saliency_unet at 64x64; resnet18 in the mutation suite's Adam control), measured with
+    # `twins parity saliency_unet`: Adam divides by sqrt(v), so a gradient element near eps turns rounding
+    # into a relative update error larger than SGD's.
+    "adam_step_params": (1e-6, 1.6e-8),  # saliency_unet on jax (step 2, layer4.1.conv2)
+    "adam_step_bn_stats": (2e-8, 1.8e-11),  # saliency_unet on jax (conv_5.1.running_var)
 }
 MODEL_BOUNDS: dict[str, dict[str, float]] = {
     # vgg11_bn: each conv bias feeds a training-mode BatchNorm, which subtracts the batch mean, so its true
@@ -104,6 +120,8 @@ MODEL_BOUNDS: dict[str, dict[str, float]] = {
 BACKENDS = ("tensorflow", "jax", "torch")
 SGD_LR = 0.1
 SGD_MOMENTUM = 0.9
+# Adam's steps take the recipe's rate and betas (twins.runs.RECIPES): its update is about `lr` per element
+# whatever the gradient's scale, so the recipe's 1e-3 moves every parameter measurably.
 NEW_CLASSES = 7  # the class count of the fine-tuning restore in `exclude_restore`
 
 
@@ -342,10 +360,22 @@ def keras_values(model) -> dict[str, np.ndarray]:
     return {v.path: keras.ops.convert_to_numpy(v).copy() for v in model.weights}
 
 
-def labels_for(output_shape: tuple, rng: np.random.RandomState) -> np.ndarray:
-    """Class indices for an NCHW-style output (classes on axis 1): shaped like it without that axis."""
+def labels_for(output_shape: tuple, rng: np.random.RandomState, task: str = "classification") -> np.ndarray:
+    """What the training loss compares an NCHW-style output with: for a classifier, class indices shaped like
+    the output without its class axis (axis 1); for a saliency map, a target map in [0, 1] of the output's
+    shape."""
+    if task == "saliency":
+        return rng.rand(*output_shape).astype(np.float32)
     classes = output_shape[1]
     return rng.randint(0, classes, size=(output_shape[0], *output_shape[2:])).astype(np.int64)
+
+
+def keras_labels(labels: np.ndarray, dtype: str) -> np.ndarray:
+    """`labels_for`'s labels for the Keras twin: class indices carry no channel axis and read the same in
+    both layouts; a target map moves its channel axis last and takes the training dtype."""
+    if labels.dtype.kind == "f":
+        return nchw_to_nhwc(labels).astype(dtype)
+    return labels
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,12 +461,15 @@ class ParityRun:
     method per check returning `(error, detail)`. The twin packages are looked up at call time, so a
     test can substitute a deliberately broken piece (see `parity_tests/mutations.py`)."""
 
-    def __init__(self, name: str, *, batch: int, size: int | None, seed: int, train_dtype: str):
+    def __init__(self, name: str, *, batch: int, size: int | None, seed: int, train_dtype: str,
+                 optimizer: str | None = None):
         import keras
         import torch
 
         import torch_impl
         from torch_impl.weights import state_dict_numpy
+
+        from twins.runs import recipe_defaults
 
         self.name = name
         self.model, self.options, default_size = resolve(name)
@@ -444,6 +477,10 @@ class ParityRun:
         self.size = size or default_size
         self.seed = seed
         self.train_dtype = train_dtype
+        self.recipe = recipe_defaults(self.model)
+        self.optimizer = optimizer or self.recipe["optimizer"]
+        if self.optimizer not in STEP_CHECKS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {', '.join(STEP_CHECKS)}")
         torch.manual_seed(seed)
         keras.utils.set_random_seed(seed)
         self.reference = torch_impl.build(self.model, **self.options).eval()
@@ -454,7 +491,7 @@ class ParityRun:
         self.x = self.batches[0]
         with torch.no_grad():
             self.expected = self.reference(torch.from_numpy(self.x)).numpy()
-        self.labels = [labels_for(self.expected.shape, rng) for _ in self.batches]
+        self.labels = [labels_for(self.expected.shape, rng, self.info.task) for _ in self.batches]
 
     def bound(self, check: str) -> float:
         return bound_for(self.name, check, self.train_dtype)
@@ -553,18 +590,21 @@ class ParityRun:
         from keras_impl.train import set_weight_decay as keras_weight_decay
         from torch_impl.train import set_weight_decay as torch_weight_decay
         from twins import optim
-        from twins.runs import recipe_defaults
 
-        options, aux_weight = self.info.parity_train_options, self.info.aux_weight
+        options, aux_weight, task = self.info.parity_train_options, self.info.aux_weight, self.info.task
         # The recipe's L2 term is part of the training loss (vgg19_slim's 5e-4 on its conv kernels).
-        weight_decay = recipe_defaults(self.info.name)["weight_decay"]
+        weight_decay = self.recipe["weight_decay"]
         tmodel = self.torch_twin(**options).to(getattr(torch, dtype))
-        t_opt = ttrain.sgd(tmodel.parameters(), SGD_LR, SGD_MOMENTUM)
+        if self.optimizer == "adam":
+            t_opt = ttrain.adam(tmodel.parameters(), self.recipe["lr"], self.recipe["betas"])
+        else:
+            t_opt = ttrain.sgd(tmodel.parameters(), SGD_LR, SGD_MOMENTUM)
         parameters = dict(tmodel.named_parameters())
         decayed = [parameters[k] for k in torch_weight_decay(tmodel, weight_decay)]
+        t_task_loss = ttrain.loss_for(task, aux_weight)
 
         def t_loss(outputs, labels):
-            loss = ttrain.cross_entropy(outputs, labels, aux_weight=aux_weight)
+            loss = t_task_loss(outputs, labels)
             return loss + optim.l2_penalty(decayed, weight_decay) if decayed else loss
 
         t_keys = [k for k, p in tmodel.named_parameters() if p.requires_grad]
@@ -575,8 +615,11 @@ class ParityRun:
             kmodel = self.keras_twin(dtype, **options)
             keras_weight_decay(kmodel, weight_decay)
             view = ktrain.training_view(kmodel, self.info.aux_heads)
-            step = ktrain.value_and_grad_fn(view, functools.partial(ktrain.cross_entropy, aux_weight=aux_weight))
-            k_opt = ktrain.sgd(SGD_LR, SGD_MOMENTUM)
+            step = ktrain.value_and_grad_fn(view, ktrain.loss_for(task, aux_weight))
+            if self.optimizer == "adam":
+                k_opt = ktrain.adam(self.recipe["lr"], self.recipe["betas"])
+            else:
+                k_opt = ktrain.sgd(SGD_LR, SGD_MOMENTUM)
             k_slots = {slot.key: slot for slot in kweights.slots(kmodel)}
 
             def keras_delta(key):
@@ -587,11 +630,11 @@ class ParityRun:
 
             for s, (x, y) in enumerate(zip(self.batches, self.labels), 1):
                 t_before, k_before = state_dict_numpy(tmodel), kweights.torch_state_dict(kmodel)
+                t_y = torch.from_numpy(y)
                 loss, grads = ttrain.value_and_grad(tmodel, t_loss, torch.from_numpy(x).to(getattr(torch, dtype)),
-                                                    torch.from_numpy(y))
+                                                    t_y.to(getattr(torch, dtype)) if t_y.is_floating_point() else t_y)
                 out["t_losses"].append(float(loss.detach()))
-                # Labels carry no channel axis: (N,) or (N, H, W) read the same in both layouts.
-                k_loss, k_grads = step(nchw_to_nhwc(x).astype(dtype), y)
+                k_loss, k_grads = step(nchw_to_nhwc(x).astype(dtype), keras_labels(y, dtype))
                 k_loss = keras.ops.convert_to_numpy(k_loss)
                 if k_loss.dtype.itemsize < np.dtype(dtype).itemsize:  # e.g. JAX without x64
                     raise RuntimeError(f"Keras computed the loss in {k_loss.dtype}, asked for {dtype}")
@@ -634,6 +677,8 @@ class ParityRun:
     def _updates(self, steps: list, check: str):
         """Worst relative error of the per-step updates `state[s] - state[s-1]` over both steps; the
         detail gives each step's own worst tensor (a NaN from step 1 spreads to every tensor in step 2)."""
+        if check not in STEP_CHECKS[self.optimizer]:
+            raise ValueError(f"{check} compares {check.split('_')[0]} steps; this run took {self.optimizer} steps")
         bound = self.bound(check)
         detail = "; ".join(f"step {s} {'within' if err <= bound else 'over'} the bound: {err:.1e} ({key})"
                            for s, (err, key) in enumerate(steps, 1))
@@ -644,6 +689,12 @@ class ParityRun:
 
     def sgd_step_bn_stats(self, run: dict):
         return self._updates(run["stats"], "sgd_step_bn_stats")
+
+    def adam_step_params(self, run: dict):
+        return self._updates(run["params"], "adam_step_params")
+
+    def adam_step_bn_stats(self, run: dict):
+        return self._updates(run["stats"], "adam_step_bn_stats")
 
     # -- the bridge ------------------------------------------------------------------------------
 
@@ -698,7 +749,7 @@ class ParityRun:
 
         head = self.head_keys()
         body = [k for k in self.state if not checkpoints.is_counter(k) and k not in head]
-        layer_prefixes = tuple(p.replace(".", "-") + "/" for p in self.info.classifier)
+        layer_prefixes = tuple(p.replace(".", "-") + end for p in self.info.classifier for end in ("/", "-"))
         problems, errors = [], []
 
         def restore(side, model, load, export, values, exclude, classes):
@@ -754,6 +805,7 @@ def run_model(
     seed: int = 0,
     checks=CHECKS,
     train_dtype: str = "float64",
+    optimizer: str | None = None,
 ) -> list[Row]:
     """Run the parity checks for one model (or variant) on the current Keras backend. A check that
     does not apply (stage taps on a model without them, the head restore on a headless variant) has
@@ -767,8 +819,8 @@ def run_model(
     unknown = [c for c in checks if c not in CHECKS]
     if unknown:
         raise ValueError(f"unknown check(s) {', '.join(unknown)}; expected a subset of {', '.join(CHECKS)}")
-    run = ParityRun(name, batch=batch, size=size, seed=seed, train_dtype=train_dtype)
-    meta = {"batch": batch, "size": run.size, "dtype": "float32", "train_dtype": train_dtype,
+    run = ParityRun(name, batch=batch, size=size, seed=seed, train_dtype=train_dtype, optimizer=optimizer)
+    meta = {"batch": batch, "size": run.size, "dtype": "float32", "train_dtype": train_dtype, "optimizer": run.optimizer,
             "device": keras_device(backend), "keras": keras.__version__, "torch": torch.__version__,
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in run.options.items()}}
     rows: list[Row] = []
@@ -789,13 +841,15 @@ def run_model(
     if not run.has_head():
         wanted = [c for c in wanted if c != "exclude_restore"]
     if not run.has_running_stats():
-        wanted = [c for c in wanted if c != "sgd_step_bn_stats"]
+        wanted = [c for c in wanted if not c.endswith("_step_bn_stats")]
+    other_steps = [c for name, pair in STEP_CHECKS.items() if name != run.optimizer for c in pair]
+    wanted = [c for c in wanted if c not in other_steps]
     for check in wanted:
         if check in TRAIN_CHECKS:
             add(check, lambda check=check: getattr(run, check)(run.training()))
         else:
             add(check, getattr(run, check))
-        if check == "sgd_step_bn_stats" or check not in TRAIN_CHECKS:
+        if check == STEP_CHECKS[run.optimizer][1] or check not in TRAIN_CHECKS:
             release_memory()  # each check builds its own twins; the big ones (vgg11_bn) are 0.5 GB a copy
     return rows
 
@@ -828,7 +882,11 @@ def failed_row(model, backend, reason) -> dict:
 # full set for the zoo). All for DESIGN.md's test budget (8 GB, 25 min; measured 24 min before these
 # cuts).
 QUICK_SUITE: dict[str, tuple | None] = {
-    "resnet50-deep-dilated": None, "squeezenet1_0": None,
+    "squeezenet1_0": None, "saliency_unet": None,
+    # resnet50-deep-dilated's training checks: saliency_unet's rows train the same Bottleneck blocks (its
+    # layer3 and layer4, downsample blocks included, on every backend); the deep stem and the dilation are
+    # wiring of the forward pass, which the eval and stage rows compare (PSPNet's rows will train them).
+    "resnet50-deep-dilated": (("eval_output", "stage_outputs", "round_trip"), None),
     # resnet18's training checks: test_mutations.py's control run computes every row of resnet18 at 64x64
     # on each backend (and asserts they pass) before showing each check fail on a broken twin.
     "resnet18": (("eval_output", "stage_outputs", "round_trip", "exclude_restore"), None),

@@ -9,6 +9,9 @@ recipe of the seed in either framework, on one run-directory format.
     twins predict resnet18 --framework torch --weights runs/r18-jax/best.safetensors \
         --classes runs/r18-jax/classes.txt IMAGE... --top-k 2
     twins plot-history runs/r18-torch runs/r18-jax --out history.png
+    twins shapes SAL --layout salicon                               # image/ + mask/: a blob and its saliency map
+    twins train saliency_unet --framework keras --data SAL --out runs/sal --img-size 64 [--weights resnet50.pth]
+    twins predict saliency_unet --framework torch --weights runs/sal/best.safetensors IMAGE... --masks MASKS --out DIR
 
 A framework is one `Side` (build, load, freeze, train, predict); the recipe, the data and the run
 directory are framework-free (`twins.runs`, `twins.data`). Weights move through torch-layout files,
@@ -21,10 +24,11 @@ import os
 import sys
 from pathlib import Path
 
-from twins import checkpoints, registry
-from twins.data import (BatchPlan, Food101, ImageFolder, check_same_classes, food101_train_transform,
-                        food101_val_transform, read_image, train_transform, val_transform)
-from twins.runs import Position, Recipe, RunDir, recipe_defaults
+from twins import checkpoints, registry, tasks
+from twins.data import (BatchPlan, DataError, Food101, ImageFolder, Salicon, check_same_classes,
+                        food101_train_transform, food101_val_transform, read_image, read_mask, salicon_train_transform,
+                        salicon_val_transform, train_transform, val_transform)
+from twins.runs import PREPROCESS, Position, Recipe, RunDir, recipe_defaults, scores_text, task_of
 
 FRAMEWORKS = ("torch", "keras")
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
@@ -93,6 +97,9 @@ def check_size(info: registry.ModelInfo, size: int) -> None:
         raise SystemExit(f"--img-size {size} is below {info.name}'s smallest input size {info.min_input_size}")
     if info.max_input_size is not None and size > info.max_input_size:
         raise SystemExit(f"--img-size {size} is above {info.name}'s largest input size {info.max_input_size}")
+    problem = info.size_problem(size, size)
+    if problem:
+        raise SystemExit(f"--img-size {size}: {problem}")
 
 
 def load_weights(side: Side, model, info, path: str, exclude, num_classes: int, log=print):
@@ -103,8 +110,14 @@ def load_weights(side: Side, model, info, path: str, exclude, num_classes: int, 
 
     state = checkpoints.strip_data_parallel(checkpoints.read(path))
     exclude = tuple(exclude or ())
+    decoder = info.extra.get("decoder", ())
     trained = classes_in(state, info)
-    if trained != num_classes and not exclude:
+    if decoder and not exclude and not any(checkpoints.excluded(k, decoder) for k in state):
+        # The seed's `Unet(models.resnet50(pretrained=True))`: an ImageNet classifier's weights in the encoder.
+        exclude = decoder + ("fc",)
+        log(f"{path} holds no decoder ({info.extra['backbone']} weights?): the encoder loads, the decoder "
+            f"({', '.join(decoder)}) starts fresh and the checkpoint's fc is left out")
+    elif trained != num_classes and not exclude:
         exclude = info.classifier
         log(f"{path} has {trained} classes, the data {num_classes}: the classifier "
             f"({', '.join(info.classifier)}) starts fresh")
@@ -117,9 +130,24 @@ def is_food101(data) -> bool:
     return (Path(data) / "meta" / "classes.txt").is_file()
 
 
-def open_split(data, split: str):
-    """A split of DATA in either layout: Food-101 (`meta/classes.txt`, `meta/{train,test}.txt`,
-    `images/`; "val" reads test.txt, as the seed validates on it) or ImageFolder (`train/`, `val/`)."""
+def is_salicon(data) -> bool:
+    return (Path(data) / "image").is_dir() and (Path(data) / "mask").is_dir()
+
+
+def open_split(data, split: str, info: registry.ModelInfo | None = None):
+    """A split of DATA in its layout: SALICON (`image/<split>/`, `mask/<split>/`) for a saliency model,
+    Food-101 (`meta/classes.txt`, `meta/{train,test}.txt`, `images/`; "val" reads test.txt, as the seed
+    validates on it) or ImageFolder (`train/`, `val/`) for a classifier."""
+    if info is not None and info.task == "saliency":
+        if not is_salicon(data):
+            raise DataError(f"{info.name} trains on saliency maps: expected the SALICON layout, {data}/image/{split}/"
+                            f"<name>.jpg and {data}/mask/{split}/<name>.png (twins shapes DIR --layout salicon "
+                            "writes one)")
+        return Salicon(data, split)
+    if is_salicon(data) and not is_food101(data) and not (Path(data) / split).is_dir():
+        raise DataError(f"{data} is a SALICON-layout folder of saliency maps (image/, mask/); "
+                        f"{info.name if info else 'this model'} is a classifier and needs class labels "
+                        "(ImageFolder or Food-101 layout)")
     return Food101(data, split) if is_food101(data) else ImageFolder(data, split)
 
 
@@ -129,11 +157,22 @@ def transforms(preprocess: str, size: int, info, margin: int = 10):
         return train_transform(size, info.mean, info.std), val_transform(size, info.mean, info.std)
     if preprocess == "food101":
         return food101_train_transform(size, margin), food101_val_transform(size)
-    raise ValueError(f"unknown preprocess {preprocess!r}; expected 'imagenet' or 'food101'")
+    if preprocess == "salicon":
+        return salicon_train_transform(size), salicon_val_transform(size)
+    raise ValueError(f"unknown preprocess {preprocess!r}; expected one of {', '.join(PREPROCESS)}")
+
+
+def check_preprocess(info, preprocess: str) -> None:
+    """A saliency model reads image + map pairs (`salicon`); a classifier, images with labels."""
+    if (info.task == "saliency") != (preprocess == "salicon"):
+        raise SystemExit(f"--preprocess {preprocess} does not fit {info.name}: "
+                         + ("its data are image + saliency-map pairs (salicon)" if info.task == "saliency"
+                            else "salicon transforms image + saliency-map pairs, a classifier's data are labelled "
+                                 "images (imagenet or food101)"))
 
 
 def plans(recipe: Recipe, info) -> tuple[BatchPlan, BatchPlan, list[str]]:
-    train, val = open_split(recipe.data, "train"), open_split(recipe.data, "val")
+    train, val = open_split(recipe.data, "train", info), open_split(recipe.data, "val", info)
     check_same_classes(train, val)
     train_tf, val_tf = transforms(recipe.preprocess, recipe.input_size, info, recipe.margin)
     return (BatchPlan(train, recipe.batch_size, train_tf, shuffle=True, seed=recipe.seed, drop_last=recipe.drop_last),
@@ -146,7 +185,12 @@ def plans(recipe: Recipe, info) -> tuple[BatchPlan, BatchPlan, list[str]]:
 def describe(recipe: Recipe, steps_per_epoch: int) -> str:
     """The optimiser line of `twins train`'s header."""
     rate = f"lr {recipe.lr}" if recipe.lr_end is None else f"lr {recipe.lr} -> {recipe.lr_end} (linear decay)"
-    text = f"SGD {rate} momentum {recipe.momentum}"
+    if recipe.optimizer == "adam":
+        text = f"Adam {rate} betas {recipe.betas[0]}/{recipe.betas[1]}"
+    else:
+        text = f"SGD {rate} momentum {recipe.momentum}"
+    loss = {"classification": "cross-entropy", "saliency": "MSE"}[task_of(recipe).name]
+    text = f"{loss}, {text}"
     if recipe.weight_decay:
         text += f", L2 {recipe.weight_decay} on conv kernels"
     text += f"; {steps_per_epoch} steps per epoch, {recipe.epochs * steps_per_epoch} in all"
@@ -161,14 +205,35 @@ def describe(recipe: Recipe, steps_per_epoch: int) -> str:
 
 # The `twins train` options that default to the model's recipe (`twins.runs.recipe_defaults`).
 RECIPE_OPTIONS = ("epochs", "batch_size", "val_batch_size", "lr", "lr_end", "momentum", "weight_decay",
-                  "log_every", "val_every", "checkpoint_every", "margin", "preprocess", "drop_last")
+                  "log_every", "val_every", "checkpoint_every", "margin", "preprocess", "drop_last", "optimizer",
+                  "betas", "frozen")
+
+
+def parse_freeze(text: str | None, info: registry.ModelInfo):
+    """`--freeze conv1,bn1,layer1,layer2` (or `none`) as the builder's `frozen` tuple; None when not given."""
+    if text is None:
+        return None
+    if "frozen" not in info.extra:
+        raise SystemExit(f"--freeze names modules of the saliency U-Net; {info.name} freezes with --feature-extract")
+    frozen = () if text.strip().lower() == "none" else tuple(m.strip() for m in text.split(",") if m.strip())
+    try:
+        return registry.check_frozen(frozen)
+    except ValueError as exc:
+        raise SystemExit(f"--freeze: {exc}") from None
+
+
+def build_options(info: registry.ModelInfo, recipe: Recipe) -> dict:
+    """Builder options a recipe fixes beyond the class count: the saliency U-Net's frozen modules."""
+    return {"frozen": recipe.frozen} if "frozen" in info.extra else {}
 
 
 def cmd_train(args) -> int:
     run = RunDir(args.out)
     if args.resume:
         recipe = Recipe.from_json(run.config())
+        args.frozen = args.freeze
         changed = [f"--{k.replace('_', '-')}" for k in RECIPE_OPTIONS if k != "epochs" and getattr(args, k) is not None]
+        changed = [c.replace("--frozen", "--freeze") for c in changed]
         if changed:
             raise SystemExit(f"--resume continues the recipe in {run.config_path}; {', '.join(changed)} cannot "
                              "change it (only --epochs can extend a constant-rate run)")
@@ -183,7 +248,12 @@ def cmd_train(args) -> int:
             raise SystemExit("twins train needs MODEL and --data (or --resume --out RUN)")
         info = registry.get(args.model)
         settings = recipe_defaults(args.model)
+        args.frozen = parse_freeze(args.freeze, info)
+        if args.betas is not None:
+            args.betas = tuple(args.betas)
         settings.update({k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k) is not None})
+        if "frozen" in info.extra and settings.get("frozen") is None:
+            settings["frozen"] = info.extra["frozen"]
         if args.constant_lr:
             if args.lr_end is not None:
                 raise SystemExit("--constant-lr and --lr-end contradict each other; give one")
@@ -194,6 +264,7 @@ def cmd_train(args) -> int:
                            "aux_weight": info.aux_weight, "weights": args.weights,
                            "exclude": tuple(args.exclude or ())})
     check_size(info, recipe.input_size)
+    check_preprocess(info, recipe.preprocess)
     try:
         recipe.check()
     except ValueError as exc:
@@ -204,15 +275,21 @@ def cmd_train(args) -> int:
     if recipe.classes and recipe.classes != classes:
         raise SystemExit(f"{recipe.data} now has classes {classes}; the run was started with {recipe.classes}")
     recipe.classes = classes
-    names = ", ".join(classes[:10]) + (f", ... ({len(classes) - 10} more)" if len(classes) > 10 else "")
+    if classes:
+        names = ", ".join(classes[:10]) + (f", ... ({len(classes) - 10} more)" if len(classes) > 10 else "")
+        data = f"images, {len(classes)} classes ({names})"
+        num_classes = len(classes)
+    else:
+        frozen = ", ".join(recipe.frozen) if recipe.frozen else "nothing"
+        data = f"image + saliency-map pairs, {frozen} frozen"
+        num_classes = info.num_classes
     print(f"twins train {recipe.model} on {side.label}: {train_plan.num_samples} train / {val_plan.num_samples} val "
-          f"images, {len(classes)} classes ({names}), {recipe.input_size}x{recipe.input_size}, "
-          f"batch {recipe.batch_size}, {recipe.epochs} epochs")
+          f"{data}, {recipe.input_size}x{recipe.input_size}, batch {recipe.batch_size}, {recipe.epochs} epochs")
     print(describe(recipe, len(train_plan)))
-    model = side.build(recipe.model, num_classes=len(classes), seed=recipe.seed)
+    model = side.build(recipe.model, num_classes=num_classes, seed=recipe.seed, **build_options(info, recipe))
     # A run resumed before its first checkpoint starts over, from its --weights like a new one.
     if recipe.weights and not (args.resume and run.resume_state() is not None):
-        load_weights(side, model, info, recipe.weights, recipe.exclude, len(classes))
+        load_weights(side, model, info, recipe.weights, recipe.exclude, num_classes)
     trainable = side.trainer.set_feature_extract(model, info.classifier, recipe.feature_extract)
     print(f"parameters to update ({len(trainable)}{', feature extraction' if recipe.feature_extract else ''}):")
     for name in trainable:
@@ -238,16 +315,29 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from twins import metrics
+    from twins_cli.convert import classes_in
 
     info = registry.get(args.model)
-    folder = open_split(args.data, args.split)
+    folder = open_split(args.data, args.split, info)
     size = args.img_size or info.input_size
     check_size(info, size)
+    preprocess = args.preprocess or recipe_defaults(args.model)["preprocess"]
+    check_preprocess(info, preprocess)
+    state = checkpoints.strip_data_parallel(checkpoints.read(args.weights))
     side = Side(args.framework, args.backend)
-    model = side.build(args.model, num_classes=len(folder.classes))
-    side.load(model, checkpoints.strip_data_parallel(checkpoints.read(args.weights)), strict=True)
-    _, val_tf = transforms(args.preprocess or recipe_defaults(args.model)["preprocess"], size, info)
+    _, val_tf = transforms(preprocess, size, info)
     plan = BatchPlan(folder, args.batch_size, val_tf, shuffle=False)
+    if info.task != "classification":
+        model = side.build(args.model, num_classes=classes_in(state, info))
+        side.load(model, state, strict=True)
+        if args.framework == "torch":
+            model.eval()
+        result = side.trainer.score(model, plan, tasks.get(info.task))
+        print(f"{args.model} on {side.label}, {args.weights}: {folder.root} {folder.split} ({result['samples']} images)")
+        print(scores_text(result))
+        return 0
+    model = side.build(args.model, num_classes=len(folder.classes))
+    side.load(model, state, strict=True)
     logits, labels = side.trainer.predict_logits(model, plan)
     loss, acc = metrics.cross_entropy(logits, labels), metrics.correct(logits, labels) / len(labels)
     print(f"{args.model} on {side.label}, {args.weights}: {folder.root / folder.split} ({len(labels)} images)")
@@ -275,6 +365,12 @@ def cmd_predict(args) -> int:
     from twins import metrics
 
     info = registry.get(args.model)
+    if info.task == "saliency":
+        return predict_saliency(args, info)
+    if args.out or args.masks:
+        raise SystemExit(f"--out and --masks are for a saliency model's maps; {args.model} prints its top-k classes")
+    if not args.classes:
+        raise SystemExit(f"{args.model} is a classifier: --classes FILE names its classes (a run's classes.txt)")
     classes = read_classes(args.classes)
     size = args.img_size or info.input_size
     check_size(info, size)
@@ -306,13 +402,107 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def saliency_panel(image: "np.ndarray", predicted: "np.ndarray", target=None) -> "np.ndarray":
+    """The seed's figure as one BGR image: [image, image + target heat (when there is a target), image +
+    predicted heat], each heat map `applyColorMap(map, COLORMAP_JET)` blended `addWeighted(image, 0.7, heat,
+    0.3, 0)`. `image` is RGB uint8, the maps float in [0, 1] of the image's size. (The seed blends its RGB
+    image with OpenCV's BGR heat map and shows the result as RGB, which swaps red and blue in the heat; here
+    both are BGR, so hot is red.)"""
+    import cv2
+    import numpy as np
+
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+
+    def overlay(saliency):
+        heat = cv2.applyColorMap(np.clip(saliency * 255.0, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+        return cv2.addWeighted(bgr, 0.7, heat, 0.3, 0)
+
+    panels = [bgr] + ([overlay(target)] if target is not None else []) + [overlay(predicted)]
+    return np.concatenate(panels, axis=1)
+
+
+def write_png(path: Path, image) -> Path:
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode {path}")
+    return checkpoints.write_atomic(path, lambda tmp: tmp.write_bytes(encoded.tobytes()))
+
+
+def predict_saliency(args, info: registry.ModelInfo) -> int:
+    """`twins predict saliency_unet ... --out DIR [--masks DIR]`: per image, `DIR/<name>.png` (the seed's panel
+    at the network's input size) and `DIR/<name>.saliency.png` (the predicted map, grayscale, at the image's own
+    size); with `--masks`, the target's panel and the image's MSE / CC / KLD / SIM."""
+    import cv2
+    import numpy as np
+
+    from twins import metrics
+    from twins.data import salicon_resize, salicon_scale
+    from twins_cli.convert import classes_in
+
+    if args.classes:
+        raise SystemExit(f"{args.model} predicts saliency maps, not classes: drop --classes")
+    if not args.out:
+        raise SystemExit(f"{args.model} writes its maps as PNG files: give --out DIR")
+    size = args.img_size or info.input_size
+    check_size(info, size)
+    images = [(Path(p), read_image(p)) for p in args.images]
+    masks = []
+    for path, image in images:
+        if args.masks is None:
+            masks.append(None)
+            continue
+        mask_path = Path(args.masks) / f"{path.stem}.png"
+        if not mask_path.is_file():
+            raise SystemExit(f"--masks {args.masks}: no saliency map {mask_path} for {path}")
+        mask = read_mask(mask_path)
+        if mask.shape != image.shape[:2]:
+            raise DataError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image {path} is "
+                            f"{image.shape[1]}x{image.shape[0]}: a saliency map must have its image's size")
+        masks.append(mask)
+    state = checkpoints.strip_data_parallel(checkpoints.read(args.weights))
+    side = Side(args.framework, args.backend)
+    model = side.build(args.model, num_classes=classes_in(state, info))
+    side.load(model, state, strict=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for (path, image), mask in zip(images, masks):
+        resized, resized_mask = salicon_resize(image, mask if mask is not None else image[..., 0], size)
+        x, target = salicon_scale(resized, resized_mask)
+        if args.framework == "torch":
+            import torch
+
+            model.eval()
+            with torch.no_grad():
+                predicted = model(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None])))[0, 0].numpy()
+        else:
+            predicted = np.asarray(model.predict_on_batch(x[None]))[0, ..., 0]
+        panel = write_png(out / f"{path.stem}.png",
+                          saliency_panel(resized, predicted, target[..., 0] if mask is not None else None))
+        full = cv2.resize(predicted, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+        saliency = write_png(out / f"{path.stem}.saliency.png", np.clip(full * 255.0 + 0.5, 0, 255).astype(np.uint8))
+        line = f"{path}: {panel}, {saliency}"
+        if mask is not None:
+            scores = {k: float(v[0]) for k, v in metrics.saliency_scores(predicted[None], target[None, ..., 0]).items()}
+            line += f" ({scores_text(scores)})"
+        print(line)
+    return 0
+
+
+# What plot-history calls the val score of a run (`history["score"]`).
+SCORE_NAMES = {"acc": "accuracy", "cc": "CC (correlation with the target map)"}
+
+
 def cmd_plot_history(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    scores = set()
     for path in args.runs:
         run = RunDir(path)
         history, config = run.history(), run.config()
@@ -321,15 +511,26 @@ def cmd_plot_history(args) -> int:
         epochs = [e["epoch"] + 1 for e in history["epochs"]]
         label = f"{Path(path).name} ({config['model']}, {config['framework']}"
         label += f"/{config['backend']})" if config.get("backend") else ")"
-        line, = ax.plot(epochs, [e["val"]["acc"] for e in history["epochs"]], marker="o", label=f"{label} val")
-        ax.plot(epochs, [e["train"]["acc"] for e in history["epochs"]], linestyle="--", color=line.get_color(),
-                alpha=0.6, label=f"{label} train")
+        score = history.get("score") or "acc"
+        scores.add(score)
+        line, = ax.plot(epochs, [e["val"][score] for e in history["epochs"]], marker="o", label=f"{label} val")
+        if score in history["epochs"][0]["train"]:
+            ax.plot(epochs, [e["train"][score] for e in history["epochs"]], linestyle="--", color=line.get_color(),
+                    alpha=0.6, label=f"{label} train")
+        evals = history.get("evals") or []
+        if evals:  # --val-every: at the epoch fraction each evaluation was made (step 0: near the start)
+            per_epoch = max(len(history["epochs"][0]["train"]["step_losses"]), 1)
+            every = config.get("val_every") or "N"
+            ax.plot([(e["step"] + 1) / per_epoch for e in evals], [e[score] for e in evals], linestyle=":",
+                    marker=".", color=line.get_color(), alpha=0.6, label=f"{label} val every {every} steps")
+    name = " / ".join(SCORE_NAMES.get(s, s) for s in sorted(scores))
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(name)
+    ax.set_ylim(min(0, ax.get_ylim()[0]), 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title("accuracy per epoch")
+    ax.set_title(f"{name} per epoch")
     fig.tight_layout()
     out = checkpoints.write_atomic(args.out, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
@@ -338,8 +539,14 @@ def cmd_plot_history(args) -> int:
 
 
 def cmd_shapes(args) -> int:
-    from twins.shapes import make_food101, make_shapes
+    from twins.shapes import make_food101, make_salicon, make_shapes
 
+    if args.layout == "salicon":
+        root = make_salicon(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
+        print(f"wrote {root}: SALICON layout (image/{{train,val}}/*.jpg, mask/{{train,val}}/*.png), {args.train} train "
+              f"and {args.val} val images of a bright blob among dim distractors, {args.size * 4 // 3}x{args.size}, "
+              "each with its Gaussian saliency map")
+        return 0
     if args.layout == "food101":
         root = make_food101(args.out, train=args.train, test=args.val, size=args.size, seed=args.seed)
         print(f"wrote {root}: Food-101 layout (meta/classes.txt, meta/train.txt, meta/test.txt, images/), "
@@ -358,11 +565,12 @@ def add_parsers(sub) -> None:
     t.add_argument("--framework", choices=FRAMEWORKS, default="torch")
     t.add_argument("--backend", choices=KERAS_BACKENDS,
                    help=f"Keras backend (default: $KERAS_BACKEND, else {DEFAULT_KERAS_BACKEND})")
-    t.add_argument("--data", help="ImageFolder root (train/<class>/, val/<class>/) or Food-101 root "
-                                  "(meta/classes.txt, meta/train.txt, meta/test.txt, images/)")
+    t.add_argument("--data", help="ImageFolder root (train/<class>/, val/<class>/), Food-101 root "
+                                  "(meta/classes.txt, meta/train.txt, meta/test.txt, images/) or SALICON root "
+                                  "(image/{train,val}/, mask/{train,val}/; saliency_unet)")
     t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--epochs", type=int, default=None, help="default: the model's recipe (15; vgg19_slim 20)")
-    t.add_argument("--batch-size", type=int, default=None, help="default 8; vgg19_slim 64")
+    t.add_argument("--epochs", type=int, default=None, help="default: the model's recipe (15; vgg19_slim 20; saliency_unet 5)")
+    t.add_argument("--batch-size", type=int, default=None, help="default 8; vgg19_slim 64; saliency_unet 4")
     t.add_argument("--val-batch-size", type=int, default=None, help="default: --batch-size; vgg19_slim 128")
     t.add_argument("--lr", type=float, default=None, help="(starting) learning rate, default 0.001")
     t.add_argument("--lr-end", type=float, default=None,
@@ -376,12 +584,21 @@ def add_parsers(sub) -> None:
     t.add_argument("--checkpoint-every", type=int, default=None,
                    help="write a resume checkpoint every N steps, besides every epoch end (vgg19_slim: 500)")
     t.add_argument("--margin", type=int, default=None, help="food101 random-crop margin in pixels (10)")
-    t.add_argument("--preprocess", choices=("imagenet", "food101"), default=None,
+    t.add_argument("--preprocess", choices=PREPROCESS, default=None,
                    help="imagenet: RandomResizedCrop / Resize+CenterCrop, ImageNet mean/std (the zoo's); food101: "
-                        "random / central square crop, area resize, pixels in [0, 1] (vgg19_slim's)")
+                        "random / central square crop, area resize, pixels in [0, 1] (vgg19_slim's); salicon: "
+                        "joint image + map resize, crop, flip, rotation, pixels in [0, 1] (saliency_unet's)")
+    t.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
+                   help="sgd: torch's SGD with --momentum (default); adam: torch's Adam with --betas (saliency_unet)")
+    t.add_argument("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"),
+                   help="Adam's betas (default 0.9 0.999; saliency_unet 0.9 0.99)")
+    t.add_argument("--freeze", default=None,
+                   help="saliency_unet: comma-separated top-level modules that do not train, or none (default: the "
+                        "seed's conv1,bn1,layer1,layer2)")
     t.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,
                    help="full training batches only, as the seed 002 pipeline (vgg19_slim: on); val keeps every image")
-    t.add_argument("--img-size", type=int, default=None, help="square input size (default: the model's, 224/299)")
+    t.add_argument("--img-size", type=int, default=None,
+                   help="square input size (default: the model's, 224/299; saliency_unet 256, a multiple of 32)")
     t.add_argument("--feature-extract", action="store_true", help="train the new classifier only")
     t.add_argument("--weights", help="initial weights (torch layout); another class count keeps all but the head")
     t.add_argument("--exclude", action="append", help="torch key prefix to leave fresh when loading --weights")
@@ -400,20 +617,22 @@ def add_parsers(sub) -> None:
     e.add_argument("--split", default="val")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--img-size", type=int, default=None)
-    e.add_argument("--preprocess", choices=("imagenet", "food101"), help="default: the model's recipe")
+    e.add_argument("--preprocess", choices=PREPROCESS, help="default: the model's recipe")
     e.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="top-k classes of images")
+    p = sub.add_parser("predict", help="top-k classes of images, or a saliency model's maps as PNG panels")
     p.add_argument("model")
     p.add_argument("images", nargs="+")
     p.add_argument("--framework", choices=FRAMEWORKS, default="torch")
     p.add_argument("--backend", choices=KERAS_BACKENDS)
     p.add_argument("--weights", required=True,
                    help="torch-layout .safetensors/.pth/.npz, or a TensorFlow checkpoint prefix (vgg19_slim)")
-    p.add_argument("--classes", required=True, help="one class name per line (a run's classes.txt)")
+    p.add_argument("--classes", help="a classifier's class names, one per line (a run's classes.txt)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--img-size", type=int, default=None)
-    p.add_argument("--preprocess", choices=("imagenet", "food101"), help="default: the model's recipe")
+    p.add_argument("--preprocess", choices=PREPROCESS, help="default: the model's recipe")
+    p.add_argument("--out", help="saliency_unet: folder for NAME.png (the seed's panel) and NAME.saliency.png (the map)")
+    p.add_argument("--masks", help="saliency_unet: folder of target maps NAME.png: adds the target's panel and scores")
     p.set_defaults(func=cmd_predict)
 
     h = sub.add_parser("plot-history", help="val (and train) accuracy per epoch of several runs, as a PNG")
@@ -423,8 +642,9 @@ def add_parsers(sub) -> None:
 
     s = sub.add_parser("shapes", help="write a learnable two-class dataset (discs vs squares)")
     s.add_argument("out")
-    s.add_argument("--layout", choices=("imagefolder", "food101"), default="imagefolder",
-                   help="ImageFolder (train/, val/) or Food-101 (meta/, images/; non-square images)")
+    s.add_argument("--layout", choices=("imagefolder", "food101", "salicon"), default="imagefolder",
+                   help="ImageFolder (train/, val/), Food-101 (meta/, images/; non-square images) or SALICON "
+                        "(image/, mask/: a bright blob and its Gaussian saliency map)")
     s.add_argument("--train", type=int, default=200, help="training images per class")
     s.add_argument("--val", type=int, default=50, help="validation (Food-101: test) images per class")
     s.add_argument("--size", type=int, default=64)
