@@ -13,10 +13,22 @@ BACKEND = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
-MODELS = RESNETS + ["alexnet", "vgg11_bn", "squeezenet1_0", "densenet121", "inception_v3", "vgg19_slim"]
+MODELS = RESNETS + ["alexnet", "vgg11_bn", "squeezenet1_0", "densenet121", "inception_v3", "vgg19_slim",
+                    "saliency_unet"]
 # The models whose torch twin carries torchvision's keys (`torchvision_manifest.json`); vgg19_slim's are
-# TF-slim's variable names, tested against those in test_vgg_slim.py.
-TORCHVISION_MODELS = [m for m in MODELS if m != "vgg19_slim"]
+# TF-slim's variable names, tested against those in test_vgg_slim.py; saliency_unet's the seed's `Unet`, tested
+# against the seed's own class in test_saliency.py.
+TORCHVISION_MODELS = [m for m in MODELS if m not in ("vgg19_slim", "saliency_unet")]
+
+
+def output_shape(name: str, batch: int, size: int, classes: int, layout: str) -> tuple:
+    """What a model returns for a (batch, 3, size, size) input: logits (batch, classes) for a classifier, a map
+    of the input's size with `classes` channels for saliency_unet, in the twin's layout ("nchw" / "nhwc")."""
+    from twins import registry
+
+    if registry.get(name).task == "saliency":
+        return (batch, classes, size, size) if layout == "nchw" else (batch, size, size, classes)
+    return (batch, classes)
 
 
 def contract_size(name: str) -> int:
@@ -28,15 +40,16 @@ def contract_size(name: str) -> int:
 
 # Builder options of the contract tests' gradient checks: inception's aux head needs 299x299 in
 # training mode, so the contract (64-75 px) trains it without; the parity engine trains it with.
-GRADIENT_OPTIONS = {"inception_v3": {"aux_logits": False}}
+GRADIENT_OPTIONS = {"inception_v3": {"aux_logits": False}, "saliency_unet": {"frozen": ()}}
 # Keras contract tests (output shape, every parameter's gradient) that run in the tensorflow pass only,
 # for DESIGN.md's test budget: op-by-op on jax and torch densenet121 and inception_v3 take 15-30 s a
 # test; resnet34 shares every line of code with resnet18, resnet101/152 with resnet50 (DESIGN.md's rule
 # for the larger variant), and resnet50's Bottleneck blocks train on every backend in the parity rows
-# of resnet50-deep-dilated; vgg19_slim is 143 M parameters at 224x224. On every backend their eval
-# outputs are compared with torch's by the parity tests.
+# of resnet50-deep-dilated; vgg19_slim is 143 M parameters at 224x224; saliency_unet's every parameter gets
+# its gradient compared with torch's on every backend in its parity rows (those that train by default).
+# On every backend their eval outputs are compared with torch's by the parity tests.
 TENSORFLOW_PASS_ONLY = ("resnet34", "resnet50", "resnet101", "resnet152", "densenet121", "inception_v3",
-                        "vgg19_slim")
+                        "vgg19_slim", "saliency_unet")
 
 
 def skip_off_tensorflow(model_name: str) -> None:

@@ -24,6 +24,8 @@ class Mutation:
     # check -> a regular expression the failing row's detail must match (the tensor or layer it names)
     red: dict[str, str]
     apply: Callable
+    # The optimiser of the parity engine's steps ("adam": the saliency recipe's, for the adam_step rows).
+    optimizer: str = "sgd"
 
 
 def _tamper_gradient(monkeypatch, path: str, tamper) -> None:
@@ -106,6 +108,19 @@ def sgd_learning_rate(monkeypatch):
     _sgd_with(monkeypatch, learning_rate=0.09)
 
 
+def keras_adam(monkeypatch):
+    """Keras' own Adam with the recipe's rate, betas and torch's eps: it adds eps to the uncorrected
+    sqrt(v), an eps 10x larger than torch's at the first step (b2 = 0.99)."""
+    import keras
+
+    from keras_impl import training
+
+    def adam(learning_rate, betas=(0.9, 0.999), eps=1e-8):
+        return keras.optimizers.Adam(learning_rate, beta_1=betas[0], beta_2=betas[1], epsilon=eps)
+
+    monkeypatch.setattr(training, "adam", adam)
+
+
 def bn_momentum(monkeypatch):
     from keras_impl.common import BatchNorm
 
@@ -181,4 +196,9 @@ MUTATIONS = [
     Mutation("stem_tap_after_pool", "the `stem` tap placed after the max-pool",
              {"stage_outputs": r"^worst: stem: shape \(2, 64, 16, 16\) against the torch twin's \(2, 64, 32, 32\)"},
              stem_tap_after_pool),
+    Mutation("keras_adam", "Keras' own Adam instead of torch's form (eps added to the uncorrected sqrt(v))",
+             {"adam_step_params": r"step 1 over the bound"}, keras_adam, optimizer="adam"),
+    Mutation("bn_momentum_adam", "BatchNorm momentum 0.01 instead of torch's 0.1, under Adam's steps",
+             {"adam_step_bn_stats": r"step 1 over the bound: \S+ \(\S+\.running_(mean|var)\)"}, bn_momentum,
+             optimizer="adam"),
 ]

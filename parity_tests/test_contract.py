@@ -9,7 +9,7 @@ import torch
 
 import torch_impl
 from parity_tests.conftest import (BACKEND, GRADIENT_OPTIONS, MODELS, RESNETS, TORCHVISION_MODELS, contract_size,
-                                  model_params, skip_off_tensorflow, torchvision_parameter_count,
+                                  model_params, output_shape, skip_off_tensorflow, torchvision_parameter_count,
                                   torchvision_state_dict)
 from twins import registry
 
@@ -35,16 +35,19 @@ def test_torch_output_shape_and_finite(model_name):
     size = contract_size(model_name)
     with torch.no_grad():
         out = model(torch.randn(2, 3, size, size))
-    assert out.shape == (2, 5)
+    assert out.shape == output_shape(model_name, 2, size, 5, "nchw")
     assert torch.isfinite(out).all()
 
 
 @torch_ids()
 def test_every_torch_parameter_gets_a_gradient(model_name):
+    from torch_impl.training import loss_for
+
     model = torch_impl.build(model_name, num_classes=3, **GRADIENT_OPTIONS.get(model_name, {})).train()
     size = contract_size(model_name)
     out = model(torch.randn(2, 3, size, size))
-    torch.nn.functional.cross_entropy(out, torch.tensor([0, 2])).backward()
+    target = torch.rand(*out.shape) if registry.get(model_name).task == "saliency" else torch.tensor([0, 2])
+    loss_for(registry.get(model_name).task)(out, target).backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()
             or float(p.grad.abs().max()) == 0.0]
     assert not dead, f"no gradient for {dead}"
@@ -121,7 +124,7 @@ def test_keras_output_shape_and_finite(model_name):
     model = keras_impl.build(model_name, num_classes=5)
     size = contract_size(model_name)
     out = keras.ops.convert_to_numpy(model(np.random.randn(2, size, size, 3).astype("float32"), training=False))
-    assert out.shape == (2, 5)
+    assert out.shape == output_shape(model_name, 2, size, 5, "nhwc")
     assert np.isfinite(out).all()
 
 
@@ -138,7 +141,10 @@ def test_every_keras_parameter_gets_a_gradient(model_name):
     model = keras_impl.build(model_name, num_classes=3, **options)
     size = contract_size(model_name)
     x = np.random.randn(2, size, size, 3).astype("float32")
-    _, grads = training.value_and_grad(model, training.cross_entropy, x, np.array([0, 2]))
+    task = registry.get(model_name).task
+    target = np.random.rand(*output_shape(model_name, 2, size, 3, "nhwc")).astype("float32") \
+        if task == "saliency" else np.array([0, 2])
+    _, grads = training.value_and_grad(model, training.loss_for(task), x, target)
     grads = to_torch_layout(model, training.gradients_numpy(model, grads))
     parameters = {n for n, _ in torch_impl.build(model_name, num_classes=3, **options).named_parameters()}
     assert set(grads) == parameters
@@ -167,6 +173,12 @@ def test_keras_stage_outputs_have_documented_channels_and_strides(model_name):
 def test_keras_variables_are_named_and_shaped_as_torchvisions(model_name):
     import keras_impl
     from keras_impl.weights import torch_state_dict
+
+    if BACKEND != "tensorflow":
+        # Layer names and variable shapes come from the builders, not the backend (and Keras' torch backend
+        # refuses a dot in a name when the model is built, which every test there does); building
+        # inception_v3 and densenet121 op by op costs 30 and 17 s on jax.
+        pytest.skip("the Keras variables' names and shapes are backend-free; checked in the tensorflow pass")
 
     model = keras_impl.build(model_name)
     exported = {k: tuple(v.shape) for k, v in torch_state_dict(model).items()}

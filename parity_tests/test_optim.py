@@ -133,3 +133,63 @@ def test_the_l2_term_is_exact_in_float64():
         keras_l2 = float(sum(keras.ops.convert_to_numpy(keras.regularizers.L2(2.5e-4)(v)) for v in decayed))
         if BACKEND == "tensorflow":
             assert abs(keras_l2 - expected) > 1e-9 * expected
+
+
+@pytest.mark.keras
+def test_torch_adam_in_keras_takes_torchs_steps():
+    """The saliency recipe's optimiser: `TorchAdam` takes `torch.optim.Adam`'s steps bit for bit in float64,
+    on gradients from 1 down to 1e-8 (some elements exactly 0) and under the shared rate table; Keras' own
+    Adam, with the same rate, betas and eps, adds eps to the uncorrected sqrt(v) and is shown off torch's."""
+    import keras
+
+    from keras_impl.training import RateTable, TorchAdam
+    from twins_cli.parity import keras_dtype
+
+    rates = optim.learning_rates(1e-3, 1e-4, 5)
+    rng = np.random.RandomState(0)
+    start = rng.randn(4, 6)
+    grads = [rng.randn(4, 6) * scale for scale in (1e-8, 1.0, 1e-3, 1e-6, 1.0)]
+    grads[0][0, :3] = 0.0
+    p = torch.nn.Parameter(torch.from_numpy(start.copy()))
+    opt = torch.optim.Adam([p], lr=float(rates[0]), betas=(0.9, 0.99))
+    with keras_dtype("float64"):
+        ours, theirs = keras.Variable(start.copy()), keras.Variable(start.copy())
+        ours_opt = TorchAdam(RateTable(rates), beta_1=0.9, beta_2=0.99)
+        keras_opt = keras.optimizers.Adam(RateTable(rates), beta_1=0.9, beta_2=0.99, epsilon=1e-8)
+        worst_ours = worst_keras = 0.0
+        for rate, g in zip(rates, grads):
+            for group in opt.param_groups:
+                group["lr"] = float(rate)
+            p.grad = torch.from_numpy(g)
+            opt.step()
+            ours_opt.apply_gradients([(keras.ops.convert_to_tensor(g), ours)])
+            keras_opt.apply_gradients([(keras.ops.convert_to_tensor(g), theirs)])
+            expected = p.detach().numpy()
+            worst_ours = max(worst_ours, np.abs(keras.ops.convert_to_numpy(ours) - expected).max())
+            worst_keras = max(worst_keras, np.abs(keras.ops.convert_to_numpy(theirs) - expected).max())
+    assert worst_ours < 1e-15
+    assert worst_keras > 1e-5  # the first step, on gradients of ~1e-8: Keras' eps counts 10x more there
+    with pytest.raises(ValueError, match=r"beta_2 must be in \[0, 1\), got 1.0"):
+        TorchAdam(beta_2=1.0)
+
+
+@pytest.mark.keras
+def test_leaky_relu_takes_its_slope_in_the_inputs_dtype():
+    """`keras_impl.common.LeakyReLU` equals torch's in float64 on every backend; Keras' own layer, on
+    tensorflow, multiplies by a float32 slope (0.2 as 0.2000000030) and is shown off it there."""
+    import keras
+
+    from keras_impl.common import LeakyReLU
+    from parity_tests.conftest import BACKEND
+    from twins_cli.parity import keras_dtype
+
+    x = np.random.RandomState(0).randn(64)
+    expected = torch.nn.functional.leaky_relu(torch.from_numpy(x), 0.2).numpy()
+    with keras_dtype("float64"):
+        ours = keras.ops.convert_to_numpy(LeakyReLU(0.2)(x))
+        theirs = keras.ops.convert_to_numpy(keras.layers.LeakyReLU(negative_slope=0.2)(x))
+    assert np.array_equal(ours, expected)
+    if BACKEND == "tensorflow":
+        assert np.abs(theirs - expected).max() > 1e-9
+    with pytest.raises(TypeError):
+        LeakyReLU()  # no default slope: Keras' is 0.3, torch's 0.01

@@ -25,15 +25,20 @@ pytestmark = pytest.mark.keras
 SUITE = QUICK_SUITE
 # Checks that do not apply: stage taps exist on the ResNets; the head restore needs a head; the
 # running-statistics step needs BatchNorm.
-WITH_STAGE_TAPS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", *VARIANTS]
+WITH_STAGE_TAPS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "saliency_unet", *VARIANTS]
 HEADLESS = ["resnet18-features", "resnet50-deep-dilated"]
 WITHOUT_BATCHNORM = ["alexnet", "squeezenet1_0"]
+# The optimiser-step rows follow the recipe: Adam for the saliency U-Net (seed 000), SGD for the others.
+ADAM = ["saliency_unet"]
 
 
 def covered(check: str) -> list[str]:
     """The models whose `check` row `make test` computes."""
     applies = {"stage_outputs": lambda n: n in WITH_STAGE_TAPS, "exclude_restore": lambda n: n not in HEADLESS,
-               "sgd_step_bn_stats": lambda n: n not in WITHOUT_BATCHNORM}.get(check, lambda n: True)
+               "sgd_step_params": lambda n: n not in ADAM,
+               "sgd_step_bn_stats": lambda n: n not in WITHOUT_BATCHNORM and n not in ADAM,
+               "adam_step_params": lambda n: n in ADAM,
+               "adam_step_bn_stats": lambda n: n in ADAM and n not in WITHOUT_BATCHNORM}.get(check, lambda n: True)
     return [n for n, plan in SUITE.items() if applies(n) and (plan is None or check in plan[0])]
 
 
@@ -42,7 +47,8 @@ def covered(check: str) -> list[str]:
 # DESIGN.md's budget. Only eval-mode and bridge checks are grouped; a model with float64 training checks
 # has a worker of its own, so one model's peak is the worker's, and so has vgg19_slim (its Keras graph
 # leaves ~1.4 GB in a tensorflow process: grouped with vgg11_bn the suite peaked at 8.4 GB).
-WORKER_GROUPS = (("resnet34", "resnet101", "resnet152"), ("resnet50", "resnet18-cifar", "resnet18-features"),
+WORKER_GROUPS = (("resnet18", "resnet34", "resnet101", "resnet152"),
+                 ("resnet50", "resnet18-cifar", "resnet18-features", "resnet50-deep-dilated"),
                  ("alexnet", "vgg11_bn"), ("densenet121", "inception_v3"))
 
 
@@ -100,6 +106,14 @@ def test_two_sgd_momentum_steps_match(model_name):
         assert "sgd_step_bn_stats" not in results(model_name)  # no BatchNorm, no row
 
 
+@model_params(covered("adam_step_params"))
+def test_two_adam_steps_match(model_name):
+    """The saliency recipe's optimiser, torch's Adam (lr 1e-3, betas 0.9/0.99), against `TorchAdam`."""
+    assert_row(model_name, "adam_step_params")
+    assert_row(model_name, "adam_step_bn_stats")
+    assert "sgd_step_params" not in results(model_name)  # one optimiser's rows per model: the recipe's
+
+
 @model_params(covered("round_trip"))
 def test_bridge_round_trip_is_bit_exact(model_name):
     assert_row(model_name, "round_trip")
@@ -113,7 +127,10 @@ def test_exclude_final_layer_restore(model_name):
     assert_row(model_name, "exclude_restore")
     heads = registry.get(model_name.split("-")[0]).classifier
     detail = results(model_name)["exclude_restore"]["detail"]
-    assert detail.startswith("skipped " + ", ".join(f"{h}.weight, {h}.bias" for h in heads) + " into 7 classes")
+    # A classifier's head is one layer; the saliency U-Net's, the output block conv_0 (conv and its BatchNorm).
+    keys = ("conv_0.0.weight, conv_0.1.weight, conv_0.1.bias, conv_0.1.running_mean, conv_0.1.running_var"
+            if model_name == "saliency_unet" else ", ".join(f"{h}.weight, {h}.bias" for h in heads))
+    assert detail.startswith(f"skipped {keys} into 7 classes")
 
 
 @model_params(HEADLESS)
@@ -179,7 +196,9 @@ def test_float64_switches_are_undone_after_a_run():
 
 def test_worker_groups_hold_eval_and_bridge_checks_only():
     """A grouped worker keeps every model's compiled graphs until it exits: no float64 training there."""
-    training = {"train_loss", "gradients", "sgd_step_params", "sgd_step_bn_stats"}
+    from twins_cli.parity import TRAIN_CHECKS
+
+    training = set(TRAIN_CHECKS)
     for group in WORKER_GROUPS:
         for name in group:
             assert SUITE[name] is not None and not training & set(SUITE[name][0]), name
@@ -193,11 +212,9 @@ def test_the_suite_names_every_registered_model_and_variant():
 
 
 def test_the_quick_run_computes_each_models_plan():
-    """`twins report --quick` (make demo) runs QUICK_SUITE through the worker: resnet34 gets its eval and
-    stage rows only."""
-    if BACKEND != "tensorflow":
-        pytest.skip("the worker's --quick option is backend-free; checked in the tensorflow pass")
-    from twins_cli.parity import run_parity
-
-    rows = run_parity(["resnet34"], [BACKEND], quick=True, log=io.StringIO())
-    assert sorted(r["check"] for r in rows) == ["eval_output", "stage_outputs"] and all(r["passed"] for r in rows)
+    """`twins report --quick` (make demo) runs QUICK_SUITE through the worker, as the groups above do: resnet34
+    gets its eval and stage rows only, saliency_unet every row that applies to it."""
+    assert sorted(results("resnet34")) == ["eval_output", "stage_outputs"]
+    assert sorted(results("saliency_unet")) == sorted(["eval_output", "stage_outputs", "train_loss", "gradients",
+                                                       "adam_step_params", "adam_step_bn_stats", "round_trip",
+                                                       "exclude_restore"])

@@ -25,6 +25,15 @@ def test_a_run_folder_is_started_once(tmp_path):
         RunDir(tmp_path / "other").config()
 
 
+def test_a_saliency_run_picks_its_best_epoch_by_val_cc():
+    history = new_history(Recipe(model="saliency_unet", framework="torch", data="DATA"))
+    for epoch, cc in enumerate((0.2, 0.6, 0.5)):
+        record_epoch(history, epoch_record(epoch, 0.001, {"loss": 0.1, "samples": 8, "seconds": 2.0},
+                                           {"loss": 0.1, "cc": cc, "kld": 1.0, "sim": 0.3, "samples": 4,
+                                            "seconds": 1.0}))
+    assert (history["score"], history["best_epoch"], history["best_score"]) == ("cc", 1, 0.6)
+
+
 def test_best_epoch_is_the_first_with_the_highest_val_accuracy():
     history = new_history(recipe())
 
@@ -35,7 +44,7 @@ def test_best_epoch_is_the_first_with_the_highest_val_accuracy():
     assert record_epoch(history, rec(0, 0.5))
     assert record_epoch(history, rec(1, 0.75))
     assert not record_epoch(history, rec(2, 0.75))  # the seed keeps the earlier one: epoch_acc > best_acc
-    assert (history["best_epoch"], history["best_val_acc"]) == (1, 0.75)
+    assert (history["score"], history["best_epoch"], history["best_score"]) == ("acc", 1, 0.75)
     assert history["epochs"][0]["train"]["samples_per_sec"] == 4.0
 
 
@@ -95,7 +104,7 @@ def test_a_resumed_run_drops_the_records_made_after_its_checkpoint(tmp_path):
     run.write_history(history)
     at = run.history_at({"epoch": 1, "batch": 3, "step": 7}, recipe())  # half-way through epoch 2
     assert [e["epoch"] for e in at["epochs"]] == [0] and [e["step"] for e in at["evals"]] == [0, 3, 6]
-    assert (at["best_epoch"], at["best_val_acc"]) == (0, 0.5)
+    assert (at["best_epoch"], at["best_score"]) == (0, 0.5)
     # 6 steps done: the eval after step index 6 is made again by the resumed run, so it goes.
     assert [e["step"] for e in run.history_at({"epoch": 1, "batch": 2, "step": 6}, recipe())["evals"]] == [0, 3]
     empty = RunDir(tmp_path / "fresh").history_at({"epoch": 0, "batch": 2, "step": 2}, recipe())
@@ -123,6 +132,9 @@ def test_an_epoch_tally_survives_a_checkpoint():
     result = resumed.result()
     assert result["step_losses"] == [1.0, 0.5, 0.25] and result["step_lrs"] == [0.01, 0.005, 0.001]
     assert result["loss"] == pytest.approx(1.75 / 3) and result["acc"] == 9 / 12 and result["samples"] == 12
+    maps = EpochMeter(metrics=())  # a saliency run's train phase: the loss alone
+    maps.add(0.5, None, 4, 0.01)
+    assert "acc" not in maps.result() and "acc" not in maps.running() and maps.result()["loss"] == 0.5
 
 
 def test_step_scalars_use_the_seeds_tags_in_their_own_stream(tmp_path):
@@ -130,7 +142,7 @@ def test_step_scalars_use_the_seeds_tags_in_their_own_stream(tmp_path):
     run = RunDir(tmp_path)
     scalars = Scalars(run)
     scalars.step(0, loss=2.0, lr=1e-3)
-    scalars.step(10, loss=1.0, lr=5e-4, acc=0.25)
+    scalars.step(10, loss=1.0, lr=5e-4, score=("accuracy", 0.25))
     scalars.flush()  # what a checkpoint does: a killed process has written these
     values = {}
     for path in (run.tensorboard_path / "iteration").iterdir():
