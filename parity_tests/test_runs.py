@@ -137,6 +137,15 @@ def test_an_epoch_tally_survives_a_checkpoint():
     assert "acc" not in maps.result() and "acc" not in maps.running() and maps.result()["loss"] == 0.5
 
 
+def read_scalars(tf, directory) -> dict:
+    values = {}
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                values[(value.tag, event.step)] = value.simple_value
+    return values
+
+
 def test_step_scalars_use_the_seeds_tags_in_their_own_stream(tmp_path):
     tf = pytest.importorskip("tensorflow")
     run = RunDir(tmp_path)
@@ -144,12 +153,31 @@ def test_step_scalars_use_the_seeds_tags_in_their_own_stream(tmp_path):
     scalars.step(0, loss=2.0, lr=1e-3)
     scalars.step(10, loss=1.0, lr=5e-4, score=("accuracy", 0.25))
     scalars.flush()  # what a checkpoint does: a killed process has written these
-    values = {}
-    for path in (run.tensorboard_path / "iteration").iterdir():
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                values[(value.tag, event.step)] = value.simple_value
-    assert values == {("iteration/loss", 0): 2.0, ("iteration/learning_rate", 0): pytest.approx(1e-3),
-                      ("iteration/loss", 10): 1.0, ("iteration/learning_rate", 10): pytest.approx(5e-4),
-                      ("iteration/accuracy", 10): 0.25}
+    assert read_scalars(tf, run.tensorboard_path / "iteration") == {
+        ("iteration/loss", 0): 2.0, ("iteration/learning_rate", 0): pytest.approx(1e-3),
+        ("iteration/loss", 10): 1.0, ("iteration/learning_rate", 10): pytest.approx(5e-4),
+        ("iteration/accuracy", 10): 0.25}
     scalars.close()
+
+
+def test_a_flush_puts_every_step_on_disk_and_a_resumed_writer_marks_its_purge(tmp_path):
+    """tensorboardX's SummaryWriter queues events for a thread its flush() does not wait for (up to ten
+    steps went missing before a checkpoint); the resumed run's file must not replace the killed one's."""
+    tf = pytest.importorskip("tensorflow")
+    run = RunDir(tmp_path)
+    killed = Scalars(run)
+    for step in range(60):
+        killed.step(step, loss=float(step), lr=1e-3)
+    killed.flush()  # no close: the process dies here
+    assert {s for (tag, s) in read_scalars(tf, run.tensorboard_path / "iteration") if tag == "iteration/loss"} \
+        == set(range(60))
+    resumed = Scalars(run, purge_step=1, purge_iteration=40)
+    resumed.step(40, loss=-1.0)
+    resumed.flush()
+    files = sorted((run.tensorboard_path / "iteration").iterdir())
+    assert len(files) == 2
+    purges = [e.step for e in tf.compat.v1.train.summary_iterator(str(files[1])) if e.session_log.status == 1]
+    assert purges == [40]  # SessionLog.START at the resume step: TensorBoard hides the killed run's 40..59
+    assert read_scalars(tf, run.tensorboard_path / "iteration")[("iteration/loss", 59)] == 59.0
+    killed.close()
+    resumed.close()

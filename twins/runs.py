@@ -419,17 +419,50 @@ def record_epoch(history: dict, record: dict) -> bool:
     return False
 
 
+class EventFile:
+    """One TensorBoard event file, written in the calling thread. tensorboardX's SummaryWriter hands events
+    to a background thread and its `flush()` does not wait for that queue, so a checkpoint taken right after
+    a step could leave that step's scalars unwritten; here `flush()` means on disk. `purge_step` writes the
+    SessionLog.START event with which TensorBoard hides the earlier files' steps from `purge_step` on (a
+    resumed run). The file name carries the process id and a per-process count, so a second writer opened
+    in the same second does not truncate the first one's file."""
+
+    _opened = 0
+
+    def __init__(self, logdir: str | Path, purge_step: int | None = None):
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
+
+        os.makedirs(logdir, exist_ok=True)
+        EventFile._opened += 1
+        self._events = EventsWriter(os.path.join(str(logdir), "events"), f".{os.getpid()}.{EventFile._opened}")
+        self.path = Path(self._events._file_name)
+        if purge_step is not None:
+            self._events.write_event(Event(step=purge_step, wall_time=time.time(),
+                                           session_log=SessionLog(status=SessionLog.START)))
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.summary import scalar
+
+        self._events.write_event(Event(summary=scalar(tag, float(value)), step=int(step), wall_time=time.time()))
+
+    def flush(self) -> None:
+        self._events.flush()
+
+    def close(self) -> None:
+        self._events.close()
+
+
 class Scalars:
-    """TensorBoard scalars through tensorboardX (no TensorFlow needed): per epoch `train/loss`,
+    """TensorBoard scalars (tensorboardX's protos; no TensorFlow needed): per epoch `train/loss`,
     `val/acc` (`val/cc`, ...), `lr` in `RUN/tensorboard`; per step `iteration/loss`, `iteration/learning_rate`,
     `iteration/accuracy` (the seed's tags; `iteration/cc`) in `RUN/tensorboard/iteration`, a second event stream
     because the two count different things and a resumed run purges each from its own step."""
 
     def __init__(self, run: RunDir, purge_step: int | None = None, purge_iteration: int | None = None):
-        from tensorboardX import SummaryWriter
-
-        self.writer = SummaryWriter(str(run.tensorboard_path), purge_step=purge_step)
-        self._iteration_args = (str(run.tensorboard_path / "iteration"), purge_iteration)
+        self.writer = EventFile(run.tensorboard_path, purge_step=purge_step)
+        self._iteration_args = (run.tensorboard_path / "iteration", purge_iteration)
         self._iterations = None
 
     def epoch(self, record: dict) -> None:
@@ -446,10 +479,8 @@ class Scalars:
         """Per-step scalars under the seed's tags (`loss`, `learning_rate`, and a val evaluation's score:
         `accuracy` for a classifier, `cc` for a saliency map)."""
         if self._iterations is None:
-            from tensorboardX import SummaryWriter
-
             logdir, purge = self._iteration_args
-            self._iterations = SummaryWriter(logdir, purge_step=purge)
+            self._iterations = EventFile(logdir, purge_step=purge)
         values = [("loss", loss), ("learning_rate", lr)] + ([score] if score else [])
         for tag, value in values:
             if value is not None:
@@ -457,7 +488,7 @@ class Scalars:
 
     def flush(self) -> None:
         """Before a checkpoint: a resumed run purges the steps after it, so those before it must be on
-        disk (tensorboardX otherwise flushes every 2 minutes)."""
+        disk."""
         self.writer.flush()
         if self._iterations is not None:
             self._iterations.flush()
