@@ -120,7 +120,7 @@ def test_keras_output_shape_and_finite(model_name):
 
     import keras_impl
 
-    skip_off_tensorflow(model_name)
+    skip_off_tensorflow(model_name, larger_variants=True)
     model = keras_impl.build(model_name, num_classes=5)
     size = contract_size(model_name)
     out = keras.ops.convert_to_numpy(model(np.random.randn(2, size, size, 3).astype("float32"), training=False))
@@ -136,7 +136,7 @@ def test_every_keras_parameter_gets_a_gradient(model_name):
     from keras_impl import training
     from keras_impl.weights import to_torch_layout
 
-    skip_off_tensorflow(model_name)
+    skip_off_tensorflow(model_name, larger_variants=True)
     options = GRADIENT_OPTIONS.get(model_name, {})
     model = keras_impl.build(model_name, num_classes=3, **options)
     size = contract_size(model_name)
@@ -159,6 +159,7 @@ def test_keras_stage_outputs_have_documented_channels_and_strides(model_name):
 
     import keras_impl
 
+    skip_off_tensorflow(model_name, larger_variants=True)
     model = keras_impl.build(model_name, include_top=False)
     names = ["stem", "layer1", "layer2", "layer3", "layer4"]
     taps = keras.Model(model.input, [model.get_layer(n).output for n in names])
