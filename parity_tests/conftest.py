@@ -44,8 +44,8 @@ GRADIENT_OPTIONS = {"inception_v3": {"aux_logits": False}, "saliency_unet": {"fr
 # Keras contract tests (output shape, every parameter's gradient) that run in the tensorflow pass only,
 # for DESIGN.md's test budget: op-by-op on jax and torch densenet121 and inception_v3 take 15-30 s a
 # test; resnet34 shares every line of code with resnet18, resnet101/152 with resnet50 (DESIGN.md's rule
-# for the larger variant), and resnet50's Bottleneck blocks train on every backend in the parity rows
-# of resnet50-deep-dilated; vgg19_slim is 143 M parameters at 224x224; saliency_unet's every parameter gets
+# for the larger variant), and resnet50's Bottleneck blocks train on every backend in saliency_unet's
+# parity rows (its layer3 and layer4); vgg19_slim is 143 M parameters at 224x224; saliency_unet's every parameter gets
 # its gradient compared with torch's on every backend in its parity rows (those that train by default).
 # On every backend their eval outputs are compared with torch's by the parity tests.
 TENSORFLOW_PASS_ONLY = ("resnet34", "resnet50", "resnet101", "resnet152", "densenet121", "inception_v3",

@@ -106,7 +106,9 @@ def test_the_l2_term_decays_the_same_tensors_by_the_same_amount():
     ttrain.set_feature_extract(tmodel, ("fc",), True)
     ktrain.set_feature_extract(kmodel, ("fc",), True)
     assert ttrain.set_weight_decay(tmodel, 5e-4) == ktrain.set_weight_decay(kmodel, 5e-4) == []
-    ktrain.set_feature_extract(kmodel, ("fc",), False)
+    for layer in kmodel.layers:  # unfrozen again: 5e-4 decays its kernels, then 0 switches that off
+        layer.trainable = True
+    assert len(ktrain.set_weight_decay(kmodel, 5e-4)) == 20 and kmodel.losses
     assert ktrain.set_weight_decay(kmodel, 0.0) == [] and kmodel.losses == []
 
 
@@ -137,7 +139,7 @@ def test_the_l2_term_is_exact_in_float64():
 
 @pytest.mark.keras
 def test_torch_adam_in_keras_takes_torchs_steps():
-    """The saliency recipe's optimiser: `TorchAdam` takes `torch.optim.Adam`'s steps bit for bit in float64,
+    """The saliency recipe's optimiser: `TorchAdam` takes `torch.optim.Adam`'s steps to 1e-15 relative in float64,
     on gradients from 1 down to 1e-8 (some elements exactly 0) and under the shared rate table; Keras' own
     Adam, with the same rate, betas and eps, adds eps to the uncorrected sqrt(v) and is shown off torch's."""
     import keras

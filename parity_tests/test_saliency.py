@@ -263,7 +263,7 @@ def test_saliency_recipe_parity_torch_loop_against_keras_fit(tmp_path):
                     "(adam_step_params); compared here on tensorflow's tf.function and jax's compiled fit")
     runs = {}
     with keras_dtype("float64"):
-        for name, framework, trainer, lr in [("torch", "torch", ttrain, 1e-3), ("keras", "keras", ktrain, 1e-3)]:
+        for name, framework, trainer in [("torch", "torch", ttrain), ("keras", "keras", ktrain)]:
             if framework == "torch":
                 model = torch_impl.build("saliency_unet")
                 model.load_state_dict(initial)
@@ -273,7 +273,7 @@ def test_saliency_recipe_parity_torch_loop_against_keras_fit(tmp_path):
                 load_torch_state_dict(model, initial)
             run = RunDir(tmp_path / name)
             config = Recipe(**{**recipe, "model": "saliency_unet", "framework": framework, "data": str(data),
-                               "lr": lr, "backend": BACKEND if framework == "keras" else None})
+                               "backend": BACKEND if framework == "keras" else None})
             run.start(config)
             runs[name] = trainer.train_model(model, *plans, config, run, log=lambda *_: None)
     t, k = runs["torch"]["epochs"][0], runs["keras"]["epochs"][0]

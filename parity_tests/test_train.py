@@ -237,6 +237,16 @@ def test_training_errors_say_what_is_wrong(shapes, tmp_path):
     assert done.returncode != 0 and "--constant-lr and --lr-end contradict each other" in done.stderr
     done = twins_cli("train", "vgg19_slim", "--data", str(shapes), "--out", str(tmp_path / "r"), "--img-size", "256")
     assert done.returncode != 0 and "above vgg19_slim's largest input size 255" in done.stderr
+    # An option the run's optimiser has no use for is refused, not ignored.
+    done = twins_cli("train", "resnet18", "--data", str(shapes), "--out", str(tmp_path / "r"), "--betas", "0.9", "0.99")
+    assert done.returncode != 0 and "--betas are Adam's; this run trains with SGD" in done.stderr
+    done = twins_cli("train", "resnet18", "--data", str(shapes), "--out", str(tmp_path / "r"), "--optimizer", "adam",
+                     "--momentum", "0.5")
+    assert done.returncode != 0 and "--momentum is SGD's; this run trains with Adam" in done.stderr
+    done = twins_cli("train", "resnet18", "--data", str(shapes), "--out", str(tmp_path / "r"), "--feature-extract",
+                     "--freeze", "layer1")
+    assert done.returncode != 0 and "--feature-extract (train the new classifier only) and --freeze contradict" \
+        in done.stderr
 
 
 def test_resume_keeps_the_recipe_and_starts_a_run_without_a_checkpoint_from_its_weights(shapes, tmp_path):

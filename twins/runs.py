@@ -436,7 +436,6 @@ class EventFile:
         os.makedirs(logdir, exist_ok=True)
         EventFile._opened += 1
         self._events = EventsWriter(os.path.join(str(logdir), "events"), f".{os.getpid()}.{EventFile._opened}")
-        self.path = Path(self._events._file_name)
         if purge_step is not None:
             self._events.write_event(Event(step=purge_step, wall_time=time.time(),
                                            session_log=SessionLog(status=SessionLog.START)))

@@ -248,10 +248,17 @@ def cmd_train(args) -> int:
             raise SystemExit("twins train needs MODEL and --data (or --resume --out RUN)")
         info = registry.get(args.model)
         settings = recipe_defaults(args.model)
+        if args.feature_extract and args.freeze is not None:
+            raise SystemExit("--feature-extract (train the new classifier only) and --freeze contradict each "
+                             "other; give one")
         args.frozen = parse_freeze(args.freeze, info)
         if args.betas is not None:
             args.betas = tuple(args.betas)
         settings.update({k: getattr(args, k) for k in RECIPE_OPTIONS if getattr(args, k) is not None})
+        if args.momentum is not None and settings.get("optimizer") == "adam":
+            raise SystemExit("--momentum is SGD's; this run trains with Adam (its betas: --betas B1 B2)")
+        if args.betas is not None and settings.get("optimizer") == "sgd":
+            raise SystemExit("--betas are Adam's; this run trains with SGD (--optimizer adam, or --momentum)")
         if "frozen" in info.extra and settings.get("frozen") is None:
             settings["frozen"] = info.extra["frozen"]
         if args.constant_lr:
@@ -462,8 +469,11 @@ def predict_saliency(args, info: registry.ModelInfo) -> int:
                             f"{image.shape[1]}x{image.shape[0]}: a saliency map must have its image's size")
         masks.append(mask)
     state = checkpoints.strip_data_parallel(checkpoints.read(args.weights))
+    maps = classes_in(state, info)
+    if maps != 1:
+        raise SystemExit(f"{args.weights} ends on {maps} maps; twins predict draws one saliency map per image")
     side = Side(args.framework, args.backend)
-    model = side.build(args.model, num_classes=classes_in(state, info))
+    model = side.build(args.model, num_classes=maps)
     side.load(model, state, strict=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -608,7 +618,7 @@ def add_parsers(sub) -> None:
                    help="continue the run in --out from its last checkpoint (epoch end or --checkpoint-every)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="loss and accuracy of a checkpoint on an ImageFolder split")
+    e = sub.add_parser("evaluate", help="a checkpoint's val loss and metrics (accuracy; MSE, CC, KLD, SIM of saliency maps) on a split")
     e.add_argument("model")
     e.add_argument("--framework", choices=FRAMEWORKS, default="torch")
     e.add_argument("--backend", choices=KERAS_BACKENDS)
@@ -635,18 +645,18 @@ def add_parsers(sub) -> None:
     p.add_argument("--masks", help="saliency_unet: folder of target maps NAME.png: adds the target's panel and scores")
     p.set_defaults(func=cmd_predict)
 
-    h = sub.add_parser("plot-history", help="val (and train) accuracy per epoch of several runs, as a PNG")
+    h = sub.add_parser("plot-history", help="the val (and train) score per epoch of several runs (accuracy, or CC), as a PNG")
     h.add_argument("runs", nargs="+")
     h.add_argument("--out", required=True)
     h.set_defaults(func=cmd_plot_history)
 
-    s = sub.add_parser("shapes", help="write a learnable two-class dataset (discs vs squares)")
+    s = sub.add_parser("shapes", help="write a learnable dataset: discs vs squares (imagefolder, food101) or salient blobs (salicon)")
     s.add_argument("out")
     s.add_argument("--layout", choices=("imagefolder", "food101", "salicon"), default="imagefolder",
                    help="ImageFolder (train/, val/), Food-101 (meta/, images/; non-square images) or SALICON "
                         "(image/, mask/: a bright blob and its Gaussian saliency map)")
-    s.add_argument("--train", type=int, default=200, help="training images per class")
-    s.add_argument("--val", type=int, default=50, help="validation (Food-101: test) images per class")
+    s.add_argument("--train", type=int, default=200, help="training images per class (salicon: in all)")
+    s.add_argument("--val", type=int, default=50, help="validation (Food-101: test) images per class (salicon: in all)")
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_shapes)
