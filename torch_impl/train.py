@@ -102,7 +102,7 @@ def evaluate(model, batches, device, desc, task: tasks.Task) -> dict:
     with torch.no_grad():
         for x, y in bar:
             tally.add(to_nhwc(model(x.to(device, dtype)).cpu().numpy()), to_nhwc(y.numpy()))
-            bar.set_postfix_str(task.describe(tally.result()))
+            bar.set_postfix_str(scores_text(tally.result()))
     bar.close()
     return {**tally.result(), "seconds": time.perf_counter() - start}
 

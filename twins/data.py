@@ -40,14 +40,20 @@ class DataError(ValueError):
 # Reading
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file as RGB uint8 (H, W, 3); grayscale and alpha images are converted."""
+def _decode(path: str | os.PathLike, what: str) -> np.ndarray:
+    """An image file as OpenCV decodes it (channels as stored, BGR order), scaled to uint8."""
     path = str(path)
     image = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise DataError(f"unreadable image: {path} (not an image OpenCV can decode, or truncated)")
+        raise DataError(f"unreadable {what}: {path} (not an image OpenCV can decode, or truncated)")
     if image.dtype != np.uint8:  # 16-bit PNG / TIFF
         image = cv2.convertScaleAbs(image, alpha=255.0 / max(float(np.iinfo(image.dtype).max), 1.0))
+    return image
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file as RGB uint8 (H, W, 3); grayscale and alpha images are converted."""
+    image = _decode(path, "image")
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if image.shape[2] == 4:
@@ -169,15 +175,17 @@ def _meta_lines(path: Path) -> list[tuple[int, str]]:
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """A saliency map as grayscale uint8 (H, W), read as the seed does (`cv2.imread` in colour, then
     `COLOR_BGR2GRAY`; a grayscale file is read as it is)."""
-    path = str(path)
-    mask = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise DataError(f"unreadable saliency map: {path} (not an image OpenCV can decode, or truncated)")
-    if mask.dtype != np.uint8:
-        mask = cv2.convertScaleAbs(mask, alpha=255.0 / max(float(np.iinfo(mask.dtype).max), 1.0))
+    mask = _decode(path, "saliency map")
     if mask.ndim == 3:
         mask = cv2.cvtColor(mask, cv2.COLOR_BGRA2GRAY if mask.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
     return mask
+
+
+def check_map_size(image: np.ndarray, mask: np.ndarray, image_path, mask_path) -> None:
+    """A saliency map must have its image's size: refused, not stretched onto the image."""
+    if image.shape[:2] != mask.shape:
+        raise DataError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image {image_path} is "
+                        f"{image.shape[1]}x{image.shape[0]}: a saliency map must have its image's size")
 
 
 @dataclass
@@ -218,9 +226,7 @@ class Salicon:
         """Pair `index` as `transform(image, map, rng)`: one random draw moves both."""
         image_path, mask_path = self.samples[index]
         image, mask = read_image(image_path), read_mask(mask_path)
-        if image.shape[:2] != mask.shape:
-            raise DataError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image {image_path} is "
-                            f"{image.shape[1]}x{image.shape[0]}: a saliency map must have its image's size")
+        check_map_size(image, mask, image_path, mask_path)
         return transform(image, mask, rng)
 
 

@@ -41,11 +41,6 @@ class Task:
     def tally(self) -> "Tally":
         return Tally(self)
 
-    def describe(self, result: dict, names=None) -> str:
-        """`loss 0.0123 cc 0.8123 ...` of a phase's result."""
-        names = self.val_metrics if names is None else names
-        return " ".join(f"{k} {result[k]:.4f}" for k in ("loss", *names) if k in result)
-
 
 class Tally:
     """Running sums of a task's scores over the batches of a phase."""

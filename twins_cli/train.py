@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from twins import checkpoints, registry, tasks
-from twins.data import (BatchPlan, DataError, Food101, ImageFolder, Salicon, check_same_classes,
+from twins.data import (BatchPlan, DataError, Food101, ImageFolder, Salicon, check_map_size, check_same_classes,
                         food101_train_transform, food101_val_transform, read_image, read_mask, salicon_train_transform,
                         salicon_val_transform, train_transform, val_transform)
 from twins.runs import PREPROCESS, Position, Recipe, RunDir, recipe_defaults, scores_text, task_of
@@ -464,9 +464,7 @@ def predict_saliency(args, info: registry.ModelInfo) -> int:
         if not mask_path.is_file():
             raise SystemExit(f"--masks {args.masks}: no saliency map {mask_path} for {path}")
         mask = read_mask(mask_path)
-        if mask.shape != image.shape[:2]:
-            raise DataError(f"{mask_path} is {mask.shape[1]}x{mask.shape[0]}, its image {path} is "
-                            f"{image.shape[1]}x{image.shape[0]}: a saliency map must have its image's size")
+        check_map_size(image, mask, path, mask_path)
         masks.append(mask)
     state = checkpoints.strip_data_parallel(checkpoints.read(args.weights))
     maps = classes_in(state, info)
