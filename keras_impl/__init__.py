@@ -16,6 +16,7 @@ from . import densenet, squeezenet
 from . import inception
 from . import vgg_slim
 from . import saliency
+from . import simclr
 
 _BUILDERS = {
     "resnet18": resnet.resnet18,
@@ -30,6 +31,8 @@ _BUILDERS = {
     "inception_v3": inception.inception_v3,
     "vgg19_slim": vgg_slim.vgg19_slim,
     "saliency_unet": saliency.saliency_unet,
+    "simclr_ssl": simclr.simclr_ssl,
+    "simclr_sl": simclr.simclr_sl,
 }
 
 

@@ -67,29 +67,31 @@ def make_layer(x, block, planes, blocks, stride, dilation, name):
     return layers.Identity(name=name)(x)
 
 
-def stem_layers(x, stem):
+def stem_layers(x, stem, prefix=""):
     """Twin of ResNet.forward_stem plus the max-pool; the stem output layer is named `stem`."""
     if stem == "deep":
-        x = conv3x3_bn(x, 64, 2, conv_name="conv1", bn_name="bn1")
-        x = layers.ReLU(name="relu1")(x)
-        x = conv3x3_bn(x, 64, conv_name="conv2", bn_name="bn2")
-        x = layers.ReLU(name="relu2")(x)
-        x = conv3x3_bn(x, 128, conv_name="conv3", bn_name="bn3")
+        x = conv3x3_bn(x, 64, 2, conv_name=f"{prefix}conv1", bn_name=f"{prefix}bn1")
+        x = layers.ReLU(name=f"{prefix}relu1")(x)
+        x = conv3x3_bn(x, 64, conv_name=f"{prefix}conv2", bn_name=f"{prefix}bn2")
+        x = layers.ReLU(name=f"{prefix}relu2")(x)
+        x = conv3x3_bn(x, 128, conv_name=f"{prefix}conv3", bn_name=f"{prefix}bn3")
     else:
         kernel, stride = (3, 1) if stem == "cifar" else (7, 2)
-        x = conv_bn(x, 64, kernel, stride, kernel // 2, conv_name="conv1", bn_name="bn1")
-    x = layers.ReLU(name="relu")(x)
-    x = layers.Identity(name="stem")(x)
+        x = conv_bn(x, 64, kernel, stride, kernel // 2, conv_name=f"{prefix}conv1", bn_name=f"{prefix}bn1")
+    x = layers.ReLU(name=f"{prefix}relu")(x)
+    x = layers.Identity(name=f"{prefix}stem")(x)
     if stem != "cifar":
-        x = max_pool(x, 3, 2, 1, name="maxpool")
+        x = max_pool(x, 3, 2, 1, name=f"{prefix}maxpool")
     return x
 
 
-def resnet_backbone(inputs, block, blocks, stem="imagenet", dilation=(1, 1, 1, 1)):
-    """The stem and the four stages on `inputs`; returns layer4's output."""
-    x = stem_layers(inputs, stem)
+def resnet_backbone(inputs, block, blocks, stem="imagenet", dilation=(1, 1, 1, 1), prefix=""):
+    """The stem and the four stages on `inputs`; returns layer4's output. `prefix` starts every layer name:
+    a model that holds the ResNet as a submodule (SimCLR's `enc`) names its layers `enc-conv1`, ..., the
+    torch keys `enc.conv1.weight`, ..."""
+    x = stem_layers(inputs, stem, prefix)
     for i, planes in enumerate((64, 128, 256, 512)):
-        x = make_layer(x, block, planes, blocks[i], 1 if i == 0 else 2, dilation[i], f"layer{i + 1}")
+        x = make_layer(x, block, planes, blocks[i], 1 if i == 0 else 2, dilation[i], f"{prefix}layer{i + 1}")
     return x
 
 

@@ -239,6 +239,33 @@ def value_and_grad(model: keras.Model, loss_fn, x, y, training: bool = True):
     return value_and_grad_fn(model, loss_fn, training)(x, y)
 
 
+def input_value_and_grad(fn, x: np.ndarray):
+    """`(fn(x), dfn/dx)` as numpy for a scalar function of one array (a loss with respect to its inputs: the
+    NT-Xent's gradient with respect to the projections), through the backend's own autodiff."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        value = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(value)
+            out = fn(value)
+        grad = tape.gradient(out, value)
+    elif backend == "jax":
+        import jax
+
+        out, grad = jax.value_and_grad(fn)(jax.numpy.asarray(x))
+    elif backend == "torch":
+        import torch
+
+        value = ops.convert_to_tensor(x).requires_grad_(True)  # on Keras' device
+        out = fn(value)
+        (grad,) = torch.autograd.grad(out, value)
+    else:
+        raise NotImplementedError(f"no gradient rule for Keras backend {backend!r}")
+    return float(ops.convert_to_numpy(out)), ops.convert_to_numpy(grad)
+
+
 def gradients_numpy(model: keras.Model, grads) -> dict[str, np.ndarray]:
     """`{variable.path: gradient}` as numpy; a variable that got no gradient maps to None."""
     return {

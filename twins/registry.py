@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The SimCLR seed's CIFAR-10 normalisation (its `transforms.Normalize`).
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
 class UnknownModelError(ValueError):
@@ -131,6 +134,17 @@ MODELS: dict[str, ModelInfo] = {
                   extra={"backbone": "resnet50", "decoder": SALIENCY_DECODER, "frozen": SALIENCY_FROZEN,
                          "size_why": "the encoder halves the map five times and the decoder doubles it back "
                                      "onto the encoder's skip maps"}),
+        # SimCLR (seed 003): resnet18 with the CIFAR stem (no downsampling before layer2), so 8 px leaves layer4
+        # at 1x1. simclr_ssl's `num_classes` is the projection's dimension; its outputs are (feature,
+        # projection) and its task the contrastive loss on the projections of interleaved view pairs.
+        ModelInfo("simclr_ssl", "simclr", 32, ("projector.2",), num_classes=128, mean=CIFAR_MEAN, std=CIFAR_STD,
+                  min_input_size=8, parity_size=32, task="contrastive",
+                  notes="the seed's SSL: CIFAR resnet18 encoder `enc` + MLP `projector`; (feature, projection)",
+                  extra={"encoder": ("enc",), "feature_dim": 512}),
+        ModelInfo("simclr_sl", "simclr", 32, ("linear",), num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD,
+                  min_input_size=8, parity_size=32,
+                  notes="the seed's SL: CIFAR resnet18 encoder `enc` + `linear` classifier",
+                  extra={"encoder": ("enc",), "feature_dim": 512}),
     ]
 }
 

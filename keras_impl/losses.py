@@ -1,0 +1,58 @@
+"""The contrastive loss of seed 003 (SimCLR), NT-Xent, in keras.ops (every backend). Twin of
+`torch_impl/losses.py`, whose docstring states the definition and its conventions against the paper's.
+
+`nt_xent(z, temperature)` is a function of the projection batch alone; `NTXent` is the same loss as a
+`keras.losses.Loss` for `compile`/`fit` (it ignores `y_true`: the targets are the rows' pairing), so a
+contrastive recipe is a loss on the model's projection output, not a backend-specific `train_step`.
+"""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+DIAGONAL_MASK = 1e5
+SIMILARITY_FLOOR = 1e-7
+NORM_EPSILON = 1e-12  # F.normalize's eps: x / max(||x||, eps)
+
+
+def pair_targets(rows: int):
+    """Row 2k's positive is 2k+1 and the reverse: `[1, 0, 3, 2, ...]`."""
+    if rows % 2:
+        raise ValueError(f"nt_xent needs an even number of rows (two interleaved views per sample), got {rows}")
+    index = ops.arange(rows, dtype="int32")
+    return index + 1 - 2 * (index % 2)
+
+
+def nt_xent_rows(z, temperature=0.5):
+    """The per-row cross-entropies (2N values) whose mean is `nt_xent`."""
+    if len(z.shape) != 2:
+        raise ValueError(f"nt_xent expects projections of shape (2N, D), got {tuple(z.shape)}")
+    rows = z.shape[0]
+    norm = ops.sqrt(ops.sum(ops.square(z), axis=1, keepdims=True))
+    x = z / ops.maximum(norm, NORM_EPSILON)
+    scores = ops.maximum(ops.matmul(x, ops.transpose(x)), SIMILARITY_FLOOR) / temperature
+    scores = scores - ops.eye(rows, dtype=scores.dtype) * DIAGONAL_MASK
+    log_p = ops.log_softmax(scores, axis=1)
+    targets = ops.expand_dims(pair_targets(rows), 1)
+    return -ops.squeeze(ops.take_along_axis(log_p, targets, axis=1), 1)
+
+
+def nt_xent(z, temperature=0.5):
+    """The seed's NT-Xent of interleaved projections `z` (2N, D): a scalar, the mean over the 2N rows."""
+    return ops.mean(nt_xent_rows(z, temperature))
+
+
+@keras.saving.register_keras_serializable(package="twins")
+class NTXent(keras.losses.Loss):
+    """`nt_xent` as a Keras loss on the projection output: per-row values, averaged by the default
+    `sum_over_batch_size` reduction into the seed's mean. `y_true` is not read (pass zeros)."""
+
+    def __init__(self, temperature=0.5, name="nt_xent", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.temperature = temperature
+
+    def call(self, y_true, y_pred):
+        return nt_xent_rows(y_pred, self.temperature)
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature}
