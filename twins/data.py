@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -27,7 +28,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from twins.registry import IMAGENET_MEAN, IMAGENET_STD
+from twins.registry import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -230,6 +231,104 @@ class Salicon:
         return transform(image, mask, rng)
 
 
+CIFAR10_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+# What a CIFAR-10 python batch may reconstruct: numpy arrays, and bytes as a Python 3 writer spells them at
+# protocol 2 (`_codecs.encode`); nothing that runs code.
+_CIFAR_PICKLE_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                         ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """A CIFAR-10 batch is a pickled dict of bytes, lists and numpy arrays; a pickle that names anything else
+    (code to run) is refused, as `twins.checkpoints` refuses one in a checkpoint."""
+
+    def find_class(self, module, name):
+        if (module, name) in _CIFAR_PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch does not hold")
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch (`data` uint8 [N, 3072] as R, G, B planes of 32x32, `labels` N ints) as
+    `(images uint8 [N, 32, 32, 3] RGB, labels int64 [N])`; any other content is a DataError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise DataError(f"{path} is not a CIFAR-10 python batch: {type(exc).__name__}: {exc}") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} is not a CIFAR-10 python batch: it holds a {type(batch).__name__}, not a dict")
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    missing = [k for k in ("data", "labels") if k not in batch]
+    if missing:
+        raise DataError(f"{path} has no {' or '.join(map(repr, missing))} (keys: {', '.join(map(str, batch))}): "
+                        "expected a CIFAR-10 python batch")
+    data = np.asarray(batch["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: 'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+    labels = np.asarray(batch["labels"], np.int64)
+    if labels.shape != (len(data),):
+        raise DataError(f"{path}: {labels.size} labels for {len(data)} images")
+    bad = np.flatnonzero((labels < 0) | (labels >= len(CIFAR10_CLASSES)))
+    if bad.size:
+        raise DataError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is out of range 0..9 "
+                        f"({bad.size} such labels)")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+
+
+@dataclass
+class Cifar10:
+    """CIFAR-10's "python version" folder (`cifar-10-batches-py`): split `train` is `data_batch_1..5`, split
+    `test` (or `val`, which the training CLI asks for) is `test_batch`; `batches.meta`'s label names when
+    present. The whole split is read into memory (50000 images are 150 MB)."""
+
+    root: Path
+    split: str
+    classes: list[str]
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __init__(self, root: str | os.PathLike, split: str):
+        self.root, self.split = Path(root), split
+        key = "test" if split == "val" else split
+        if key not in CIFAR10_FILES:
+            raise DataError(f"unknown CIFAR-10 split {split!r}: expected train, test (or val = test)")
+        paths = [self.root / name for name in CIFAR10_FILES[key]]
+        missing = [p.name for p in paths if not p.is_file()]
+        if missing:
+            raise DataError(f"{self.root} lacks {', '.join(missing)}: expected the CIFAR-10 python batches "
+                            f"({', '.join(CIFAR10_FILES['train'] + CIFAR10_FILES['test'])})")
+        parts = [read_cifar_batch(p) for p in paths]
+        self.images = np.concatenate([images for images, _ in parts])
+        self.labels = np.concatenate([labels for _, labels in parts])
+        self.classes = list(CIFAR10_CLASSES)
+        meta = self.root / "batches.meta"
+        if meta.is_file():
+            try:
+                with open(meta, "rb") as f:
+                    names = _CifarUnpickler(f, encoding="bytes").load()
+                names = names.get(b"label_names", names.get("label_names"))
+                self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+            except Exception as exc:
+                raise DataError(f"{meta} is not CIFAR-10's batches.meta: {type(exc).__name__}: {exc}") from None
+            if len(self.classes) != len(CIFAR10_CLASSES):
+                raise DataError(f"{meta} names {len(self.classes)} classes, CIFAR-10 has 10")
+
+    @property
+    def samples(self) -> list[tuple[int, int]]:
+        """`(index, label)` pairs, as the file-based folders' `(path, label)`."""
+        return [(i, int(label)) for i, label in enumerate(self.labels)]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def example(self, index: int, transform: Callable, rng: np.random.Generator) -> tuple[np.ndarray, int]:
+        return transform(self.images[index], rng), int(self.labels[index])
+
+
 # ----------------------------------------------------------------------------------------------
 # Transforms: `f(image uint8 HWC RGB, rng) -> float32 HWC`; paired ones (SALICON)
 # `f(image, map uint8 HW, rng) -> (float32 HWC, float32 HW1)`
@@ -406,6 +505,76 @@ def salicon_val_transform(size: int = 256) -> Callable:
     return transform
 
 
+def grayscale(image01: np.ndarray) -> np.ndarray:
+    """ITU-R 601 luma (torchvision's rgb_to_grayscale) of a float RGB image in [0, 1], (H, W, 1)."""
+    return (image01 @ np.asarray([0.299, 0.587, 0.114], np.float32))[..., None]
+
+
+def color_jitter(image01: np.ndarray, rng: np.random.Generator, brightness=0.4, contrast=0.4, saturation=0.4,
+                 hue=0.1) -> np.ndarray:
+    """torchvision's ColorJitter on a float RGB image in [0, 1] (its tensor path): factors drawn uniformly
+    from [1 - b, 1 + b] (brightness, contrast, saturation) and [-hue, hue], applied in a random order;
+    brightness scales, contrast blends with the image's mean luma, saturation with each pixel's luma,
+    hue rotates the HSV hue; clipped to [0, 1] after each."""
+    factors = (rng.uniform(max(0.0, 1 - brightness), 1 + brightness), rng.uniform(max(0.0, 1 - contrast), 1 + contrast),
+               rng.uniform(max(0.0, 1 - saturation), 1 + saturation), rng.uniform(-hue, hue))
+    x = image01
+    for op in rng.permutation(4):
+        f = factors[op]
+        if op == 0:
+            x = x * f
+        elif op == 1:
+            x = f * x + (1 - f) * grayscale(x).mean()
+        elif op == 2:
+            x = f * x + (1 - f) * grayscale(x)
+        else:
+            hsv = cv2.cvtColor(np.clip(x, 0, 1).astype(np.float32), cv2.COLOR_RGB2HSV)  # H in degrees
+            hsv[..., 0] = (hsv[..., 0] + f * 360.0) % 360.0
+            x = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        x = np.clip(x, 0.0, 1.0).astype(np.float32)
+    return x
+
+
+def simclr_view_transform(size: int = 32, mean=CIFAR_MEAN, std=CIFAR_STD) -> Callable:
+    """One view of the SimCLR seed's training transform: RandomResizedCrop(size), RandomHorizontalFlip(0.5),
+    RandomApply([ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), RandomGrayscale(0.2), ToTensor, Normalize (CIFAR's
+    mean and std)."""
+
+    def transform(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        image = random_resized_crop(image, size, rng)
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+        x = image.astype(np.float32) / 255.0
+        if rng.random() < 0.8:
+            x = color_jitter(x, rng)
+        if rng.random() < 0.2:
+            x = np.repeat(grayscale(x), 3, axis=2)
+        return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+    return transform
+
+
+def two_views(view: Callable) -> Callable:
+    """The seed's `CIFAR10Pair`: each sample as two independently drawn views, (2, H, W, C). A plan's batch of
+    such samples is flattened to 2B rows, sample k's views at rows 2k and 2k+1: the interleaved pairs
+    `nt_xent` expects."""
+
+    def transform(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return np.stack([view(image, rng), view(image, rng)])
+
+    transform.views = 2
+    return transform
+
+
+def cifar_test_transform(mean=CIFAR_MEAN, std=CIFAR_STD) -> Callable:
+    """The SimCLR seed's test transform: ToTensor, Normalize."""
+
+    def transform(image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        return normalize(image, mean, std)
+
+    return transform
+
+
 # ----------------------------------------------------------------------------------------------
 # Batches
 
@@ -421,7 +590,7 @@ class BatchPlan:
     the kept batches hold the same pixels as without `drop_last`. `num_samples` is still the folder's
     size, `samples_per_epoch` the number an epoch visits."""
 
-    def __init__(self, folder: ImageFolder | Food101 | Salicon, batch_size: int, transform: Callable, *, shuffle: bool,
+    def __init__(self, folder: ImageFolder | Food101 | Salicon | Cifar10, batch_size: int, transform: Callable, *, shuffle: bool,
                  seed: int = 0, drop_last: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -462,7 +631,10 @@ class BatchPlan:
             targets.append(y)
         if isinstance(targets[0], np.ndarray):
             return np.stack(images).astype(np.float32), np.stack(targets).astype(np.float32)
-        return np.stack(images).astype(np.float32), np.asarray(targets, np.int64)
+        x = np.stack(images).astype(np.float32)
+        if x.ndim == 5:  # two_views: (B, 2, H, W, C) -> 2B interleaved rows, sample k at 2k and 2k+1
+            x = x.reshape(-1, *x.shape[2:])
+        return x, np.asarray(targets, np.int64)
 
     def iterate(self, epoch: int = 0, workers: int = 0):
         """Batches 0, 1, ... of `epoch` in order, loaded `workers` batches ahead by threads (OpenCV releases

@@ -5,6 +5,7 @@ backgrounds; and for the saliency seed, a bright blob among dim distractors with
     twins shapes DATA [--train 200 --val 50 --size 64 --seed 0]    # DATA/{train,val}/{disc,square}/*.jpg
     make_food101("FOOD")                      # FOOD/meta/{classes,labels,train,test}.txt, FOOD/images/<class>/<id>.jpg
     make_salicon("SAL")                       # SAL/image/{train,val}/<id>.jpg, SAL/mask/{train,val}/<id>.png
+    make_cifar10("CIFAR")                     # CIFAR/data_batch_1..5, test_batch, batches.meta (python pickles)
 
 They stand in for the seeds' data sets (the hymenoptera ants/bees ImageFolder, Food-101, SALICON; no
 dataset can be downloaded here) in the README's commands and the tests.
@@ -12,6 +13,7 @@ dataset can be downloaded here) in the README's commands and the tests.
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import cv2
@@ -23,7 +25,7 @@ CLASSES = ("disc", "square")
 SHAPES = CLASSES + ("triangle",)
 
 
-def draw(kind: str, size: int, rng: np.random.Generator, width: int | None = None) -> np.ndarray:
+def draw(kind: str, size: int, rng: np.random.Generator, width: int | None = None, color=None) -> np.ndarray:
     """One RGB uint8 image, `size` x `width` (square by default): a dark shape of random colour, size and
     position on a light, noisy background; the shape lies inside the central square, as a dish in the
     middle of a photo. (With random light/dark polarity, or several small shapes, ResNet-18 from scratch
@@ -34,7 +36,7 @@ def draw(kind: str, size: int, rng: np.random.Generator, width: int | None = Non
     side = min(height, width)
     background = rng.integers(150, 256, size=3)
     image = np.clip(background + rng.normal(0, 12, size=(height, width, 3)), 0, 255).astype(np.uint8)
-    color = tuple(int(c) for c in rng.integers(0, 100, size=3))
+    color = tuple(int(c) for c in (rng.integers(0, 100, size=3) if color is None else color))
     radius = max(2, int(rng.uniform(0.25, 0.4) * side))
     cx, cy = (int(rng.uniform(radius, side - radius)) for _ in range(2))
     cx, cy = cx + (width - side) // 2, cy + (height - side) // 2
@@ -151,4 +153,39 @@ def make_salicon(root: str | os.PathLike, train: int = 200, val: int = 50, size:
             if not ok:
                 raise RuntimeError("OpenCV could not encode a PNG")
             checkpoints.write_atomic(masks / f"{name}.png", lambda tmp, data=encoded.tobytes(): tmp.write_bytes(data))
+    return root
+
+
+# The generated CIFAR-10's classes: a shape (disc, square, triangle) in one of four tints, ten of the twelve
+# pairs; the names are CIFAR-10's, so the folder reads as CIFAR-10 in every tool.
+CIFAR_TINTS = ((90, 10, 10), (10, 70, 10), (10, 10, 90), (45, 45, 45))
+
+
+def draw_cifar(label: int, rng: np.random.Generator) -> np.ndarray:
+    """A 32x32 image of class `label` (0..9): shape `SHAPES[label % 3]` in tint `CIFAR_TINTS[label // 3]`."""
+    tint = np.asarray(CIFAR_TINTS[label // 3]) + rng.integers(-8, 9, size=3)
+    return draw(SHAPES[label % 3], 32, rng, color=np.clip(tint, 0, 255))
+
+
+def make_cifar10(root: str | os.PathLike, train: int = 100, test: int = 20, seed: int = 0) -> Path:
+    """CIFAR-10's python version (`data_batch_1..5`, `test_batch`, `batches.meta`, pickled dicts as the
+    official files: bytes keys, `data` uint8 (N, 3072) as R, G, B planes, `labels` a list) with `train` images
+    per batch file and `test` in the test batch, labels cycling through the ten classes."""
+    from twins.data import CIFAR10_CLASSES
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def write(name: str, content: dict) -> None:
+        checkpoints.write_atomic(root / name, lambda tmp: tmp.write_bytes(pickle.dumps(content, protocol=2)))
+
+    for name, count in [(f"data_batch_{i}", train) for i in range(1, 6)] + [("test_batch", test)]:
+        labels = [int(i % 10) for i in rng.permutation(count)]
+        images = np.stack([draw_cifar(label, rng) for label in labels]) if count else np.zeros((0, 32, 32, 3), np.uint8)
+        write(name, {b"batch_label": name.encode(), b"labels": labels,
+                     b"data": images.transpose(0, 3, 1, 2).reshape(count, -1).copy(),
+                     b"filenames": [f"{name}_{i:05d}.png".encode() for i in range(count)]})
+    write("batches.meta", {b"label_names": [n.encode() for n in CIFAR10_CLASSES], b"num_cases_per_batch": train,
+                           b"num_vis": 3072})
     return root
