@@ -11,6 +11,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from .losses import nt_xent
+
 
 def cross_entropy(outputs, labels, aux_weight: float = 0.4):
     """Mean softmax cross-entropy over the class axis (the last one, NHWC); `labels` are class indices
@@ -28,13 +30,15 @@ def mean_squared_error(outputs, targets):
     return ops.mean(ops.square(ops.subtract(outputs, ops.cast(targets, outputs.dtype))))
 
 
-def loss_for(task: str, aux_weight: float = 0.4):
+def loss_for(task: str, aux_weight: float = 0.4, temperature: float = 0.5):
     """Twin of `torch_impl.training.loss_for`: "classification" cross-entropy (with aux heads), "saliency"
-    MSE."""
+    MSE, "contrastive" NT-Xent of the projection output (`[feature, projection]`; the labels are not read)."""
     if task == "classification":
         return lambda outputs, labels: cross_entropy(outputs, labels, aux_weight)
     if task == "saliency":
         return mean_squared_error
+    if task == "contrastive":
+        return lambda outputs, labels: nt_xent(outputs[1], temperature)
     raise ValueError(f"no training loss for task {task!r}")
 
 

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .losses import nt_xent
+
 
 def cross_entropy(outputs, labels, aux_weight: float = 0.4):
     """Mean softmax cross-entropy over the class axis (dim 1, NCHW); `labels` are class indices shaped
@@ -22,13 +24,16 @@ def mean_squared_error(outputs, targets):
     return F.mse_loss(outputs, targets)
 
 
-def loss_for(task: str, aux_weight: float = 0.4):
-    """The training loss of a registry task: "classification" cross-entropy (with aux heads), "saliency" MSE.
+def loss_for(task: str, aux_weight: float = 0.4, temperature: float = 0.5):
+    """The training loss of a registry task: "classification" cross-entropy (with aux heads), "saliency" MSE,
+    "contrastive" the seed's NT-Xent of the projections (the second output; the labels are not read).
     Twin of `keras_impl.training.loss_for`."""
     if task == "classification":
         return lambda outputs, labels: cross_entropy(outputs, labels, aux_weight)
     if task == "saliency":
         return mean_squared_error
+    if task == "contrastive":
+        return lambda outputs, labels: nt_xent(outputs[1], temperature)
     raise ValueError(f"no training loss for task {task!r}")
 
 

@@ -262,6 +262,20 @@ def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(x, -1, 1)) if x.ndim == 4 else x
 
 
+def output_list(out) -> list:
+    """A model's outputs as a list: one tensor, or several (simclr_ssl's `(feature, projection)`)."""
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def outputs_err(got: list, want: list) -> tuple[float, str]:
+    """Worst relative error over a model's outputs, and which output it is when there are several."""
+    if len(got) != len(want):
+        return float("inf"), f"Keras gives {len(got)} outputs, torch {len(want)}"
+    errors = [rel_err(g, w) for g, w in zip(got, want)]
+    worst_index = int(np.argmax(errors))
+    return errors[worst_index], (f"worst: output {worst_index} of {len(errors)}" if len(errors) > 1 else "")
+
+
 # ----------------------------------------------------------------------------------------------
 # Setting up both sides
 
@@ -363,7 +377,9 @@ def keras_values(model) -> dict[str, np.ndarray]:
 def labels_for(output_shape: tuple, rng: np.random.RandomState, task: str = "classification") -> np.ndarray:
     """What the training loss compares an NCHW-style output with: for a classifier, class indices shaped like
     the output without its class axis (axis 1); for a saliency map, a target map in [0, 1] of the output's
-    shape."""
+    shape; for the contrastive loss nothing (the rows' pairing is the target): zeros, one per row."""
+    if task == "contrastive":
+        return np.zeros(output_shape[0], np.int64)
     if task == "saliency":
         return rng.rand(*output_shape).astype(np.float32)
     classes = output_shape[1]
@@ -486,12 +502,17 @@ class ParityRun:
         self.reference = torch_impl.build(self.model, **self.options).eval()
         randomize_batchnorm(self.reference, seed)
         self.state = state_dict_numpy(self.reference)
+        if self.info.task == "contrastive":
+            # Rows 2k and 2k+1 are a positive pair: batch 2 is one pair, whose NT-Xent is log(1) = 0 with no
+            # gradient; 4 rows (two pairs) is the smallest batch with negatives.
+            batch = max(4, batch + batch % 2)
+        self.batch = batch
         rng = np.random.RandomState(seed)
         self.batches = [rng.randn(batch, 3, self.size, self.size).astype(np.float32) for _ in range(2)]
         self.x = self.batches[0]
         with torch.no_grad():
-            self.expected = self.reference(torch.from_numpy(self.x)).numpy()
-        self.labels = [labels_for(self.expected.shape, rng, self.info.task) for _ in self.batches]
+            self.expected = [t.numpy() for t in output_list(self.reference(torch.from_numpy(self.x)))]
+        self.labels = [labels_for(self.expected[0].shape, rng, self.info.task) for _ in self.batches]
 
     def bound(self, check: str) -> float:
         return bound_for(self.name, check, self.train_dtype)
@@ -524,10 +545,10 @@ class ParityRun:
         weights.load_state_dict(model, self.state, strict=True)
         return model
 
-    def keras_eval(self, model, x: np.ndarray) -> np.ndarray:
+    def keras_eval(self, model, x: np.ndarray) -> list[np.ndarray]:
         import keras
 
-        return nhwc_to_nchw(keras.ops.convert_to_numpy(model(nchw_to_nhwc(x), training=False)))
+        return [nhwc_to_nchw(keras.ops.convert_to_numpy(t)) for t in output_list(model(nchw_to_nhwc(x), training=False))]
 
     def diagnose(self, training: bool) -> str:
         options = self.info.parity_train_options if training else {}
@@ -538,8 +559,8 @@ class ParityRun:
     # -- eval mode -------------------------------------------------------------------------------
 
     def eval_output(self):
-        err = rel_err(self.keras_eval(self.keras_twin(), self.x), self.expected)
-        return err, "" if err <= self.bound("eval_output") else self.diagnose(False)
+        err, which = outputs_err(self.keras_eval(self.keras_twin(), self.x), self.expected)
+        return err, which if err <= self.bound("eval_output") else "; ".join(filter(None, [which, self.diagnose(False)]))
 
     def has_stage_taps(self) -> bool:
         return hasattr(self.reference, "forward_stages")
@@ -721,8 +742,8 @@ class ParityRun:
             tmodel = self.build_torch().eval()
             tweights.load_state_dict(tmodel, checkpoints.read(path), strict=True)
         with torch.no_grad():
-            t_out = tmodel(torch.from_numpy(self.x)).numpy()
-        out_err = rel_err(t_out, self.keras_eval(source, self.x))
+            t_out = [t.numpy() for t in output_list(tmodel(torch.from_numpy(self.x)))]
+        out_err, _ = outputs_err(self.keras_eval(source, self.x), t_out)
         if out_err > self.bound("eval_output"):
             return out_err, (f"the torch twin loaded from the Keras twin's export computes something else: "
                              f"eval output differs by {out_err:.2e} (bound {self.bound('eval_output'):.0e}); "
@@ -820,7 +841,7 @@ def run_model(
     if unknown:
         raise ValueError(f"unknown check(s) {', '.join(unknown)}; expected a subset of {', '.join(CHECKS)}")
     run = ParityRun(name, batch=batch, size=size, seed=seed, train_dtype=train_dtype, optimizer=optimizer)
-    meta = {"batch": batch, "size": run.size, "dtype": "float32", "train_dtype": train_dtype, "optimizer": run.optimizer,
+    meta = {"batch": run.batch, "size": run.size, "dtype": "float32", "train_dtype": train_dtype, "optimizer": run.optimizer,
             "device": keras_device(backend), "keras": keras.__version__, "torch": torch.__version__,
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in run.options.items()}}
     rows: list[Row] = []
