@@ -48,7 +48,7 @@ def covered(check: str) -> list[str]:
 # has a worker of its own, so one model's peak is the worker's, and so has vgg19_slim (its Keras graph
 # leaves ~1.4 GB in a tensorflow process: grouped with vgg11_bn the suite peaked at 8.4 GB).
 WORKER_GROUPS = (("resnet18", "resnet34", "resnet101", "resnet152"),
-                 ("resnet50", "resnet18-cifar", "resnet18-features", "resnet50-deep-dilated"),
+                 ("resnet50", "resnet18-cifar", "resnet18-features", "resnet50-deep-dilated", "simclr_sl"),
                  ("alexnet", "vgg11_bn"), ("densenet121", "inception_v3"))
 
 

@@ -922,6 +922,10 @@ QUICK_SUITE: dict[str, tuple | None] = {
     "vgg11_bn": (("eval_output",), None),
     "vgg19_slim": (("eval_output",), None),
     "inception_v3": (("eval_output", "exclude_restore"), 75),
+    # SimCLR: simclr_ssl's every row (two outputs, the NT-Xent training loss); simclr_sl is the same CIFAR encoder
+    # with a linear head, whose cross-entropy training rows are resnet18's code (the mutation control run).
+    "simclr_ssl": None,
+    "simclr_sl": (("eval_output", "round_trip", "exclude_restore"), None),
 }
 
 
