@@ -160,10 +160,15 @@ def test_step_scalars_use_the_seeds_tags_in_their_own_stream(tmp_path):
     scalars.close()
 
 
-def test_a_flush_puts_every_step_on_disk_and_a_resumed_writer_marks_its_purge(tmp_path):
+def test_a_flush_puts_every_step_on_disk_and_a_resumed_writer_marks_its_purge(tmp_path, monkeypatch):
     """tensorboardX's SummaryWriter queues events for a thread its flush() does not wait for (up to ten
-    steps went missing before a checkpoint); the resumed run's file must not replace the killed one's."""
+    steps went missing before a checkpoint); the resumed run's file must not replace the killed one's, and
+    must sort after it (TensorBoard reads a folder's files in name order): the ninth and eleventh writers of a
+    process are the case an unpadded count got wrong (".11" < ".9")."""
+    from twins.runs import EventFile
+
     tf = pytest.importorskip("tensorflow")
+    monkeypatch.setattr(EventFile, "_opened", 7)  # the iteration streams below are the 9th and the 11th
     run = RunDir(tmp_path)
     killed = Scalars(run)
     for step in range(60):

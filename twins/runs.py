@@ -425,7 +425,9 @@ class EventFile:
     a step could leave that step's scalars unwritten; here `flush()` means on disk. `purge_step` writes the
     SessionLog.START event with which TensorBoard hides the earlier files' steps from `purge_step` on (a
     resumed run). The file name carries the process id and a per-process count, so a second writer opened
-    in the same second does not truncate the first one's file."""
+    in the same second does not truncate the first one's file; the count is zero-padded because TensorBoard reads
+    a folder's files in name order (a tenth writer's `.10` would sort before a ninth's `.9`, its purge before the
+    steps it purges)."""
 
     _opened = 0
 
@@ -435,7 +437,7 @@ class EventFile:
 
         os.makedirs(logdir, exist_ok=True)
         EventFile._opened += 1
-        self._events = EventsWriter(os.path.join(str(logdir), "events"), f".{os.getpid()}.{EventFile._opened}")
+        self._events = EventsWriter(os.path.join(str(logdir), "events"), f".{os.getpid()}.{EventFile._opened:06d}")
         if purge_step is not None:
             self._events.write_event(Event(step=purge_step, wall_time=time.time(),
                                            session_log=SessionLog(status=SessionLog.START)))
