@@ -15,9 +15,10 @@ SIMILARITY_FLOOR = 1e-7
 NORM_EPSILON = 1e-12  # F.normalize's eps: x / max(||x||, eps)
 
 
-def pair_targets(rows: int):
-    """Row 2k's positive is 2k+1 and the reverse: `[1, 0, 3, 2, ...]`."""
-    if rows % 2:
+def pair_targets(rows):
+    """Row 2k's positive is 2k+1 and the reverse: `[1, 0, 3, 2, ...]`. `rows` may be a tensor (tensorflow traces
+    `fit` with the batch dimension unknown)."""
+    if isinstance(rows, int) and rows % 2:
         raise ValueError(f"nt_xent needs an even number of rows (two interleaved views per sample), got {rows}")
     index = ops.arange(rows, dtype="int32")
     return index + 1 - 2 * (index % 2)
@@ -27,11 +28,13 @@ def nt_xent_rows(z, temperature=0.5):
     """The per-row cross-entropies (2N values) whose mean is `nt_xent`."""
     if len(z.shape) != 2:
         raise ValueError(f"nt_xent expects projections of shape (2N, D), got {tuple(z.shape)}")
-    rows = z.shape[0]
+    rows = z.shape[0] if z.shape[0] is not None else ops.shape(z)[0]
     norm = ops.sqrt(ops.sum(ops.square(z), axis=1, keepdims=True))
     x = z / ops.maximum(norm, NORM_EPSILON)
     scores = ops.maximum(ops.matmul(x, ops.transpose(x)), SIMILARITY_FLOOR) / temperature
-    scores = scores - ops.eye(rows, dtype=scores.dtype) * DIAGONAL_MASK
+    index = ops.arange(rows, dtype="int32")
+    diagonal = ops.cast(ops.equal(ops.expand_dims(index, 1), ops.expand_dims(index, 0)), scores.dtype)
+    scores = scores - diagonal * DIAGONAL_MASK
     log_p = ops.log_softmax(scores, axis=1)
     targets = ops.expand_dims(pair_targets(rows), 1)
     return -ops.squeeze(ops.take_along_axis(log_p, targets, axis=1), 1)

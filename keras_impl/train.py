@@ -29,6 +29,7 @@ from twins.runs import (EpochMeter, Position, Recipe, RunDir, Scalars, best_line
                         natural_order, new_history, record_epoch, record_eval, scores_text, step_line, task_of)
 
 from . import training
+from .losses import NTXent
 from .weights import load_torch_state_dict, slots, torch_state_dict
 
 RESUME_FILE = "keras_state.npz"
@@ -50,6 +51,8 @@ class PlanSequence(keras.utils.PyDataset):
         x, y = self.plan.batch(self.epoch, self.start + index)
         if not self.labels:
             return (x,)
+        if len(y) != len(x):  # two views per image (simclr): a label per row, which NT-Xent does not read
+            y = np.repeat(y, len(x) // len(y))
         return x, (y if self.outputs == 1 else tuple([y] * self.outputs))
 
 
@@ -87,12 +90,21 @@ def predict_logits(model: keras.Model, plan: BatchPlan, workers: int = 0) -> tup
 def evaluate(model: keras.Model, plan: BatchPlan, workers: int, task: tasks.Task) -> dict:
     """The val phase: eval-mode outputs scored by the task (`twins.tasks`: loss and acc, or loss, cc, kld
     and sim), exactly as the torch twin scores its own; plus samples and seconds. Batch by batch, so a
-    val set of maps is never held whole."""
+    val set of maps is never held whole. The contrastive task's `plan` is the kNN monitor's
+    (`twins.tasks.KnnPlans`)."""
+    if task.name == "contrastive":
+        return knn_evaluate(model, plan, workers)
     start = time.perf_counter()
     tally = task.tally()
     for x, y in plan.iterate(0, workers):
         tally.add(np.asarray(model.predict_on_batch(x)), y)
     return {**tally.result(), "seconds": time.perf_counter() - start}
+
+
+def knn_evaluate(model: keras.Model, plans: tasks.KnnPlans, workers: int = 0) -> dict:
+    """`twins.tasks.knn_monitor` on the eval-mode encoder features (the model's first output). Twin of
+    `torch_impl.train.knn_evaluate`."""
+    return tasks.knn_monitor(lambda x: np.asarray(model.predict_on_batch(x)[0]), plans, workers)
 
 
 def score(model: keras.Model, plan: BatchPlan, task: tasks.Task, workers: int = 0) -> dict:
@@ -220,12 +232,16 @@ def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, 
     """Run the recipe; returns the history (also in `run`). The model ends with the best weights."""
     set_weight_decay(model, recipe.weight_decay)
     task = task_of(recipe)
-    view = training.training_view(model, recipe.aux_heads)
+    # The contrastive model trains through its projection output alone (NT-Xent of the interleaved view pairs).
+    view = training.training_view(model, recipe.aux_heads) if task.name != "contrastive" else \
+        keras.Model(model.inputs, model.outputs[1], name=f"{model.name}_projection")
     outputs = len(view.outputs)
     steps_per_epoch = len(train_plan)
-    rates = optim.learning_rates(recipe.lr, recipe.lr_end, recipe.epochs * steps_per_epoch)
+    rates = optim.learning_rates(recipe.lr, recipe.lr_end, recipe.epochs * steps_per_epoch, recipe.schedule)
     if task.name == "saliency":  # the recipe's nn.MSELoss(): the mean over every pixel of the batch
         loss, accuracy = keras.losses.MeanSquaredError(), []
+    elif task.name == "contrastive":  # a loss on the projection batch, no backend-specific train_step
+        loss, accuracy = NTXent(recipe.temperature), []
     else:
         loss, accuracy = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
     view.compile(

@@ -93,8 +93,11 @@ def to_nhwc(array: np.ndarray) -> np.ndarray:
 
 def evaluate(model, batches, device, desc, task: tasks.Task) -> dict:
     """The val phase: eval-mode outputs scored by the task (`twins.tasks`: loss and acc, or loss, cc, kld and
-    sim), as the Keras twin scores its own; plus samples and seconds."""
+    sim), as the Keras twin scores its own; plus samples and seconds. The contrastive task's `batches` are the
+    kNN monitor's plans (`twins.tasks.KnnPlans`), scored on the encoder's features (the first output)."""
     model.eval()
+    if task.name == "contrastive":
+        return knn_evaluate(model, batches, device, desc)
     tally = task.tally()
     start = time.perf_counter()
     dtype = next(model.parameters()).dtype  # float64 for the recipe-parity test
@@ -105,6 +108,23 @@ def evaluate(model, batches, device, desc, task: tasks.Task) -> dict:
             bar.set_postfix_str(scores_text(tally.result()))
     bar.close()
     return {**tally.result(), "seconds": time.perf_counter() - start}
+
+
+def knn_evaluate(model, plans: tasks.KnnPlans, device, desc) -> dict:
+    """`twins.tasks.knn_monitor` on the eval-mode encoder features `model(x)[0]`. Twin of
+    `keras_impl.train.knn_evaluate`."""
+    dtype = next(model.parameters()).dtype
+    bar = tqdm(total=len(plans.memory) + len(plans.query), desc=desc, unit="batch", leave=False, file=sys.stdout,
+               dynamic_ncols=True, disable=None)
+
+    def features(x: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device, dtype)
+        with torch.no_grad():
+            return model(batch)[0].cpu().numpy()
+
+    result = tasks.knn_monitor(features, plans, progress=lambda done, total: bar.update(1))
+    bar.close()
+    return result
 
 
 def make_optimizer(parameters, recipe: Recipe) -> torch.optim.Optimizer:
@@ -126,7 +146,7 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
     optimizer = make_optimizer(trainable, recipe)
     parameters = dict(model.named_parameters())
     decayed = [parameters[name] for name in set_weight_decay(model, recipe.weight_decay)]
-    task_loss = training.loss_for(task.name, recipe.aux_weight)
+    task_loss = training.loss_for(task.name, recipe.aux_weight, recipe.temperature)
 
     def loss_fn(outputs, labels):
         loss = task_loss(outputs, labels)
@@ -134,7 +154,7 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
 
     steps_per_epoch = len(train_plan)
     total = recipe.epochs * steps_per_epoch
-    rates = optim.learning_rates(recipe.lr, recipe.lr_end, total)
+    rates = optim.learning_rates(recipe.lr, recipe.lr_end, total, recipe.schedule)
     torch.manual_seed(recipe.seed)
     history = new_history(recipe)
     best = copy.deepcopy(model.state_dict())
@@ -152,7 +172,8 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
             best = {k: torch.from_numpy(v) for k, v in checkpoints.read(run.best_path).items()}
         log(f"resuming {position.describe(recipe, steps_per_epoch)} from {state['dir']}")
     scalars = Scalars(run, purge_step=position.epoch, purge_iteration=position.step)
-    val_data = loader(val_plan, recipe.workers)
+    # The kNN monitor (contrastive task) reads its two plans itself.
+    val_data = val_plan if task.name == "contrastive" else loader(val_plan, recipe.workers)
 
     def checkpoint(at: Position):
         def write_resume(folder):
@@ -227,7 +248,8 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
 
 def score(model: nn.Module, plan: BatchPlan, task: tasks.Task, workers: int = 0) -> dict:
     """A checkpoint's val scores on `plan` (`twins evaluate`); the model is on its device already."""
-    return evaluate(model, loader(plan, workers), next(model.parameters()).device, "evaluate", task)
+    batches = plan if task.name == "contrastive" else loader(plan, workers)  # the kNN monitor reads its plans
+    return evaluate(model, batches, next(model.parameters()).device, "evaluate", task)
 
 
 def predict_logits(model: nn.Module, plan: BatchPlan) -> tuple[np.ndarray, np.ndarray]:

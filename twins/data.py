@@ -566,10 +566,30 @@ def two_views(view: Callable) -> Callable:
     return transform
 
 
-def cifar_test_transform(mean=CIFAR_MEAN, std=CIFAR_STD) -> Callable:
-    """The SimCLR seed's test transform: ToTensor, Normalize."""
+def cifar_train_transform(size: int = 32, padding: int = 4, mean=CIFAR_MEAN, std=CIFAR_STD) -> Callable:
+    """The usual CIFAR-10 supervised augmentation (the seed does not give the SL model's): torchvision's
+    RandomCrop(size, padding) on the zero-padded image, RandomHorizontalFlip(0.5), ToTensor, Normalize. An image
+    of another size is resized to `size` first."""
+
+    def transform(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if image.shape[:2] != (size, size):
+            image = resize(image, size, size)
+        padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+        top, left = rng.integers(0, 2 * padding + 1, size=2)
+        image = padded[top:top + size, left:left + size]
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+        return normalize(np.ascontiguousarray(image), mean, std)
+
+    return transform
+
+
+def cifar_test_transform(size: int = 32, mean=CIFAR_MEAN, std=CIFAR_STD) -> Callable:
+    """The SimCLR seed's test transform: ToTensor, Normalize (an image of another size resized to `size`)."""
 
     def transform(image: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        if image.shape[:2] != (size, size):
+            image = resize(image, size, size)
         return normalize(image, mean, std)
 
     return transform

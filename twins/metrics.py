@@ -109,3 +109,45 @@ def saliency_scores(pred, target) -> dict[str, np.ndarray]:
         raise ValueError(f"predicted maps {pred.shape} and target maps {target.shape} differ in shape")
     return {"loss": mean_squared_error(pred, target), "cc": correlation_coefficient(pred, target),
             "kld": kl_divergence(pred, target), "sim": similarity(pred, target)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Representations (seed 003): the weighted k-nearest-neighbour monitor of self-supervised training (Wu et al.,
+# "Unsupervised Feature Learning via Non-Parametric Instance Discrimination", 2018, section 3.4; the kNN monitor
+# of the MoCo / SimCLR CIFAR-10 reproductions): a query votes with its k most similar memory features, each
+# weighted by exp(similarity / t), similarity being the cosine of the two features.
+
+
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (torch's `F.normalize`, with its floor of 1e-12 on the norm)."""
+    features = np.asarray(features, np.float64)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+def knn_predict(memory: np.ndarray, memory_labels: np.ndarray, queries: np.ndarray, classes: int, k: int = 200,
+                t: float = 0.1, chunk: int = 256) -> np.ndarray:
+    """The class each query row gets from the weighted vote of its `k` nearest memory rows (cosine similarity;
+    fewer when the memory is smaller): `argmax_c sum_{i in top-k} exp(s_i / t) [label_i == c]`. Ties between
+    similarities go to the earlier memory row, between classes to the lower class index. Queries are scored
+    `chunk` rows at a time (10000 x 50000 similarities would be 4 GB)."""
+    memory_labels = np.asarray(memory_labels, np.int64)
+    if memory.ndim != 2 or queries.ndim != 2 or memory.shape[1] != queries.shape[1]:
+        raise ValueError(f"kNN needs (N, D) memory and (M, D) query features, got {memory.shape} and {queries.shape}")
+    if len(memory_labels) != len(memory):
+        raise ValueError(f"{len(memory)} memory features but {len(memory_labels)} labels")
+    if memory_labels.min(initial=0) < 0 or memory_labels.max(initial=0) >= classes:
+        raise ValueError(f"label out of range: memory labels span [{memory_labels.min()}, {memory_labels.max()}] "
+                         f"for {classes} classes")
+    if k < 1 or not t > 0:
+        raise ValueError(f"kNN needs k >= 1 and t > 0, got k={k}, t={t}")
+    memory, queries = l2_normalize(memory), l2_normalize(queries)
+    k = min(k, len(memory))
+    predicted = []
+    for start in range(0, len(queries), chunk):
+        similarity = queries[start:start + chunk] @ memory.T
+        nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+        weights = np.exp(np.take_along_axis(similarity, nearest, axis=1) / t)
+        votes = np.zeros((len(nearest), classes))
+        np.add.at(votes, (np.arange(len(nearest))[:, None], memory_labels[nearest]), weights)
+        predicted.append(votes.argmax(axis=1))
+    return np.concatenate(predicted) if predicted else np.zeros(0, np.int64)

@@ -10,6 +10,7 @@ float32 rate at every step, with no second implementation of the formula to drif
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
@@ -24,16 +25,29 @@ def polynomial_decay(step: int, *, start: float, end: float, total: int, power: 
     return (start - end) * fraction ** power + end
 
 
-def learning_rates(lr: float, lr_end: float | None, total_steps: int) -> np.ndarray:
+SCHEDULES = ("linear", "cosine")
+
+
+def cosine_decay(step: int, *, start: float, end: float, total: int) -> float:
+    """Cosine annealing without restarts (SGDR, Loshchilov & Hutter 2017; the SimCLR reproductions' schedule):
+    `end + (start - end) * (1 + cos(pi * step / total)) / 2`, `start` at step 0, `end` from step `total` on."""
+    if total < 1:
+        raise ValueError(f"cosine decay needs at least one step, got total={total}")
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def learning_rates(lr: float, lr_end: float | None, total_steps: int, schedule: str = "linear") -> np.ndarray:
     """The rate of every step `0 .. total_steps - 1` as float32 (the precision both optimisers apply it
-    in): constant `lr`, or linear decay from `lr` to `lr_end` over all `total_steps` steps (the step
-    after the last would be at `lr_end`)."""
+    in): constant `lr`, or a decay from `lr` to `lr_end` over all `total_steps` steps (the step after the
+    last would be at `lr_end`), linear (seed 002's) or cosine (the SimCLR recipe's)."""
     if total_steps < 1:
         raise ValueError(f"a run needs at least one step, got {total_steps}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}")
     if lr_end is None:
         return np.full(total_steps, lr, np.float32)
-    return np.asarray([polynomial_decay(i, start=lr, end=lr_end, total=total_steps) for i in range(total_steps)],
-                      np.float32)
+    decay = polynomial_decay if schedule == "linear" else cosine_decay
+    return np.asarray([decay(i, start=lr, end=lr_end, total=total_steps) for i in range(total_steps)], np.float32)
 
 
 def l2_keys(shapes: Mapping[str, tuple]) -> list[str]:

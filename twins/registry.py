@@ -144,7 +144,8 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("simclr_sl", "simclr", 32, ("linear",), num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD,
                   min_input_size=8, parity_size=32,
                   notes="the seed's SL: CIFAR resnet18 encoder `enc` + `linear` classifier",
-                  extra={"encoder": ("enc",), "feature_dim": 512}),
+                  # `twins train simclr_sl --init-from RUN`: what a run of another model hands over.
+                  extra={"encoder": ("enc",), "feature_dim": 512, "init_from": {"simclr_ssl": ("enc",)}}),
     ]
 }
 

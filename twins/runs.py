@@ -33,6 +33,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from twins import checkpoints, registry, tasks
+from twins.optim import SCHEDULES
 
 
 @dataclass
@@ -78,6 +79,15 @@ class Recipe:
     betas: tuple[float, float] = (0.9, 0.999)
     # Top-level modules whose parameters do not train (saliency_unet; None: the model's default set).
     frozen: tuple[str, ...] | None = None
+    # The shape of the decay to `lr_end`: "linear" (seed 002's polynomial decay) or "cosine" (SimCLR's).
+    schedule: str = "linear"
+    # A run directory (either framework) whose best weights start this run (`twins_cli.train.init_from`):
+    # simclr_sl fine-tuned or probed from a simclr_ssl run's encoder.
+    init_from: str | None = None
+    # The contrastive task (simclr_ssl): NT-Xent's temperature, and the kNN monitor's k and temperature.
+    temperature: float = 0.5
+    knn_k: int = 200
+    knn_t: float = 0.1
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -107,6 +117,14 @@ class Recipe:
             problems.append(f"--preprocess must be one of {', '.join(PREPROCESS)}, got {self.preprocess!r}")
         if self.optimizer not in ("sgd", "adam"):
             problems.append(f"--optimizer must be sgd or adam, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not self.temperature > 0:
+            problems.append(f"--temperature must be positive, got {self.temperature}")
+        if self.knn_k < 1:
+            problems.append(f"--knn-k must be at least 1, got {self.knn_k}")
+        if not self.knn_t > 0:
+            problems.append(f"--knn-t must be positive, got {self.knn_t}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             problems.append(f"--betas must be two numbers in [0, 1), got {', '.join(map(str, self.betas))}")
         if problems:
@@ -131,9 +149,21 @@ FOOD101_RECIPE = dict(epochs=20, batch_size=64, val_batch_size=128, lr=1e-3, lr_
 # val keeps every image here (the seed validates on one batch by eye).
 SALIENCY_RECIPE = dict(epochs=5, batch_size=4, lr=1e-3, optimizer="adam", betas=(0.9, 0.99), preprocess="salicon",
                        drop_last=True)
-RECIPES: dict[str, dict] = {"vgg19_slim": FOOD101_RECIPE, "saliency_unet": SALIENCY_RECIPE}
-# The transforms a recipe can ask for (twins.data): the zoo's, the Food-101 seed's, the saliency seed's.
-PREPROCESS = ("imagenet", "food101", "salicon")
+# Seed 003 (SPEC.md section 5) names the model, the loss, the augmentation and the SSL batch (256 images, 512
+# views) but no optimiser, rate or length. These follow the reproduction the seed's `nt_xent` comes from
+# (SimCLR-CIFAR10: SGD momentum 0.9, rate 0.3 x batch / 256, cosine annealing; it adds Nesterov and weight decay
+# 1e-6 on every tensor, left out here) and the usual CIFAR-10 supervised recipe for the SL model (rate 0.1,
+# random 32x32 crop of the 4-px padded image, flip). 100 epochs each; the seed's 86% / 88.1% come from
+# longer runs.
+SIMCLR_SSL_RECIPE = dict(epochs=100, batch_size=256, val_batch_size=512, lr=0.3, lr_end=0.0, schedule="cosine",
+                         momentum=0.9, preprocess="simclr", drop_last=True)
+SIMCLR_SL_RECIPE = dict(epochs=100, batch_size=256, val_batch_size=512, lr=0.1, lr_end=0.0, schedule="cosine",
+                        momentum=0.9, preprocess="cifar")
+RECIPES: dict[str, dict] = {"vgg19_slim": FOOD101_RECIPE, "saliency_unet": SALIENCY_RECIPE,
+                            "simclr_ssl": SIMCLR_SSL_RECIPE, "simclr_sl": SIMCLR_SL_RECIPE}
+# The transforms a recipe can ask for (twins.data): the zoo's, the Food-101 seed's, the saliency seed's, the
+# SimCLR seed's two views (its test transform for the kNN monitor) and the CIFAR-10 supervised one.
+PREPROCESS = ("imagenet", "food101", "salicon", "simclr", "cifar")
 
 
 def recipe_defaults(model: str) -> dict:
@@ -392,7 +422,7 @@ def scores_text(phase: dict) -> str:
 
 
 # The metrics a phase result may hold, in the order lines and TensorBoard list them.
-METRIC_ORDER = ("acc", "cc", "kld", "sim")
+METRIC_ORDER = ("acc", "cc", "kld", "sim", "knn")
 
 
 def epoch_line(record: dict, epochs: int, history: dict) -> str:

@@ -184,7 +184,7 @@ def make_cifar10(root: str | os.PathLike, train: int = 100, test: int = 20, seed
         labels = [int(i % 10) for i in rng.permutation(count)]
         images = np.stack([draw_cifar(label, rng) for label in labels]) if count else np.zeros((0, 32, 32, 3), np.uint8)
         write(name, {b"batch_label": name.encode(), b"labels": labels,
-                     b"data": images.transpose(0, 3, 1, 2).reshape(count, -1).copy(),
+                     b"data": images.transpose(0, 3, 1, 2).reshape(count, 3072).copy(),
                      b"filenames": [f"{name}_{i:05d}.png".encode() for i in range(count)]})
     write("batches.meta", {b"label_names": [n.encode() for n in CIFAR10_CLASSES], b"num_cases_per_batch": train,
                            b"num_vis": 3072})

@@ -10,10 +10,16 @@ directory ask the model's task (`twins.registry.ModelInfo.task`) rather than ass
   picks the best epoch; the train phase counts `acc` too.
 - saliency: sigmoid maps (N, H, W, 1) against target maps in [0, 1]; loss = MSE (the recipe's), metrics
   CC, KLD and SIM per image (`twins.metrics`), the best epoch by CC; the train phase reports its loss.
+- contrastive: `(feature, projection)` of interleaved view pairs; loss = NT-Xent of the projections (the train
+  phase's only figure); the val phase is the kNN monitor (`knn_monitor`): the encoder's features of the train
+  split (no augmentation) are the memory, each val image is classified by its k nearest, and `knn` accuracy
+  picks the best epoch. There is no val loss: NT-Xent of a batch depends on which images share it.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -62,7 +68,45 @@ class Tally:
 TASKS = {
     "classification": Task("classification", "acc", ("acc",), ("acc",), "accuracy"),
     "saliency": Task("saliency", "cc", (), ("cc", "kld", "sim"), "cc"),
+    "contrastive": Task("contrastive", "knn", (), ("knn",), "knn_accuracy"),
 }
+
+
+@dataclass(frozen=True)
+class KnnPlans:
+    """The kNN monitor's data (`twins.data.BatchPlan`s that do not shuffle, test transform): `memory`, the
+    train split, whose features and labels vote; `query`, the val split, whose features are classified."""
+    memory: object
+    query: object
+    classes: int
+    k: int = 200
+    t: float = 0.1
+
+    @property
+    def num_samples(self) -> int:
+        return self.query.num_samples
+
+
+def knn_monitor(features: Callable, plans: KnnPlans, workers: int = 0, progress: Callable | None = None) -> dict:
+    """`{"knn": accuracy, "samples": val images, "seconds": ...}` of the encoder `features(x_nhwc) -> (B, D)
+    numpy` (eval mode; each trainer brings its own): the memory's and the queries' features, then
+    `twins.metrics.knn_predict` with the plans' k and t. `progress(done, total)` is called after each batch."""
+    start = time.perf_counter()
+    total, done = len(plans.memory) + len(plans.query), 0
+    collected = []
+    for plan in (plans.memory, plans.query):
+        rows = []
+        for x, _ in plan.iterate(0, workers):
+            rows.append(features(x))
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        collected.append(np.concatenate(rows))
+    memory, queries = collected
+    predicted = metrics.knn_predict(memory, plans.memory.targets(), queries, plans.classes, plans.k, plans.t)
+    labels = plans.query.targets()
+    return {"knn": float((predicted == labels).mean()), "samples": len(labels),
+            "seconds": time.perf_counter() - start}
 
 
 def get(name: str) -> Task:

@@ -25,9 +25,10 @@ import sys
 from pathlib import Path
 
 from twins import checkpoints, registry, tasks
-from twins.data import (BatchPlan, DataError, Food101, ImageFolder, Salicon, check_map_size, check_same_classes,
-                        food101_train_transform, food101_val_transform, read_image, read_mask, salicon_train_transform,
-                        salicon_val_transform, train_transform, val_transform)
+from twins.data import (BatchPlan, Cifar10, DataError, Food101, ImageFolder, Salicon, check_map_size, check_same_classes,
+                        cifar_test_transform, cifar_train_transform, food101_train_transform, food101_val_transform,
+                        read_image, read_mask, salicon_train_transform, salicon_val_transform, simclr_view_transform,
+                        train_transform, two_views, val_transform)
 from twins.runs import PREPROCESS, Position, Recipe, RunDir, recipe_defaults, scores_text, task_of
 
 FRAMEWORKS = ("torch", "keras")
@@ -126,8 +127,41 @@ def load_weights(side: Side, model, info, path: str, exclude, num_classes: int, 
     return report
 
 
+def init_from(side: Side, model, info, path: str, num_classes: int, log=print):
+    """`--init-from RUN`: the best weights of a run of either framework (its `best.safetensors`, torch layout).
+    A run of the same model loads as `--weights` would; a run of another model hands over the modules
+    `info.extra["init_from"]` names (simclr_sl takes a simclr_ssl run's encoder `enc`), everything else of it
+    is left out and the classifier starts fresh; any other pair is refused."""
+    run = RunDir(path)
+    if not run.exists():
+        raise SystemExit(f"--init-from {path}: not a run directory (no config.json); give the --out of a twins train "
+                         "run")
+    if not run.best_path.is_file():
+        raise SystemExit(f"--init-from {path}: the run has no {run.best_path.name} yet (no finished epoch)")
+    config = run.config()
+    source = config["model"]
+    if source == info.name:
+        return load_weights(side, model, info, str(run.best_path), (), num_classes, log)
+    handed = info.extra.get("init_from", {}).get(source)
+    if handed is None:
+        takes = ", ".join([info.name, *info.extra.get("init_from", {})])
+        raise SystemExit(f"--init-from {path} is a {source} run; {info.name} starts from a run of {takes}")
+    state = checkpoints.read(run.best_path)
+    left_out = sorted({k.split(".")[0] for k in state if not checkpoints.excluded(k, handed)})
+    framework = config["framework"] + (f"/{config['backend']}" if config.get("backend") else "")
+    log(f"--init-from {path} ({source}, {framework}, best epoch): its {', '.join(handed)} starts this {info.name}; "
+        f"its {', '.join(left_out)} left out, the classifier ({', '.join(info.classifier)}) starts fresh")
+    report = side.load(model, state, exclude=tuple(left_out) + tuple(info.classifier), strict=True)
+    log(f"{run.best_path}: {report.summary()}")
+    return report
+
+
 def is_food101(data) -> bool:
     return (Path(data) / "meta" / "classes.txt").is_file()
+
+
+def is_cifar10(data) -> bool:
+    return (Path(data) / "data_batch_1").is_file() or (Path(data) / "test_batch").is_file()
 
 
 def is_salicon(data) -> bool:
@@ -137,7 +171,8 @@ def is_salicon(data) -> bool:
 def open_split(data, split: str, info: registry.ModelInfo | None = None):
     """A split of DATA in its layout: SALICON (`image/<split>/`, `mask/<split>/`) for a saliency model,
     Food-101 (`meta/classes.txt`, `meta/{train,test}.txt`, `images/`; "val" reads test.txt, as the seed
-    validates on it) or ImageFolder (`train/`, `val/`) for a classifier."""
+    validates on it), CIFAR-10's python batches (`data_batch_1..5`, `test_batch`; "val" reads test_batch) or
+    ImageFolder (`train/`, `val/`) for a classifier or the contrastive model."""
     if info is not None and info.task == "saliency":
         if not is_salicon(data):
             raise DataError(f"{info.name} trains on saliency maps: expected the SALICON layout, {data}/image/{split}/"
@@ -148,6 +183,8 @@ def open_split(data, split: str, info: registry.ModelInfo | None = None):
         raise DataError(f"{data} is a SALICON-layout folder of saliency maps (image/, mask/); "
                         f"{info.name if info else 'this model'} is a classifier and needs class labels "
                         "(ImageFolder or Food-101 layout)")
+    if is_cifar10(data):
+        return Cifar10(data, split)
     return Food101(data, split) if is_food101(data) else ImageFolder(data, split)
 
 
@@ -159,6 +196,10 @@ def transforms(preprocess: str, size: int, info, margin: int = 10):
         return food101_train_transform(size, margin), food101_val_transform(size)
     if preprocess == "salicon":
         return salicon_train_transform(size), salicon_val_transform(size)
+    if preprocess == "simclr":
+        return two_views(simclr_view_transform(size, info.mean, info.std)), cifar_test_transform(size, info.mean, info.std)
+    if preprocess == "cifar":
+        return cifar_train_transform(size, mean=info.mean, std=info.std), cifar_test_transform(size, info.mean, info.std)
     raise ValueError(f"unknown preprocess {preprocess!r}; expected one of {', '.join(PREPROCESS)}")
 
 
@@ -168,13 +209,25 @@ def check_preprocess(info, preprocess: str) -> None:
         raise SystemExit(f"--preprocess {preprocess} does not fit {info.name}: "
                          + ("its data are image + saliency-map pairs (salicon)" if info.task == "saliency"
                             else "salicon transforms image + saliency-map pairs, a classifier's data are labelled "
-                                 "images (imagenet or food101)"))
+                                 "images (imagenet, food101 or cifar)"))
+    if (info.task == "contrastive") != (preprocess == "simclr"):
+        raise SystemExit(f"--preprocess {preprocess} does not fit {info.name}: "
+                         + ("it learns from two augmented views of each image (simclr)" if info.task == "contrastive"
+                            else "simclr makes the two views of the contrastive model; a classifier's are "
+                                 "imagenet, food101 or cifar"))
 
 
 def plans(recipe: Recipe, info) -> tuple[BatchPlan, BatchPlan, list[str]]:
     train, val = open_split(recipe.data, "train", info), open_split(recipe.data, "val", info)
     check_same_classes(train, val)
     train_tf, val_tf = transforms(recipe.preprocess, recipe.input_size, info, recipe.margin)
+    if info.task == "contrastive":  # the val phase is the kNN monitor: train-split features vote for val images
+        val_batch = recipe.val_batch_size or recipe.batch_size
+        monitor = tasks.KnnPlans(BatchPlan(train, val_batch, val_tf, shuffle=False),
+                                 BatchPlan(val, val_batch, val_tf, shuffle=False), len(train.classes), recipe.knn_k,
+                                 recipe.knn_t)
+        return (BatchPlan(train, recipe.batch_size, train_tf, shuffle=True, seed=recipe.seed,
+                          drop_last=recipe.drop_last), monitor, train.classes)
     return (BatchPlan(train, recipe.batch_size, train_tf, shuffle=True, seed=recipe.seed, drop_last=recipe.drop_last),
             # Every val image counts: the seed's val pipeline also drops the last partial batch, which
             # skips up to 127 images, or all of them in a val set smaller than a batch.
@@ -184,16 +237,19 @@ def plans(recipe: Recipe, info) -> tuple[BatchPlan, BatchPlan, list[str]]:
 
 def describe(recipe: Recipe, steps_per_epoch: int) -> str:
     """The optimiser line of `twins train`'s header."""
-    rate = f"lr {recipe.lr}" if recipe.lr_end is None else f"lr {recipe.lr} -> {recipe.lr_end} (linear decay)"
+    rate = f"lr {recipe.lr}" if recipe.lr_end is None else f"lr {recipe.lr} -> {recipe.lr_end} ({recipe.schedule} decay)"
     if recipe.optimizer == "adam":
         text = f"Adam {rate} betas {recipe.betas[0]}/{recipe.betas[1]}"
     else:
         text = f"SGD {rate} momentum {recipe.momentum}"
-    loss = {"classification": "cross-entropy", "saliency": "MSE"}[task_of(recipe).name]
+    loss = {"classification": "cross-entropy", "saliency": "MSE",
+            "contrastive": f"NT-Xent (temperature {recipe.temperature}) of view pairs"}[task_of(recipe).name]
     text = f"{loss}, {text}"
     if recipe.weight_decay:
         text += f", L2 {recipe.weight_decay} on conv kernels"
     text += f"; {steps_per_epoch} steps per epoch, {recipe.epochs * steps_per_epoch} in all"
+    if task_of(recipe).name == "contrastive":
+        text += f"; val: kNN accuracy (k {recipe.knn_k}, t {recipe.knn_t}) of the encoder's features"
     events = [f"{what} every {n} steps" for what, n in (("loss", recipe.log_every), ("val", recipe.val_every),
                                                            ("checkpoint", recipe.checkpoint_every)) if n]
     return text + (f"; {', '.join(events)}" if events else "")
@@ -206,7 +262,7 @@ def describe(recipe: Recipe, steps_per_epoch: int) -> str:
 # The `twins train` options that default to the model's recipe (`twins.runs.recipe_defaults`).
 RECIPE_OPTIONS = ("epochs", "batch_size", "val_batch_size", "lr", "lr_end", "momentum", "weight_decay",
                   "log_every", "val_every", "checkpoint_every", "margin", "preprocess", "drop_last", "optimizer",
-                  "betas", "frozen")
+                  "betas", "frozen", "schedule", "temperature", "knn_k", "knn_t")
 
 
 def parse_freeze(text: str | None, info: registry.ModelInfo):
@@ -248,6 +304,9 @@ def cmd_train(args) -> int:
             raise SystemExit("twins train needs MODEL and --data (or --resume --out RUN)")
         info = registry.get(args.model)
         settings = recipe_defaults(args.model)
+        if args.init_from and args.weights:
+            raise SystemExit("--init-from (a run's best weights) and --weights (a checkpoint file) both set the "
+                             "starting weights; give one")
         if args.feature_extract and args.freeze is not None:
             raise SystemExit("--feature-extract (train the new classifier only) and --freeze contradict each "
                              "other; give one")
@@ -268,7 +327,7 @@ def cmd_train(args) -> int:
         recipe = Recipe(**{**settings, "model": args.model, "framework": args.framework, "data": args.data,
                            "feature_extract": args.feature_extract, "seed": args.seed, "workers": args.workers,
                            "input_size": args.img_size or info.input_size, "aux_heads": info.aux_heads,
-                           "aux_weight": info.aux_weight, "weights": args.weights,
+                           "aux_weight": info.aux_weight, "weights": args.weights, "init_from": args.init_from,
                            "exclude": tuple(args.exclude or ())})
     check_size(info, recipe.input_size)
     check_preprocess(info, recipe.preprocess)
@@ -282,7 +341,11 @@ def cmd_train(args) -> int:
     if recipe.classes and recipe.classes != classes:
         raise SystemExit(f"{recipe.data} now has classes {classes}; the run was started with {recipe.classes}")
     recipe.classes = classes
-    if classes:
+    if info.task == "contrastive":
+        names = ", ".join(classes[:10]) + (f", ... ({len(classes) - 10} more)" if len(classes) > 10 else "")
+        data = f"images, two views each; labels of {len(classes)} classes ({names}) for the kNN monitor only"
+        num_classes = info.num_classes
+    elif classes:
         names = ", ".join(classes[:10]) + (f", ... ({len(classes) - 10} more)" if len(classes) > 10 else "")
         data = f"images, {len(classes)} classes ({names})"
         num_classes = len(classes)
@@ -295,8 +358,11 @@ def cmd_train(args) -> int:
     print(describe(recipe, len(train_plan)))
     model = side.build(recipe.model, num_classes=num_classes, seed=recipe.seed, **build_options(info, recipe))
     # A run resumed before its first checkpoint starts over, from its --weights like a new one.
-    if recipe.weights and not (args.resume and run.resume_state() is not None):
-        load_weights(side, model, info, recipe.weights, recipe.exclude, num_classes)
+    if not (args.resume and run.resume_state() is not None):
+        if recipe.weights:
+            load_weights(side, model, info, recipe.weights, recipe.exclude, num_classes)
+        elif recipe.init_from:
+            init_from(side, model, info, recipe.init_from, num_classes)
     trainable = side.trainer.set_feature_extract(model, info.classifier, recipe.feature_extract)
     print(f"parameters to update ({len(trainable)}{', feature extraction' if recipe.feature_extract else ''}):")
     for name in trainable:
@@ -334,6 +400,13 @@ def cmd_evaluate(args) -> int:
     side = Side(args.framework, args.backend)
     _, val_tf = transforms(preprocess, size, info)
     plan = BatchPlan(folder, args.batch_size, val_tf, shuffle=False)
+    if info.task == "contrastive":  # the kNN monitor: the train split's features vote for the split's images
+        if args.split in ("train",):
+            raise SystemExit("--split train is the kNN monitor's memory; evaluate another split (val, test)")
+        memory = open_split(args.data, "train", info)
+        check_same_classes(memory, folder)
+        plan = tasks.KnnPlans(BatchPlan(memory, args.batch_size, val_tf, shuffle=False), plan, len(memory.classes),
+                              args.knn_k, args.knn_t)
     if info.task != "classification":
         model = side.build(args.model, num_classes=classes_in(state, info))
         side.load(model, state, strict=True)
@@ -374,6 +447,9 @@ def cmd_predict(args) -> int:
     info = registry.get(args.model)
     if info.task == "saliency":
         return predict_saliency(args, info)
+    if info.task == "contrastive":
+        raise SystemExit(f"{args.model} learns representations, not classes: twins evaluate {args.model} reports its "
+                         "kNN accuracy; predict with a simclr_sl run fine-tuned from it (--init-from)")
     if args.out or args.masks:
         raise SystemExit(f"--out and --masks are for a saliency model's maps; {args.model} prints its top-k classes")
     if not args.classes:
@@ -547,8 +623,13 @@ def cmd_plot_history(args) -> int:
 
 
 def cmd_shapes(args) -> int:
-    from twins.shapes import make_food101, make_salicon, make_shapes
+    from twins.shapes import make_cifar10, make_food101, make_salicon, make_shapes
 
+    if args.layout == "cifar10":
+        root = make_cifar10(args.out, train=args.train, test=args.val, seed=args.seed)
+        print(f"wrote {root}: CIFAR-10 python batches (data_batch_1..5 with {args.train} images each, test_batch with "
+              f"{args.val}, batches.meta), 32x32, ten classes of drawn shapes and colours")
+        return 0
     if args.layout == "salicon":
         root = make_salicon(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
         print(f"wrote {root}: SALICON layout (image/{{train,val}}/*.jpg, mask/{{train,val}}/*.png), {args.train} train "
@@ -574,15 +655,21 @@ def add_parsers(sub) -> None:
     t.add_argument("--backend", choices=KERAS_BACKENDS,
                    help=f"Keras backend (default: $KERAS_BACKEND, else {DEFAULT_KERAS_BACKEND})")
     t.add_argument("--data", help="ImageFolder root (train/<class>/, val/<class>/), Food-101 root "
-                                  "(meta/classes.txt, meta/train.txt, meta/test.txt, images/) or SALICON root "
+                                  "(meta/classes.txt, meta/train.txt, meta/test.txt, images/), CIFAR-10 python "
+                                  "batches (data_batch_1..5, test_batch; simclr_ssl, simclr_sl) or SALICON root "
                                   "(image/{train,val}/, mask/{train,val}/; saliency_unet)")
     t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--epochs", type=int, default=None, help="default: the model's recipe (15; vgg19_slim 20; saliency_unet 5)")
-    t.add_argument("--batch-size", type=int, default=None, help="default 8; vgg19_slim 64; saliency_unet 4")
-    t.add_argument("--val-batch-size", type=int, default=None, help="default: --batch-size; vgg19_slim 128")
-    t.add_argument("--lr", type=float, default=None, help="(starting) learning rate, default 0.001")
+    t.add_argument("--epochs", type=int, default=None,
+                   help="default: the model's recipe (15; vgg19_slim 20; saliency_unet 5; simclr_ssl, simclr_sl 100)")
+    t.add_argument("--batch-size", type=int, default=None,
+                   help="default 8; vgg19_slim 64; saliency_unet 4; simclr_ssl 256 images (512 views), simclr_sl 256")
+    t.add_argument("--val-batch-size", type=int, default=None, help="default: --batch-size; vgg19_slim 128; simclr 512")
+    t.add_argument("--lr", type=float, default=None,
+                   help="(starting) learning rate, default 0.001; simclr_ssl 0.3, simclr_sl 0.1")
     t.add_argument("--lr-end", type=float, default=None,
-                   help="decay the rate linearly to this over all steps (vgg19_slim: 1e-7)")
+                   help="decay the rate to this over all steps (vgg19_slim: 1e-7, linear; simclr: 0, cosine)")
+    t.add_argument("--schedule", choices=("linear", "cosine"), default=None,
+                   help="the shape of the decay to --lr-end (default linear; simclr_ssl, simclr_sl cosine)")
     t.add_argument("--constant-lr", action="store_true", help="no decay, whatever the model's recipe says")
     t.add_argument("--momentum", type=float, default=None, help="default 0.9")
     t.add_argument("--weight-decay", type=float, default=None,
@@ -595,7 +682,14 @@ def add_parsers(sub) -> None:
     t.add_argument("--preprocess", choices=PREPROCESS, default=None,
                    help="imagenet: RandomResizedCrop / Resize+CenterCrop, ImageNet mean/std (the zoo's); food101: "
                         "random / central square crop, area resize, pixels in [0, 1] (vgg19_slim's); salicon: "
-                        "joint image + map resize, crop, flip, rotation, pixels in [0, 1] (saliency_unet's)")
+                        "joint image + map resize, crop, flip, rotation, pixels in [0, 1] (saliency_unet's); "
+                        "simclr: two views of crop, flip, colour jitter, grayscale, CIFAR mean/std (simclr_ssl's); "
+                        "cifar: padded random crop and flip (simclr_sl's)")
+    t.add_argument("--temperature", type=float, default=None, help="simclr_ssl: NT-Xent's temperature (0.5)")
+    t.add_argument("--knn-k", type=int, default=None,
+                   help="simclr_ssl: neighbours of the kNN monitor, the val phase (200)")
+    t.add_argument("--knn-t", type=float, default=None,
+                   help="simclr_ssl: temperature of the kNN monitor's vote weights exp(cos / t) (0.1)")
     t.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
                    help="sgd: torch's SGD with --momentum (default); adam: torch's Adam with --betas (saliency_unet)")
     t.add_argument("--betas", type=float, nargs=2, default=None, metavar=("B1", "B2"),
@@ -610,6 +704,10 @@ def add_parsers(sub) -> None:
     t.add_argument("--feature-extract", action="store_true", help="train the new classifier only")
     t.add_argument("--weights", help="initial weights (torch layout); another class count keeps all but the head")
     t.add_argument("--exclude", action="append", help="torch key prefix to leave fresh when loading --weights")
+    t.add_argument("--init-from", metavar="RUN",
+                   help="start from the best weights of a twins train run of either framework: the same model, or "
+                        "for simclr_sl a simclr_ssl run's encoder (fine-tune; add --feature-extract for the linear "
+                        "probe)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=2, help="data loading workers (processes on torch, threads on Keras)")
     t.add_argument("--resume", action="store_true",
@@ -626,6 +724,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--img-size", type=int, default=None)
     e.add_argument("--preprocess", choices=PREPROCESS, help="default: the model's recipe")
+    e.add_argument("--knn-k", type=int, default=200, help="simclr_ssl: neighbours of the kNN accuracy (200)")
+    e.add_argument("--knn-t", type=float, default=0.1, help="simclr_ssl: temperature of the kNN vote weights (0.1)")
     e.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k classes of images, or a saliency model's maps as PNG panels")
@@ -648,13 +748,16 @@ def add_parsers(sub) -> None:
     h.add_argument("--out", required=True)
     h.set_defaults(func=cmd_plot_history)
 
-    s = sub.add_parser("shapes", help="write a learnable dataset: discs vs squares (imagefolder, food101) or salient blobs (salicon)")
+    s = sub.add_parser("shapes", help="write a learnable dataset: discs vs squares (imagefolder, food101), salient "
+                                      "blobs (salicon) or ten classes of 32x32 drawings (cifar10)")
     s.add_argument("out")
-    s.add_argument("--layout", choices=("imagefolder", "food101", "salicon"), default="imagefolder",
-                   help="ImageFolder (train/, val/), Food-101 (meta/, images/; non-square images) or SALICON "
-                        "(image/, mask/: a bright blob and its Gaussian saliency map)")
-    s.add_argument("--train", type=int, default=200, help="training images per class (salicon: in all)")
-    s.add_argument("--val", type=int, default=50, help="validation (Food-101: test) images per class (salicon: in all)")
+    s.add_argument("--layout", choices=("imagefolder", "food101", "salicon", "cifar10"), default="imagefolder",
+                   help="ImageFolder (train/, val/), Food-101 (meta/, images/; non-square images), SALICON "
+                        "(image/, mask/: a bright blob and its Gaussian saliency map) or CIFAR-10's python batches")
+    s.add_argument("--train", type=int, default=200,
+                   help="training images per class (salicon: in all; cifar10: per data_batch file)")
+    s.add_argument("--val", type=int, default=50,
+                   help="validation (Food-101: test) images per class (salicon: in all; cifar10: in test_batch)")
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_shapes)
