@@ -215,3 +215,40 @@ def test_twins_train_ssl_then_sl_across_the_frameworks(tmp_path):
     assert bad.returncode != 0 and "it learns from two augmented views of each image (simclr)" in bad.stderr
     bad = twins_cli("predict", "simclr_ssl", "x.png", "--weights", str(ssl["torch"] / "best.safetensors"))
     assert bad.returncode != 0 and "twins evaluate simclr_ssl reports its kNN accuracy" in bad.stderr
+
+
+# ------------------------------------------------------------------- the parity engine's contrastive rows
+
+
+@pytest.mark.keras
+def test_the_parity_engine_catches_a_wrong_pairing_and_a_wrong_projection(monkeypatch):
+    """simclr_ssl's rows that are new to the engine turn red on a broken Keras side (the unbroken twins pass
+    every row in test_parity.py): NT-Xent pairing row k with row k+2 instead of its other view (train_loss and
+    gradients), and a projector bias 1e-3 off, which leaves the first output (the feature) right and the
+    second (the projection) wrong (eval_output, naming output 1 of 2). In the tensorflow pass, as the
+    mutations of test_mutations.py."""
+    import os
+
+    from keras import ops
+
+    import keras_impl.losses
+    from keras_impl import weights
+    from twins_cli.parity import run_model
+
+    if BACKEND != "tensorflow" and not os.environ.get("TWINS_MUTATIONS_EVERY_BACKEND"):
+        pytest.skip("mutations run in the tensorflow pass (TWINS_MUTATIONS_EVERY_BACKEND=1 runs them here)")
+    with monkeypatch.context() as patch:
+        patch.setattr(keras_impl.losses, "pair_targets", lambda rows: (ops.arange(rows, dtype="int32") + 2) % rows)
+        rows = {r.check: r for r in run_model("simclr_ssl", checks=("train_loss", "gradients"))}
+    assert not rows["train_loss"].passed and rows["train_loss"].error is not None, rows["train_loss"]
+    assert not rows["gradients"].passed and rows["gradients"].error is not None, rows["gradients"]
+
+    original = weights.load_torch_state_dict
+
+    def load(model, state_dict, *, exclude=(), strict=True):
+        state = {k: v + 1e-3 if k == "projector.2.bias" else v for k, v in state_dict.items()}
+        return original(model, state, exclude=exclude, strict=strict)
+
+    monkeypatch.setattr(weights, "load_torch_state_dict", load)
+    row = run_model("simclr_ssl", checks=("eval_output",))[0]
+    assert not row.passed and "worst: output 1 of 2" in row.detail, row

@@ -260,6 +260,8 @@ def test_resume_keeps_the_recipe_and_starts_a_run_without_a_checkpoint_from_its_
                      workers=0, lr_end=1e-5, weights=str(weights), classes=["disc", "square"]))
     done = twins_cli("train", "--resume", "--out", str(run.path), "--lr", "0.1", "--weight-decay", "0")
     assert done.returncode != 0 and "--lr, --weight-decay cannot change it" in done.stderr
+    done = twins_cli("train", "--resume", "--out", str(run.path), "--init-from", str(tmp_path))
+    assert done.returncode != 0 and "--init-from cannot change it" in done.stderr
     done = twins_cli("train", "--resume", "--out", str(run.path), "--epochs", "3")
     assert done.returncode != 0 and "decays its rate over 1 epochs; --epochs 3 would stretch" in done.stderr
     done = twins_cli("train", "--resume", "--out", str(run.path))

@@ -127,11 +127,12 @@ def load_weights(side: Side, model, info, path: str, exclude, num_classes: int, 
     return report
 
 
-def init_from(side: Side, model, info, path: str, num_classes: int, log=print):
+def init_from(side: Side, model, info, path: str, num_classes: int, exclude=(), log=print):
     """`--init-from RUN`: the best weights of a run of either framework (its `best.safetensors`, torch layout).
     A run of the same model loads as `--weights` would; a run of another model hands over the modules
     `info.extra["init_from"]` names (simclr_sl takes a simclr_ssl run's encoder `enc`), everything else of it
-    is left out and the classifier starts fresh; any other pair is refused."""
+    is left out and the classifier starts fresh; any other pair is refused. `exclude` (`--exclude`) leaves more
+    keys fresh."""
     run = RunDir(path)
     if not run.exists():
         raise SystemExit(f"--init-from {path}: not a run directory (no config.json); give the --out of a twins train "
@@ -141,7 +142,7 @@ def init_from(side: Side, model, info, path: str, num_classes: int, log=print):
     config = run.config()
     source = config["model"]
     if source == info.name:
-        return load_weights(side, model, info, str(run.best_path), (), num_classes, log)
+        return load_weights(side, model, info, str(run.best_path), exclude, num_classes, log)
     handed = info.extra.get("init_from", {}).get(source)
     if handed is None:
         takes = ", ".join([info.name, *info.extra.get("init_from", {})])
@@ -151,7 +152,7 @@ def init_from(side: Side, model, info, path: str, num_classes: int, log=print):
     framework = config["framework"] + (f"/{config['backend']}" if config.get("backend") else "")
     log(f"--init-from {path} ({source}, {framework}, best epoch): its {', '.join(handed)} starts this {info.name}; "
         f"its {', '.join(left_out)} left out, the classifier ({', '.join(info.classifier)}) starts fresh")
-    report = side.load(model, state, exclude=tuple(left_out) + tuple(info.classifier), strict=True)
+    report = side.load(model, state, exclude=tuple(left_out) + tuple(info.classifier) + tuple(exclude), strict=True)
     log(f"{run.best_path}: {report.summary()}")
     return report
 
@@ -290,6 +291,7 @@ def cmd_train(args) -> int:
         args.frozen = args.freeze
         changed = [f"--{k.replace('_', '-')}" for k in RECIPE_OPTIONS if k != "epochs" and getattr(args, k) is not None]
         changed = [c.replace("--frozen", "--freeze") for c in changed]
+        changed += [f"--{k.replace('_', '-')}" for k in ("weights", "init_from") if getattr(args, k)]
         if changed:
             raise SystemExit(f"--resume continues the recipe in {run.config_path}; {', '.join(changed)} cannot "
                              "change it (only --epochs can extend a constant-rate run)")
@@ -362,7 +364,7 @@ def cmd_train(args) -> int:
         if recipe.weights:
             load_weights(side, model, info, recipe.weights, recipe.exclude, num_classes)
         elif recipe.init_from:
-            init_from(side, model, info, recipe.init_from, num_classes)
+            init_from(side, model, info, recipe.init_from, num_classes, recipe.exclude)
     trainable = side.trainer.set_feature_extract(model, info.classifier, recipe.feature_extract)
     print(f"parameters to update ({len(trainable)}{', feature extraction' if recipe.feature_extract else ''}):")
     for name in trainable:
