@@ -259,12 +259,11 @@ def input_value_and_grad(fn, x: np.ndarray):
         import jax
 
         out, grad = jax.value_and_grad(fn)(jax.numpy.asarray(x))
-    elif backend == "torch":
-        import torch
-
+    elif backend == "torch":  # the tensors are torch's; keras_impl itself never imports torch
         value = ops.convert_to_tensor(x).requires_grad_(True)  # on Keras' device
         out = fn(value)
-        (grad,) = torch.autograd.grad(out, value)
+        out.backward()
+        grad = value.grad
     else:
         raise NotImplementedError(f"no gradient rule for Keras backend {backend!r}")
     return float(ops.convert_to_numpy(out)), ops.convert_to_numpy(grad)

@@ -19,6 +19,9 @@ MODELS = RESNETS + ["alexnet", "vgg11_bn", "squeezenet1_0", "densenet121", "ince
 # TF-slim's variable names, tested against those in test_vgg_slim.py; saliency_unet's the seed's `Unet`, tested
 # against the seed's own class in test_saliency.py.
 TORCHVISION_MODELS = [m for m in MODELS if m not in ("vgg19_slim", "saliency_unet")]
+# Registered, but not in the per-model contract tests above (their outputs are a tuple, or their checks are their
+# seed's): SimCLR's twins, whose loads, outputs, bridge and input errors are in test_simclr.py.
+SIMCLR_MODELS = ["simclr_ssl", "simclr_sl"]
 
 
 def output_shape(name: str, batch: int, size: int, classes: int, layout: str) -> tuple:

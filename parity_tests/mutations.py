@@ -160,11 +160,11 @@ def stem_tap_after_pool(monkeypatch):
 
     from keras_impl import resnet
 
-    def stem_layers(x, stem):
-        x = resnet.conv_bn(x, 64, 7, 2, 3, conv_name="conv1", bn_name="bn1")
-        x = layers.ReLU(name="relu")(x)
-        x = resnet.max_pool(x, 3, 2, 1, name="maxpool")
-        return layers.Identity(name="stem")(x)
+    def stem_layers(x, stem, prefix=""):
+        x = resnet.conv_bn(x, 64, 7, 2, 3, conv_name=f"{prefix}conv1", bn_name=f"{prefix}bn1")
+        x = layers.ReLU(name=f"{prefix}relu")(x)
+        x = resnet.max_pool(x, 3, 2, 1, name=f"{prefix}maxpool")
+        return layers.Identity(name=f"{prefix}stem")(x)
 
     monkeypatch.setattr(resnet, "stem_layers", stem_layers)
 

@@ -173,3 +173,21 @@ def test_nt_xent_refuses_an_odd_batch_and_a_map():
             loss(torch.from_numpy(z[:7]) if loss is torch_nt_xent else z[:7])
         with pytest.raises(ValueError, match=r"\(2N, D\), got \(8, 4, 4\)"):
             loss(torch.zeros(8, 4, 4) if loss is torch_nt_xent else np.zeros((8, 4, 4)))
+
+
+@pytest.mark.keras
+@pytest.mark.parametrize("name", list(SEEDS))
+def test_both_twins_refuse_a_wrong_layout_and_a_too_small_image(name):
+    """The contract tests' input errors for the two SimCLR twins (not in test_contract.py's MODELS): the other
+    layout with a hint, and an image below the 8 px the CIFAR encoder takes (layer4 at 1x1)."""
+    import keras_impl
+
+    tmodel, kmodel = torch_impl.build(name), keras_impl.build(name)
+    with pytest.raises(ValueError, match=r"NCHW.*got shape \(2, 32, 32, 3\).*NHWC"):
+        tmodel(torch.randn(2, 32, 32, 3))
+    with pytest.raises(ValueError, match=r"NHWC input with 3 channels.*got shape \(2, 3, 32, 32\).*looks like NCHW"):
+        kmodel(np.zeros((2, 3, 32, 32), "float32"))
+    with pytest.raises(ValueError, match=rf"{name}.*at least 8"):
+        tmodel(torch.randn(2, 3, 4, 4))
+    with pytest.raises(ValueError, match=rf"{name}.*at least 8"):
+        kmodel(np.zeros((2, 4, 4, 3), "float32"))
