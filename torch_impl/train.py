@@ -53,6 +53,12 @@ class PlanDataset(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y)
 
 
+def val_batches(plan, task: tasks.Task, workers: int):
+    """What `evaluate` reads: a DataLoader over a val plan, or the kNN monitor's `tasks.KnnPlans` as they are
+    (the contrastive task's monitor iterates its two plans itself)."""
+    return plan if task.name == "contrastive" else loader(plan, workers)
+
+
 def loader(plan: BatchPlan, workers: int, epoch: int = 0, start: int = 0) -> torch.utils.data.DataLoader:
     # A generator of its own: creating a DataLoader iterator draws a seed from the generator it is given,
     # and the global one is the dropout masks' (a resumed run must draw the same masks).
@@ -122,7 +128,7 @@ def knn_evaluate(model, plans: tasks.KnnPlans, device, desc) -> dict:
         with torch.no_grad():
             return model(batch)[0].cpu().numpy()
 
-    result = tasks.knn_monitor(features, plans, progress=lambda done, total: bar.update(1))
+    result = tasks.knn_monitor(features, plans, progress=bar.update)
     bar.close()
     return result
 
@@ -172,8 +178,7 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
             best = {k: torch.from_numpy(v) for k, v in checkpoints.read(run.best_path).items()}
         log(f"resuming {position.describe(recipe, steps_per_epoch)} from {state['dir']}")
     scalars = Scalars(run, purge_step=position.epoch, purge_iteration=position.step)
-    # The kNN monitor (contrastive task) reads its two plans itself.
-    val_data = val_plan if task.name == "contrastive" else loader(val_plan, recipe.workers)
+    val_data = val_batches(val_plan, task, recipe.workers)
 
     def checkpoint(at: Position):
         def write_resume(folder):
@@ -248,8 +253,7 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
 
 def score(model: nn.Module, plan: BatchPlan, task: tasks.Task, workers: int = 0) -> dict:
     """A checkpoint's val scores on `plan` (`twins evaluate`); the model is on its device already."""
-    batches = plan if task.name == "contrastive" else loader(plan, workers)  # the kNN monitor reads its plans
-    return evaluate(model, batches, next(model.parameters()).device, "evaluate", task)
+    return evaluate(model, val_batches(plan, task, workers), next(model.parameters()).device, "evaluate", task)
 
 
 def predict_logits(model: nn.Module, plan: BatchPlan) -> tuple[np.ndarray, np.ndarray]:

@@ -90,17 +90,16 @@ class KnnPlans:
 def knn_monitor(features: Callable, plans: KnnPlans, workers: int = 0, progress: Callable | None = None) -> dict:
     """`{"knn": accuracy, "samples": val images, "seconds": ...}` of the encoder `features(x_nhwc) -> (B, D)
     numpy` (eval mode; each trainer brings its own): the memory's and the queries' features, then
-    `twins.metrics.knn_predict` with the plans' k and t. `progress(done, total)` is called after each batch."""
+    `twins.metrics.knn_predict` with the plans' k and t. `progress()` is called after each batch (a bar's
+    `update`)."""
     start = time.perf_counter()
-    total, done = len(plans.memory) + len(plans.query), 0
     collected = []
     for plan in (plans.memory, plans.query):
         rows = []
         for x, _ in plan.iterate(0, workers):
             rows.append(features(x))
-            done += 1
             if progress is not None:
-                progress(done, total)
+                progress()
         collected.append(np.concatenate(rows))
     memory, queries = collected
     predicted = metrics.knn_predict(memory, plans.memory.targets(), queries, plans.classes, plans.k, plans.t)

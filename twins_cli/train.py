@@ -222,14 +222,14 @@ def plans(recipe: Recipe, info) -> tuple[BatchPlan, BatchPlan, list[str]]:
     train, val = open_split(recipe.data, "train", info), open_split(recipe.data, "val", info)
     check_same_classes(train, val)
     train_tf, val_tf = transforms(recipe.preprocess, recipe.input_size, info, recipe.margin)
+    train_plan = BatchPlan(train, recipe.batch_size, train_tf, shuffle=True, seed=recipe.seed, drop_last=recipe.drop_last)
     if info.task == "contrastive":  # the val phase is the kNN monitor: train-split features vote for val images
         val_batch = recipe.val_batch_size or recipe.batch_size
         monitor = tasks.KnnPlans(BatchPlan(train, val_batch, val_tf, shuffle=False),
                                  BatchPlan(val, val_batch, val_tf, shuffle=False), len(train.classes), recipe.knn_k,
                                  recipe.knn_t)
-        return (BatchPlan(train, recipe.batch_size, train_tf, shuffle=True, seed=recipe.seed,
-                          drop_last=recipe.drop_last), monitor, train.classes)
-    return (BatchPlan(train, recipe.batch_size, train_tf, shuffle=True, seed=recipe.seed, drop_last=recipe.drop_last),
+        return train_plan, monitor, train.classes
+    return (train_plan,
             # Every val image counts: the seed's val pipeline also drops the last partial batch, which
             # skips up to 127 images, or all of them in a val set smaller than a batch.
             BatchPlan(val, recipe.val_batch_size or recipe.batch_size, val_tf, shuffle=False, seed=recipe.seed),
