@@ -17,6 +17,7 @@ from . import inception
 from . import vgg_slim
 from . import saliency
 from . import simclr
+from . import pspnet
 
 _BUILDERS = {
     "resnet18": resnet.resnet18,
@@ -33,6 +34,7 @@ _BUILDERS = {
     "saliency_unet": saliency.saliency_unet,
     "simclr_ssl": simclr.simclr_ssl,
     "simclr_sl": simclr.simclr_sl,
+    "pspnet": pspnet.pspnet,
 }
 
 

@@ -102,6 +102,56 @@ class AdaptiveAveragePool(layers.AdaptiveAveragePooling2D):
         return ops.einsum("pw,nowc->nopc", cols, ops.einsum("oh,nhwc->nowc", rows, x))
 
 
+def align_corners_matrix(size_in, size_out, dtype):
+    """`(size_out, size_in)` interpolation matrix of bilinear resizing with `align_corners=True` (torch's
+    `F.interpolate(..., mode="bilinear", align_corners=True)`): output i samples the input at
+    `i * (in - 1) / (out - 1)` (0 for one output), and its weight on input j is the hat `max(0, 1 - |src - j|)`,
+    which is the two-neighbour linear weight. Built with `keras.ops`, so sizes unknown when traced work too;
+    an input of 1 (PPM's 1x1 bin) gives a column of ones: replication."""
+    scale = ops.cast(size_in - 1, dtype) / ops.cast(ops.maximum(size_out - 1, 1), dtype)
+    source = ops.cast(ops.arange(size_out), dtype) * scale
+    return ops.relu(1.0 - ops.abs(source[:, None] - ops.cast(ops.arange(size_in), dtype)[None, :]))
+
+
+@keras.saving.register_keras_serializable(package="twins")
+class AlignCornersResize(layers.Layer):
+    """Bilinear resize with `align_corners=True`, NHWC, one implementation for every backend: two
+    interpolation matrices (`align_corners_matrix`) applied by einsum. Keras' resize ops have no
+    align-corners mode (their bilinear is half-pixel, torch's `align_corners=False`). Called on one tensor it
+    scales by `zoom` corner to corner, `(size - 1) * zoom + 1` (PSPNet's output of `(H - 1) / 8 * zoom + 1`);
+    called on `[x, like]` it resizes `x` to `like`'s height and width (the PPM's branches)."""
+
+    def __init__(self, zoom=None, **kwargs):
+        super().__init__(**kwargs)
+        self.zoom = zoom
+
+    def target_size(self, shape, like_shape=None):
+        if like_shape is not None:
+            return like_shape[1], like_shape[2]
+        return tuple(None if n is None else (n - 1) * self.zoom + 1 for n in shape[1:3])
+
+    def call(self, inputs):
+        if isinstance(inputs, (list, tuple)):
+            x, like = inputs
+            out_h, out_w = ops.shape(like)[1], ops.shape(like)[2]
+        else:
+            x = inputs
+            out_h, out_w = ((n - 1) * self.zoom + 1 for n in ops.shape(x)[1:3])
+        in_h, in_w = ops.shape(x)[1], ops.shape(x)[2]
+        rows = align_corners_matrix(in_h, out_h, x.dtype)
+        cols = align_corners_matrix(in_w, out_w, x.dtype)
+        return ops.einsum("pw,nowc->nopc", cols, ops.einsum("oh,nhwc->nowc", rows, x))
+
+    def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, list) and isinstance(input_shape[0], (list, tuple)):
+            shape, like = input_shape
+            return (shape[0], *self.target_size(shape, like), shape[3])
+        return (input_shape[0], *self.target_size(input_shape), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "zoom": self.zoom}
+
+
 @keras.saving.register_keras_serializable(package="twins")
 class LeakyReLU(layers.LeakyReLU):
     """torch's LeakyReLU: `x` where `x > 0`, else `negative_slope * x`, the slope multiplied in the input's
@@ -198,10 +248,10 @@ class ImageCheck(layers.Layer):
     output declares `channels`, which is what the first conv is built for. A fixed `input_shape`
     outside `min_size`..`max_size` is refused when the model is built, not by a layer deep inside it."""
 
-    def __init__(self, channels=3, model="model", min_size=1, max_size=None, multiple=1, why="", **kwargs):
+    def __init__(self, channels=3, model="model", min_size=1, max_size=None, multiple=1, why="", offset=0, **kwargs):
         super().__init__(**kwargs)
         self.channels, self.model, self.min_size, self.max_size = channels, model, min_size, max_size
-        self.multiple, self.why = multiple, why
+        self.multiple, self.why, self.offset = multiple, why, offset
 
     def call(self, x):
         shape = tuple(x.shape)
@@ -225,7 +275,7 @@ class ImageCheck(layers.Layer):
         if height is None or width is None:
             return
         problem = size_problem(self.model, height, width, min_size=self.min_size, max_size=self.max_size,
-                               multiple=self.multiple, why=self.why)
+                               multiple=self.multiple, offset=self.offset, why=self.why)
         if problem:
             raise ValueError(problem)
 
@@ -238,11 +288,11 @@ class ImageCheck(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "model": self.model, "min_size": self.min_size,
-                "max_size": self.max_size, "multiple": self.multiple, "why": self.why}
+                "max_size": self.max_size, "multiple": self.multiple, "why": self.why, "offset": self.offset}
 
 
 def image_input(input_shape=(None, None, 3), model="model", name="image", min_size=1, max_size=None, multiple=1,
-                why=""):
+                why="", offset=0):
     """`(inputs, checked)`: the NHWC model input and the same tensor after `ImageCheck`. The input's
     channel axis is left open for the check's sake; its dtype follows the dtype policy's variables
     (keras.Input alone would cast a float64 batch to floatx). `min_size` is the registry's
@@ -250,4 +300,4 @@ def image_input(input_shape=(None, None, 3), model="model", name="image", min_si
     the registry's `max_input_size`, `multiple` its `size_multiple`."""
     height, width, channels = input_shape
     inputs = keras.Input(shape=(height, width, None), dtype=keras.config.dtype_policy().variable_dtype, name=name)
-    return inputs, ImageCheck(channels, model, min_size, max_size, multiple, why, name="image_check")(inputs)
+    return inputs, ImageCheck(channels, model, min_size, max_size, multiple, why, offset, name="image_check")(inputs)

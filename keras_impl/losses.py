@@ -1,5 +1,6 @@
-"""The contrastive loss of seed 003 (SimCLR), NT-Xent, in keras.ops (every backend). Twin of
-`torch_impl/losses.py`, whose docstring states the definition and its conventions against the paper's.
+"""The contrastive loss of seed 003 (SimCLR), NT-Xent, and seed 004's (PSPNet) cross-entropy with an ignore
+label, in keras.ops (every backend). Twin of `torch_impl/losses.py`, whose docstring states NT-Xent's
+definition and its conventions against the paper's.
 
 `nt_xent(z, temperature)` is a function of the projection batch alone; `NTXent` is the same loss as a
 `keras.losses.Loss` for `compile`/`fit` (it ignores `y_true`: the targets are the rows' pairing), so a
@@ -59,3 +60,36 @@ class NTXent(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature}
+
+
+IGNORE_LABEL = 255
+
+
+def segmentation_cross_entropy(logits, labels, ignore_index=IGNORE_LABEL):
+    """Twin of `torch_impl.losses.segmentation_cross_entropy`: the mean cross-entropy over the pixels whose
+    label is not `ignore_index` (NHWC logits, NHW labels), 0 when none is. Keras'
+    `SparseCategoricalCrossentropy(ignore_class=255)` would be the built-in way; written out here so that the
+    all-ignored batch is defined the same way on both sides and the ignored pixels' dummy class (0) is
+    visibly masked before it reaches the mean."""
+    labels = ops.cast(labels, "int32")
+    valid = ops.not_equal(labels, ignore_index)
+    per_pixel = keras.losses.sparse_categorical_crossentropy(ops.where(valid, labels, 0), logits, from_logits=True)
+    weight = ops.cast(valid, per_pixel.dtype)
+    return ops.sum(per_pixel * weight) / ops.maximum(ops.sum(weight), ops.cast(1, per_pixel.dtype))
+
+
+@keras.saving.register_keras_serializable(package="twins")
+class SegmentationCrossEntropy(keras.losses.Loss):
+    """`segmentation_cross_entropy` as a Keras loss for `compile`: it returns the batch's scalar, which the
+    default reduction leaves as it is (a mean over one value). Keras hands `y_true` over as floats; 0..255
+    are exact in float32, so the cast back to class indices is lossless."""
+
+    def __init__(self, ignore_index=IGNORE_LABEL, name="segmentation_cross_entropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.ignore_index = ignore_index
+
+    def call(self, y_true, y_pred):
+        return segmentation_cross_entropy(y_pred, y_true, self.ignore_index)
+
+    def get_config(self):
+        return {**super().get_config(), "ignore_index": self.ignore_index}

@@ -29,7 +29,7 @@ from twins.runs import (EpochMeter, Position, Recipe, RunDir, Scalars, best_line
                         natural_order, new_history, record_epoch, record_eval, scores_text, step_line, task_of)
 
 from . import training
-from .losses import NTXent
+from .losses import NTXent, SegmentationCrossEntropy
 from .weights import load_torch_state_dict, slots, torch_state_dict
 
 RESUME_FILE = "keras_state.npz"
@@ -242,6 +242,8 @@ def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, 
         loss, accuracy = keras.losses.MeanSquaredError(), []
     elif task.name == "contrastive":  # a loss on the projection batch, no backend-specific train_step
         loss, accuracy = NTXent(recipe.temperature), []
+    elif task.name == "segmentation":  # per-pixel cross-entropy over the labelled pixels, on logits and aux logits
+        loss, accuracy = SegmentationCrossEntropy(), []
     else:
         loss, accuracy = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
     view.compile(

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from .losses import nt_xent
+from .losses import nt_xent, segmentation_cross_entropy
 
 
 def cross_entropy(outputs, labels, aux_weight: float = 0.4):
@@ -30,15 +30,28 @@ def mean_squared_error(outputs, targets):
     return ops.mean(ops.square(ops.subtract(outputs, ops.cast(targets, outputs.dtype))))
 
 
+def segmentation_loss(outputs, labels, aux_weight: float = 0.4):
+    """PSPNet's training loss: `main + aux_weight * aux`, each the cross-entropy over the labelled pixels
+    (255 ignored); `outputs` is `(logits, aux_logits)` (training mode) or the logits alone."""
+    if isinstance(outputs, (tuple, list)):
+        main, *aux = outputs
+        return segmentation_cross_entropy(main, labels) + sum(
+            aux_weight * segmentation_cross_entropy(a, labels) for a in aux)
+    return segmentation_cross_entropy(outputs, labels)
+
+
 def loss_for(task: str, aux_weight: float = 0.4, temperature: float = 0.5):
     """Twin of `torch_impl.training.loss_for`: "classification" cross-entropy (with aux heads), "saliency"
-    MSE, "contrastive" NT-Xent of the projection output (`[feature, projection]`; the labels are not read)."""
+    MSE, "contrastive" NT-Xent of the projection output (`[feature, projection]`; the labels are not read),
+    "segmentation" main + aux cross-entropy ignoring 255."""
     if task == "classification":
         return lambda outputs, labels: cross_entropy(outputs, labels, aux_weight)
     if task == "saliency":
         return mean_squared_error
     if task == "contrastive":
         return lambda outputs, labels: nt_xent(outputs[1], temperature)
+    if task == "segmentation":
+        return lambda outputs, labels: segmentation_loss(outputs, labels, aux_weight)
     raise ValueError(f"no training loss for task {task!r}")
 
 

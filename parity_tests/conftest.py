@@ -22,6 +22,9 @@ TORCHVISION_MODELS = [m for m in MODELS if m not in ("vgg19_slim", "saliency_une
 # Registered, but not in the per-model contract tests above (their outputs are a tuple, or their checks are their
 # seed's): SimCLR's twins, whose loads, outputs, bridge and input errors are in test_simclr.py.
 SIMCLR_MODELS = ["simclr_ssl", "simclr_sl"]
+# Also outside the per-model contract: PSPNet, whose output is a map of its own size rule ((H - 1) / 8 * zoom + 1)
+# and whose training mode returns (logits, aux logits); its contract is in test_pspnet.py.
+PSPNET_MODELS = ["pspnet"]
 
 
 def output_shape(name: str, batch: int, size: int, classes: int, layout: str) -> tuple:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import torch_impl
-from parity_tests.conftest import (BACKEND, GRADIENT_OPTIONS, MODELS, RESNETS, SIMCLR_MODELS, TORCHVISION_MODELS,
+from parity_tests.conftest import (BACKEND, GRADIENT_OPTIONS, MODELS, PSPNET_MODELS, RESNETS, SIMCLR_MODELS, TORCHVISION_MODELS,
                                   contract_size, model_params, output_shape, skip_off_tensorflow,
                                   torchvision_parameter_count, torchvision_state_dict)
 from twins import registry
@@ -23,7 +23,7 @@ def torch_ids(models=MODELS):
 def test_both_registries_list_the_same_names():
     import keras_impl
 
-    assert torch_impl.list_models() == keras_impl.list_models() == MODELS + SIMCLR_MODELS
+    assert torch_impl.list_models() == keras_impl.list_models() == MODELS + SIMCLR_MODELS + PSPNET_MODELS
 
 
 # ---------------------------------------------------------------------------------------------- torch

@@ -15,6 +15,7 @@ from . import inception
 from . import vgg_slim
 from . import saliency
 from . import simclr
+from . import pspnet
 
 _BUILDERS = {
     "resnet18": resnet.resnet18,
@@ -31,6 +32,7 @@ _BUILDERS = {
     "saliency_unet": saliency.saliency_unet,
     "simclr_ssl": simclr.simclr_ssl,
     "simclr_sl": simclr.simclr_sl,
+    "pspnet": pspnet.pspnet,
 }
 
 

@@ -8,10 +8,11 @@ from twins.registry import size_problem
 
 
 def check_nchw(x: torch.Tensor, channels: int = 3, model: str = "model", min_size: int = 1,
-               max_size: int | None = None, multiple: int = 1, why: str = "") -> None:
+               max_size: int | None = None, multiple: int = 1, offset: int = 0, why: str = "") -> None:
     """Refuse the input mistakes that would otherwise surface as a shape error deep in the network.
     `max_size` is for a model with an upper bound too (vgg19_slim squeezes a map that must stay 1x1),
-    `multiple` for one whose height and width must be multiples of it (saliency_unet: 32; `why` says why)."""
+    `multiple` for one whose height and width must be multiples of it (saliency_unet: 32; `why` says why), after
+    subtracting `offset` (pspnet: 8k + 1)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{model} expects a torch.Tensor of shape (N, {channels}, H, W), got {type(x).__name__}")
     if x.ndim != 4:
@@ -27,7 +28,7 @@ def check_nchw(x: torch.Tensor, channels: int = 3, model: str = "model", min_siz
             f"got shape {tuple(x.shape)}.{hint}"
         )
     problem = size_problem(model, x.shape[2], x.shape[3], min_size=min_size, max_size=max_size, multiple=multiple,
-                           why=why)
+                           offset=offset, why=why)
     if problem:
         raise ValueError(problem)
     if not x.is_floating_point():

@@ -1,4 +1,5 @@
-"""The contrastive loss of seed 003 (SimCLR), NT-Xent. Twin of `keras_impl/losses.py`.
+"""The losses that are not a plain cross-entropy or MSE: seed 003's (SimCLR) NT-Xent and seed 004's (PSPNet)
+cross-entropy with an ignore label. Twin of `keras_impl/losses.py`.
 
 `nt_xent(z, temperature)` is the seed's definition exactly: the rows of `z` (2N projections, interleaved so
 that rows 2k and 2k+1 are the two views of sample k) are L2-normalised (`F.normalize`, eps 1e-12); their
@@ -46,3 +47,14 @@ def nt_xent_rows(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
 def nt_xent(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """The seed's NT-Xent of interleaved projections `z` (2N, D): a scalar, the mean over the 2N rows."""
     return nt_xent_rows(z, temperature).mean()
+
+
+IGNORE_LABEL = 255
+
+
+def segmentation_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL):
+    """PSPNet's criterion, `CrossEntropyLoss(ignore_index=255)`: the mean cross-entropy over the pixels whose
+    label is not `ignore_index` (NCHW logits, NHW labels). With no pixel labelled torch's mean is 0 / 0 = NaN,
+    which would poison the weights at the next step; here it is 0, with zero gradients."""
+    total = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    return total / (labels != ignore_index).sum().clamp(min=1)

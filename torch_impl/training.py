@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import nt_xent
+from .losses import nt_xent, segmentation_cross_entropy
 
 
 def cross_entropy(outputs, labels, aux_weight: float = 0.4):
@@ -24,9 +24,20 @@ def mean_squared_error(outputs, targets):
     return F.mse_loss(outputs, targets)
 
 
+def segmentation_loss(outputs, labels, aux_weight: float = 0.4):
+    """PSPNet's training loss: `main + aux_weight * aux`, each the cross-entropy over the labelled pixels
+    (255 ignored); `outputs` is `(logits, aux_logits)` (training mode) or the logits alone."""
+    if isinstance(outputs, (tuple, list)):
+        main, *aux = outputs
+        return segmentation_cross_entropy(main, labels) + sum(
+            aux_weight * segmentation_cross_entropy(a, labels) for a in aux)
+    return segmentation_cross_entropy(outputs, labels)
+
+
 def loss_for(task: str, aux_weight: float = 0.4, temperature: float = 0.5):
     """The training loss of a registry task: "classification" cross-entropy (with aux heads), "saliency" MSE,
-    "contrastive" the seed's NT-Xent of the projections (the second output; the labels are not read).
+    "contrastive" the seed's NT-Xent of the projections (the second output; the labels are not read),
+    "segmentation" PSPNet's main + aux cross-entropy ignoring 255.
     Twin of `keras_impl.training.loss_for`."""
     if task == "classification":
         return lambda outputs, labels: cross_entropy(outputs, labels, aux_weight)
@@ -34,6 +45,8 @@ def loss_for(task: str, aux_weight: float = 0.4, temperature: float = 0.5):
         return mean_squared_error
     if task == "contrastive":
         return lambda outputs, labels: nt_xent(outputs[1], temperature)
+    if task == "segmentation":
+        return lambda outputs, labels: segmentation_loss(outputs, labels, aux_weight)
     raise ValueError(f"no training loss for task {task!r}")
 
 

@@ -1,7 +1,8 @@
-"""Image data for both frameworks, numpy + OpenCV only: the ImageFolder layout, the fine-tuning seed's
-train / val transforms, the Food-101 layout with the VGG-19 seed's square crops, the SALICON layout with
-the saliency seed's joint image / map augmentation, and a batch plan that makes every batch a pure
-function of (seed, epoch, batch index).
+"""Image data for both frameworks, numpy + OpenCV (+ Pillow for palette PNGs) only: the ImageFolder layout,
+the fine-tuning seed's train / val transforms, the Food-101 layout with the VGG-19 seed's square crops, the
+SALICON layout with the saliency seed's joint image / map augmentation, the PASCAL VOC segmentation layout
+with PSPNet's scale / crop / flip and its palette, and a batch plan that makes every batch a pure function
+of (seed, epoch, batch index).
 
     folder = ImageFolder("DATA", "train")              # DATA/train/<class>/*.jpg
     plan = BatchPlan(folder, batch_size=8, transform=train_transform(224), shuffle=True, seed=0)
@@ -10,6 +11,8 @@ function of (seed, epoch, batch index).
     plan = BatchPlan(food, 64, food101_train_transform(224, margin=10), shuffle=True, drop_last=True)
     salicon = Salicon("SALICON", "train")                # image/train/<name>.jpg, mask/train/<name>.png
     x, y = BatchPlan(salicon, 4, salicon_train_transform(256), shuffle=True).batch(0, 0)  # y: NHW1 maps in [0, 1]
+    voc = Voc("VOC2012", "train")     # ImageSets/Segmentation/train.txt, JPEGImages/<id>.jpg, SegmentationClass/<id>.png
+    x, y = BatchPlan(voc, 8, voc_train_transform(473), shuffle=True).batch(0, 0)  # y: int64 NHW, 255 = ignore
 
 `torch_impl.train` wraps a plan as a `Dataset` / `DataLoader` (the adapter transposes to NCHW),
 `keras_impl.train` as a `keras.utils.PyDataset`; both frameworks then see the same pixels in the same
@@ -28,6 +31,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from twins import checkpoints
 from twins.registry import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -329,9 +333,186 @@ class Cifar10:
         return transform(self.images[index], rng), int(self.labels[index])
 
 
+# PASCAL VOC 2012's segmentation classes, background first: label i names VOC_CLASSES[i].
+VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor"]
+# The label VOC draws along every object's outline (and semseg's `ignore_label`): not scored, no loss.
+IGNORE_LABEL = 255
+
+
+def voc_palette() -> np.ndarray:
+    """VOC's 256-entry colormap (the devkit's `labelcolormap.m`): the bits of index i, three at a time
+    from the lowest, go to R, G and B from the highest bit down, so 0 is black, 1 (128, 0, 0), 15 (192,
+    128, 128) and 255 (224, 224, 192). Every index gets its own colour, so an RGB label maps back."""
+    palette = np.zeros((256, 3), np.uint8)
+    for index in range(256):
+        value, rgb = index, [0, 0, 0]
+        for bit in range(7, -1, -1):
+            for channel in range(3):
+                rgb[channel] |= ((value >> channel) & 1) << bit
+            value >>= 3
+        palette[index] = rgb
+    return palette
+
+
+VOC_PALETTE = voc_palette()
+
+
+def _palette_codes() -> tuple[np.ndarray, np.ndarray]:
+    """The palette's colours as sorted 24-bit codes and the index of each, for `np.searchsorted`."""
+    codes = (VOC_PALETTE.astype(np.int64) << np.array([16, 8, 0])).sum(axis=1)
+    order = np.argsort(codes)
+    return codes[order], order.astype(np.uint8)
+
+
+_PALETTE_CODES, _PALETTE_INDICES = _palette_codes()
+
+
+def read_label(path: str | os.PathLike) -> np.ndarray:
+    """A segmentation label PNG as class indices, uint8 (H, W). VOC ships palette PNGs (Pillow mode "P"),
+    whose pixel values are the indices whatever colours the palette shows; OpenCV would decode them to
+    the palette's colours, which is why Pillow reads labels. A single-channel ("L") PNG holds the indices
+    as they are (what most conversion scripts write). An RGB(A) PNG, a label saved through an image
+    editor, is mapped back through `VOC_PALETTE` (alpha dropped); a colour that is not in the palette is
+    refused rather than guessed, as are other modes (16-bit, bilevel)."""
+    from PIL import Image
+
+    path = str(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            pixels = np.asarray(image.convert("RGB") if mode == "RGBA" else image)
+    except (OSError, ValueError, SyntaxError) as exc:  # missing, not an image, truncated
+        raise DataError(f"unreadable label: {path} ({type(exc).__name__}: {exc})") from None
+    if mode in ("P", "L"):
+        return pixels.astype(np.uint8, copy=False)
+    if mode not in ("RGB", "RGBA"):
+        raise DataError(f"label {path} has mode {mode!r}: expected a palette (P), single-channel index (L) or "
+                        "VOC-coloured RGB PNG")
+    codes = (pixels.astype(np.int64) << np.array([16, 8, 0])).sum(axis=2)
+    slots = np.minimum(np.searchsorted(_PALETTE_CODES, codes), len(_PALETTE_CODES) - 1)
+    unknown = _PALETTE_CODES[slots] != codes
+    if unknown.any():
+        y, x = np.unravel_index(np.argmax(unknown), unknown.shape)
+        raise DataError(f"label {path}: colour {tuple(int(c) for c in pixels[y, x])} at pixel (x={x}, y={y}) is "
+                        f"not in the VOC palette ({int(unknown.sum())} such pixels): an RGB label must use "
+                        "VOC's colours")
+    return _PALETTE_INDICES[slots]
+
+
+def _missing(paths: list[Path], folder: Path) -> list[Path]:
+    """The paths whose file is not in `folder` (one directory listing, not a stat per file)."""
+    present = set(os.listdir(folder)) if folder.is_dir() else set()
+    return [p for p in paths if p.name not in present]
+
+
+@dataclass
+class Voc:
+    """The PASCAL VOC segmentation layout of seed 004: `ROOT/ImageSets/Segmentation/<split>.txt` (one image id a
+    line), images at `ROOT/JPEGImages/<id>.jpg`, labels at `ROOT/SegmentationClass/<id>.png` (`read_label`:
+    palette, index or VOC-coloured PNG; 255 marks the outline band that is not scored). Class names come
+    from `ROOT/classes.txt` (one a line, background first) when the folder has one, else `VOC_CLASSES`.
+
+    Every listed image and label is checked to exist here, so a typo fails at start rather than
+    mid-epoch; sizes and label values are checked when a pair is read."""
+
+    root: Path
+    split: str
+    classes: list[str]
+    samples: list[tuple[Path, Path]]
+
+    def __init__(self, root: str | os.PathLike, split: str):
+        self.root, self.split = Path(root), split
+        self.classes = self._read_classes(self.root / "classes.txt")
+        list_path = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
+        if not list_path.is_file():
+            raise DataError(f"missing VOC list file: {list_path} (VOC layout: ROOT/ImageSets/Segmentation/"
+                            f"{{train,val}}.txt, one image id a line; ROOT/JPEGImages/<id>.jpg, "
+                            f"ROOT/SegmentationClass/<id>.png)")
+        ids = [line.strip() for line in list_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not ids:
+            raise DataError(f"{list_path} lists no image ids")
+        images, labels = self.root / "JPEGImages", self.root / "SegmentationClass"
+        image_paths, label_paths = [images / f"{i}.jpg" for i in ids], [labels / f"{i}.png" for i in ids]
+        for what, paths, folder in (("image", image_paths, images), ("label", label_paths, labels)):
+            missing = _missing(paths, folder)
+            if missing:
+                more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+                raise DataError(f"missing {what} for {len(missing)} of {len(ids)} ids in {list_path}: "
+                                f"{', '.join(map(str, missing[:3]))}{more}")
+        self.samples = list(zip(image_paths, label_paths))
+
+    @staticmethod
+    def _read_classes(path: Path) -> list[str]:
+        if not path.is_file():
+            return list(VOC_CLASSES)
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if not names or repeated or len(names) > IGNORE_LABEL:
+            reason = (f"repeats {', '.join(repeated)}" if repeated else
+                      "names no classes" if not names else f"names {len(names)} classes, at most {IGNORE_LABEL}")
+            raise DataError(f"{path} {reason}: expected one class name a line, background first")
+        return names
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def example(self, index: int, transform: Callable, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Pair `index` as `transform(image, label, rng)`: one random draw moves both."""
+        image_path, label_path = self.samples[index]
+        image, label = read_image(image_path), read_label(label_path)
+        if image.shape[:2] != label.shape:
+            raise DataError(f"{label_path} is {label.shape[1]}x{label.shape[0]}, its image {image_path} is "
+                            f"{image.shape[1]}x{image.shape[0]}: a label must have its image's size")
+        bad = (label >= len(self.classes)) & (label != IGNORE_LABEL)
+        if bad.any():
+            y, x = np.unravel_index(np.argmax(bad), bad.shape)
+            raise DataError(f"{label_path}: label out of range: value {label[y, x]} at pixel (x={x}, y={y}) for "
+                            f"{len(self.classes)} classes (0..{len(self.classes) - 1}, {IGNORE_LABEL} ignored)")
+        return transform(image, label, rng)
+
+
+def _check_label(label: np.ndarray) -> np.ndarray:
+    label = np.asarray(label)
+    if label.ndim != 2 or not np.issubdtype(label.dtype, np.integer):
+        raise ValueError(f"a label map is integer (H, W), got {label.dtype} {label.shape}")
+    if label.size and (label.min() < 0 or label.max() > 255):
+        raise ValueError(f"label values span [{label.min()}, {label.max()}]; a palette holds 0..255")
+    return label.astype(np.uint8)
+
+
+def colorize(label: np.ndarray) -> np.ndarray:
+    """A label map as RGB uint8 (H, W, 3) in VOC's colours (255, the outline band, is cream)."""
+    return VOC_PALETTE[_check_label(label)]
+
+
+def overlay(image_rgb: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """`image_rgb` (uint8 H, W, 3) blended with `colorize(label)` at `alpha`; ignore pixels (255) keep the image,
+    so the outline band does not hide where a prediction and the image disagree."""
+    label = _check_label(label)
+    if image_rgb.shape[:2] != label.shape:
+        raise ValueError(f"image {image_rgb.shape[:2]} and label {label.shape} differ in size")
+    blended = (1 - alpha) * image_rgb.astype(np.float32) + alpha * VOC_PALETTE[label].astype(np.float32)
+    blended = np.where((label == IGNORE_LABEL)[..., None], image_rgb.astype(np.float32), blended)
+    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+
+def write_label_png(path: str | os.PathLike, label: np.ndarray) -> Path:
+    """A label map as a palette PNG (Pillow mode "P", `VOC_PALETTE`), as VOC ships them: the pixel values are
+    the class indices and viewers show VOC's colours. Written atomically."""
+    from PIL import Image
+
+    image = Image.fromarray(_check_label(label), mode="P")
+    image.putpalette(VOC_PALETTE.tobytes())
+    return checkpoints.write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
 # ----------------------------------------------------------------------------------------------
 # Transforms: `f(image uint8 HWC RGB, rng) -> float32 HWC`; paired ones (SALICON)
-# `f(image, map uint8 HW, rng) -> (float32 HWC, float32 HW1)`
+# `f(image, map uint8 HW, rng) -> (float32 HWC, float32 HW1)`, (VOC) `f(image, label uint8 HW, rng) ->
+# (float32 HWC, int64 HW)`
 
 
 def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -595,6 +776,63 @@ def cifar_test_transform(size: int = 32, mean=CIFAR_MEAN, std=CIFAR_STD) -> Call
     return transform
 
 
+def _pad_bottom_right(x: np.ndarray, label: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pad a normalised image with 0 (the mean colour, normalised) and its label with `IGNORE_LABEL` at the
+    bottom and right to at least `size` x `size`, so the padding is neither a colour nor a scored class."""
+    h, w = label.shape
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    if ph or pw:
+        x = np.pad(x, ((0, ph), (0, pw), (0, 0)))
+        label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_LABEL)
+    return x, label
+
+
+def voc_train_transform(size: int, scale=(0.5, 2.0), mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable:
+    """PSPNet's training augmentation (semseg's `RandScale`, `RandomHorizontalFlip`, `Crop(rand)`, `Normalize`),
+    one draw of `rng` moving image and label together: both scaled by a factor uniform in `scale` (image
+    bilinear, label nearest, so no class is blended into another), normalised, padded at the bottom / right
+    to at least `size` x `size` (image with the mean colour, label with 255), a `size` x `size` crop at a
+    uniformly random position (top, then left), flipped horizontally with p 0.5.
+
+    semseg also rotates by +-10 degrees and blurs with p 0.5 each; this pipeline keeps scale, crop and flip
+    only, as the VOC issue asks. semseg flips before its crop (the same distribution) and centres its
+    padding; here padding is at the bottom / right, so a padded image keeps its top-left origin.
+    Returns (float32 HWC image, int64 HW label)."""
+
+    def transform(image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
+        factor = float(rng.uniform(*scale))
+        h, w = label.shape
+        nh, nw = max(1, int(round(h * factor))), max(1, int(round(w * factor)))
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        label = cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST)
+        x, label = _pad_bottom_right(normalize(image, mean, std), label, size)
+        h, w = label.shape
+        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        x, label = x[top:top + size, left:left + size], label[top:top + size, left:left + size]
+        if rng.random() < 0.5:
+            x, label = x[:, ::-1], label[:, ::-1]
+        return np.ascontiguousarray(x), label.astype(np.int64)
+
+    return transform
+
+
+def voc_val_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable:
+    """Validation (and `twins predict`): the longer side resized to `size` (image bilinear, label nearest), the
+    aspect ratio kept, normalised, padded at the bottom / right to `size` x `size` (image with the mean
+    colour, label with 255, so the padding is not scored). One `size` x `size` view of the whole image
+    instead of semseg's multi-scale sliding-window test: a validation score each epoch, not the paper's."""
+
+    def transform(image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None):
+        h, w = label.shape
+        nh, nw = max(1, int(round(h * size / max(h, w)))), max(1, int(round(w * size / max(h, w))))
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        label = cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST)
+        x, label = _pad_bottom_right(normalize(image, mean, std), label, size)
+        return x, label.astype(np.int64)
+
+    return transform
+
+
 # ----------------------------------------------------------------------------------------------
 # Batches
 
@@ -610,7 +848,7 @@ class BatchPlan:
     the kept batches hold the same pixels as without `drop_last`. `num_samples` is still the folder's
     size, `samples_per_epoch` the number an epoch visits."""
 
-    def __init__(self, folder: ImageFolder | Food101 | Salicon | Cifar10, batch_size: int, transform: Callable, *, shuffle: bool,
+    def __init__(self, folder: ImageFolder | Food101 | Salicon | Cifar10 | Voc, batch_size: int, transform: Callable, *, shuffle: bool,
                  seed: int = 0, drop_last: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -639,7 +877,8 @@ class BatchPlan:
         return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
 
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """`(x, y)`: NHWC float32 images and int64 labels, or float32 NHW1 maps (SALICON)."""
+        """`(x, y)`: NHWC float32 images and int64 labels, float32 NHW1 maps (SALICON) or int64 NHW label
+        maps (VOC)."""
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of a {len(self)}-batch epoch")
         positions = range(index * self.batch_size, min((index + 1) * self.batch_size, len(self.folder)))
@@ -649,8 +888,9 @@ class BatchPlan:
             x, y = self.folder.example(order[k], self.transform, np.random.default_rng([self.seed, epoch, k]))
             images.append(x)
             targets.append(y)
-        if isinstance(targets[0], np.ndarray):
-            return np.stack(images).astype(np.float32), np.stack(targets).astype(np.float32)
+        if isinstance(targets[0], np.ndarray):  # saliency maps stay float; segmentation labels are class indices
+            dtype = np.int64 if np.issubdtype(targets[0].dtype, np.integer) else np.float32
+            return np.stack(images).astype(np.float32), np.stack(targets).astype(dtype)
         x = np.stack(images).astype(np.float32)
         if x.ndim == 5:  # two_views: (B, 2, H, W, C) -> 2B interleaved rows, sample k at 2k and 2k+1
             x = x.reshape(-1, *x.shape[2:])

@@ -1,5 +1,6 @@
 """Metrics in numpy, the same functions for both frameworks' outputs: classification (cross-entropy, accuracy,
-top-k) and saliency maps (MSE, CC, KLD, SIM)."""
+top-k), saliency maps (MSE, CC, KLD, SIM), the kNN monitor of representations, and semantic segmentation
+(confusion matrix, IoU per class, mIoU, pixel accuracy, cross-entropy with an ignore label)."""
 from __future__ import annotations
 
 import numpy as np
@@ -151,3 +152,65 @@ def knn_predict(memory: np.ndarray, memory_labels: np.ndarray, queries: np.ndarr
         np.add.at(votes, (np.arange(len(nearest))[:, None], memory_labels[nearest]), weights)
         predicted.append(votes.argmax(axis=1))
     return np.concatenate(predicted) if predicted else np.zeros(0, np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Semantic segmentation (seed 004): a confusion matrix accumulated over a whole phase, then IoU per class, mIoU
+# and pixel accuracy from it. Pixels labelled `ignore` (VOC's outline band, padding) count nowhere.
+
+
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, classes: int, ignore: int = 255) -> np.ndarray:
+    """(classes, classes) int64 pixel counts, row = target class, column = predicted class, over the pixels
+    whose target is not `ignore`. Summing the matrices of batches gives the matrix of their union, which is
+    why a phase accumulates this rather than a per-batch mIoU."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"predictions {pred.shape} and targets {target.shape} differ in shape")
+    valid = target != ignore
+    t, p = target[valid].astype(np.int64), pred[valid].astype(np.int64)
+    for what, values in (("target", t), ("prediction", p)):
+        bad = (values < 0) | (values >= classes)
+        if bad.any():
+            raise ValueError(f"{what} value {values[np.argmax(bad)]} is out of range 0..{classes - 1} "
+                             f"(and not the ignore label {ignore})")
+    return np.bincount(t * classes + p, minlength=classes * classes).reshape(classes, classes)
+
+
+def segmentation_scores(conf: np.ndarray) -> dict:
+    """`{"miou", "acc", "iou", "pixels"}` of a confusion matrix (`confusion_matrix`'s layout).
+
+    IoU of class c = TP / (TP + FP + FN); `iou` holds it per class, NaN for a class absent from both target
+    and prediction (its IoU is 0 / 0: undefined, not 0). mIoU is the mean over the classes whose union is
+    non-empty. semseg's `intersectionAndUnion` adds 1e-10 to each union and averages every class, so an
+    absent class enters as IoU 0 and pulls the mean down by a class the images never showed; over the full
+    VOC val set every class is present and the two agree, but on a subset or a small batch they do not.
+    Pixel accuracy = correctly labelled pixels / scored pixels. With no scored pixel (all ignored) both are
+    defined as 0.0 and `pixels` says 0, so a caller can tell "nothing scored" from "everything wrong"."""
+    conf = np.asarray(conf, np.int64)
+    tp = np.diag(conf).astype(np.float64)
+    union = conf.sum(axis=0) + conf.sum(axis=1) - tp
+    present = union > 0
+    iou = np.full(len(conf), np.nan)
+    iou[present] = tp[present] / union[present]
+    pixels = int(conf.sum())
+    return {"miou": float(iou[present].mean()) if present.any() else 0.0,
+            "acc": float(tp.sum() / pixels) if pixels else 0.0, "iou": iou, "pixels": pixels}
+
+
+def segmentation_cross_entropy(logits_nhwc: np.ndarray, labels_nhw: np.ndarray, ignore: int = 255) -> tuple[float, int]:
+    """`(sum of the softmax cross-entropy over the pixels whose label is not `ignore`, their count)`, float64:
+    torch's `CrossEntropyLoss(ignore_index=255)` is sum / count of one batch; a phase sums both over its
+    batches so its loss is the mean over all its scored pixels, not a mean of batch means."""
+    logits, labels = np.asarray(logits_nhwc), np.asarray(labels_nhw)
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(f"logits {logits.shape} (N, H, W, C) and labels {labels.shape} (N, H, W) differ in size")
+    valid = labels != ignore
+    scored = labels[valid].astype(np.int64)
+    bad = (scored < 0) | (scored >= logits.shape[-1])
+    if bad.any():
+        raise ValueError(f"label out of range: value {scored[np.argmax(bad)]} for {logits.shape[-1]} classes "
+                         f"(and not the ignore label {ignore})")
+    if not scored.size:
+        return 0.0, 0
+    log_probs = log_softmax(logits[valid])
+    return float(-log_probs[np.arange(len(scored)), scored].sum()), int(scored.size)

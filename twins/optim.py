@@ -25,7 +25,9 @@ def polynomial_decay(step: int, *, start: float, end: float, total: int, power: 
     return (start - end) * fraction ** power + end
 
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "poly")
+# PSPNet's "poly" schedule (semseg's `poly_learning_rate`): `lr * (1 - step / total) ** 0.9`.
+POLY_POWER = 0.9
 
 
 def cosine_decay(step: int, *, start: float, end: float, total: int) -> float:
@@ -39,15 +41,19 @@ def cosine_decay(step: int, *, start: float, end: float, total: int) -> float:
 def learning_rates(lr: float, lr_end: float | None, total_steps: int, schedule: str = "linear") -> np.ndarray:
     """The rate of every step `0 .. total_steps - 1` as float32 (the precision both optimisers apply it
     in): constant `lr`, or a decay from `lr` to `lr_end` over all `total_steps` steps (the step after the
-    last would be at `lr_end`), linear (seed 002's) or cosine (the SimCLR recipe's)."""
+    last would be at `lr_end`), linear (seed 002's), cosine (the SimCLR recipe's) or poly (PSPNet's: power 0.9)."""
     if total_steps < 1:
         raise ValueError(f"a run needs at least one step, got {total_steps}")
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}")
     if lr_end is None:
         return np.full(total_steps, lr, np.float32)
-    decay = polynomial_decay if schedule == "linear" else cosine_decay
-    return np.asarray([decay(i, start=lr, end=lr_end, total=total_steps) for i in range(total_steps)], np.float32)
+    if schedule == "cosine":
+        rates = [cosine_decay(i, start=lr, end=lr_end, total=total_steps) for i in range(total_steps)]
+    else:
+        power = POLY_POWER if schedule == "poly" else 1.0
+        rates = [polynomial_decay(i, start=lr, end=lr_end, total=total_steps, power=power) for i in range(total_steps)]
+    return np.asarray(rates, np.float32)
 
 
 def l2_keys(shapes: Mapping[str, tuple]) -> list[str]:

@@ -36,6 +36,9 @@ class ModelInfo:
     # Height and width must be multiples of this (saliency_unet: 32, its decoder doubles the map back onto
     # skip maps of the encoder, five times).
     size_multiple: int = 1
+    # ... after subtracting this: PSPNet needs (H - 1) % 8 == 0 (473, 713), so that its output-stride-8 map of
+    # (H - 1) / 8 + 1 pixels upsamples onto the input's grid corner to corner (align_corners=True).
+    size_offset: int = 0
     # Square image size the parity suite and `twins parity` use by default: big enough that every
     # stage has spatial extent > 1, small enough for a 2-core CPU.
     parity_size: int = 64
@@ -50,13 +53,14 @@ class ModelInfo:
     notes: str = ""
     extra: dict = field(default_factory=dict)
     # What the model computes, which decides its loss, labels and metrics: "classification" (logits,
-    # cross-entropy, accuracy) or "saliency" (a sigmoid map, MSE, CC / KLD / SIM).
+    # cross-entropy, accuracy), "saliency" (a sigmoid map, MSE, CC / KLD / SIM), "contrastive" (NT-Xent, kNN)
+    # or "segmentation" (per-pixel logits, cross-entropy ignoring 255, mIoU and pixel accuracy).
     task: str = "classification"
 
     def size_problem(self, height: int, width: int) -> str | None:
         """Why a `height` x `width` input does not fit this model, or None (both twins and the CLI ask)."""
         return size_problem(self.name, height, width, min_size=self.min_input_size, max_size=self.max_input_size,
-                            multiple=self.size_multiple, why=self.extra.get("size_why", ""))
+                            multiple=self.size_multiple, offset=self.size_offset, why=self.extra.get("size_why", ""))
 
 
 _RESNET_NOTE = "torchvision v1.5 layout (stride on the 3x3 conv of a Bottleneck)"
@@ -82,23 +86,28 @@ def check_frozen(frozen, modules=SALIENCY_ENCODER + SALIENCY_DECODER, model: str
 
 
 def size_problem(model: str, height: int, width: int, *, min_size: int = 1, max_size: int | None = None,
-                 multiple: int = 1, why: str = "") -> str | None:
+                 multiple: int = 1, offset: int = 0, why: str = "") -> str | None:
     """Why a `height` x `width` input does not fit, or None. The one message both twins' input checks and
-    the CLI give: the sizes that work and, for a size multiple, the nearest valid sizes."""
+    the CLI give: the sizes that work and, for a size multiple, the nearest valid sizes. With an `offset`,
+    `size - offset` must be a multiple of `multiple` (PSPNet: offset 1, multiple 8)."""
+    rule = (f"multiples of {multiple}" if not offset
+            else f"of the form {multiple}k + {offset} ((size - {offset}) % {multiple} == 0)")
     if min(height, width) < min_size or (max_size is not None and max(height, width) > max_size):
         expected = (f"at least {min_size}x{min_size}" if max_size is None
                     else f"{min_size}x{min_size} to {max_size}x{max_size}")
         if multiple > 1:
-            expected += f" with height and width multiples of {multiple}"
+            expected += f" with height and width {rule}"
         return f"{model} needs images of {expected} pixels, got {height}x{width}"
-    if multiple > 1 and (height % multiple or width % multiple):
+    if multiple > 1 and ((height - offset) % multiple or (width - offset) % multiple):
+        first = min_size + (offset - min_size) % multiple  # the smallest valid size
+
         def near(n):
-            low = max(min_size, n // multiple * multiple)
+            low = max(first, offset + (n - offset) // multiple * multiple)
             return low, low + multiple if n > low else low
 
         (h1, h2), (w1, w2) = near(height), near(width)
         reason = f" ({why})" if why else ""
-        return (f"{model} needs a height and width that are multiples of {multiple}{reason}, got {height}x{width}; "
+        return (f"{model} needs a height and width that are {rule}{reason}, got {height}x{width}; "
                 f"the nearest sizes that work are {h1}x{w1} and {h2}x{w2}")
     return None
 
@@ -146,6 +155,19 @@ MODELS: dict[str, ModelInfo] = {
                   notes="the seed's SL: CIFAR resnet18 encoder `enc` + `linear` classifier",
                   # `twins train simclr_sl --init-from RUN`: what a run of another model hands over.
                   extra={"encoder": ("enc",), "feature_dim": 512, "init_from": {"simclr_ssl": ("enc",)}}),
+        # PSPNet (seed 004): ResNet-50 with the deep stem, dilated layer3/layer4 (output stride 8), the pyramid
+        # pooling module and the `cls` head, plus the `aux` head on layer3 in training mode. 21 classes: PASCAL
+        # VOC's, the seed authors' recipe (the seed's own default, 2, is a placeholder). 9 px is the smallest
+        # input (a 2x2 map after layer2); the parity checks take 33 (a 5x5 map, which none of the bins 2, 3, 6
+        # divides: the adaptive-pooling hazard), and the README's 65 / 473 figures come from `twins parity`.
+        ModelInfo("pspnet", "pspnet", 473, ("cls.4", "aux.4"), num_classes=21, min_input_size=9, size_multiple=8,
+                  size_offset=1, parity_size=33, aux_heads=("aux",), aux_weight=0.4, task="segmentation",
+                  parity_train_options={"dropout": 0.0},
+                  notes="the seed's PSPNet(layers=50): deep-stem dilated ResNet, PPM, cls + aux heads; logits of "
+                        "(H - 1) / 8 * zoom_factor + 1 pixels; labels 255 ignored",
+                  extra={"size_why": "the output-stride-8 map of (size - 1) / 8 + 1 pixels is upsampled corner to "
+                                     "corner (align_corners=True) onto the input's grid",
+                         "ignore_label": 255}),
     ]
 }
 
@@ -175,6 +197,19 @@ def resnet_stage_info(expansion: int, stem: str = "imagenet", dilation=(1, 1, 1,
             stride *= 2
         info[f"layer{i + 1}"] = (planes * expansion, stride)
     return info
+
+
+def check_pspnet_options(layers, bins, num_classes, zoom_factor) -> None:
+    """The seed's asserts in `PSPNet.__init__`, as errors that say what was given (both twins call this)."""
+    if layers not in (50, 101, 152):
+        raise ValueError(f"pspnet layers must be one of 50, 101, 152, got {layers!r}")
+    if not bins or 2048 % len(bins):
+        raise ValueError(f"pspnet needs a bin count that divides 2048 (the PPM splits the channels evenly), "
+                         f"got {len(bins)} bins {tuple(bins)!r}")
+    if num_classes < 2:
+        raise ValueError(f"pspnet needs num_classes > 1, got {num_classes}")
+    if zoom_factor not in (1, 2, 4, 8):
+        raise ValueError(f"pspnet zoom_factor must be one of 1, 2, 4, 8, got {zoom_factor!r}")
 
 
 # Inception v3's input sizes and torchvision's `transform_input`, the rules both twins apply.

@@ -159,11 +159,20 @@ SIMCLR_SSL_RECIPE = dict(epochs=100, batch_size=256, val_batch_size=512, lr=0.3,
                          momentum=0.9, preprocess="simclr", drop_last=True)
 SIMCLR_SL_RECIPE = dict(epochs=100, batch_size=256, val_batch_size=512, lr=0.1, lr_end=0.0, schedule="cosine",
                         momentum=0.9, preprocess="cifar")
+# Seed 004 (SPEC.md section 6): PSPNet. The seed gives the model and the loss; the recipe is its authors'
+# (hszhao/semseg, config/voc2012/voc2012_pspnet50.yaml): SGD momentum 0.9, rate 0.01 with the poly decay
+# (power 0.9) to 0, weight decay 1e-4, aux weight 0.4, batch 16, 50 epochs, random scale 0.5-2 / crop 473 /
+# flip, the train loader dropping its last partial batch. Two of semseg's settings are not taken: it trains
+# the new layers (ppm, cls, aux) at 10x the rate and decays every tensor (BatchNorm and biases too); here one
+# rate for all and the L2 term on the conv kernels (`twins.optim.l2_keys`), as every recipe of the project.
+PSPNET_RECIPE = dict(epochs=50, batch_size=16, lr=0.01, lr_end=0.0, schedule="poly", momentum=0.9, weight_decay=1e-4,
+                     aux_weight=0.4, preprocess="voc", drop_last=True)
 RECIPES: dict[str, dict] = {"vgg19_slim": FOOD101_RECIPE, "saliency_unet": SALIENCY_RECIPE,
-                            "simclr_ssl": SIMCLR_SSL_RECIPE, "simclr_sl": SIMCLR_SL_RECIPE}
+                            "simclr_ssl": SIMCLR_SSL_RECIPE, "simclr_sl": SIMCLR_SL_RECIPE, "pspnet": PSPNET_RECIPE}
 # The transforms a recipe can ask for (twins.data): the zoo's, the Food-101 seed's, the saliency seed's, the
-# SimCLR seed's two views (its test transform for the kNN monitor) and the CIFAR-10 supervised one.
-PREPROCESS = ("imagenet", "food101", "salicon", "simclr", "cifar")
+# SimCLR seed's two views (its test transform for the kNN monitor), the CIFAR-10 supervised one and PSPNet's
+# (random scale / crop / flip of image and label map together; val: resized and padded with 255).
+PREPROCESS = ("imagenet", "food101", "salicon", "simclr", "cifar", "voc")
 
 
 def recipe_defaults(model: str) -> dict:
@@ -422,7 +431,7 @@ def scores_text(phase: dict) -> str:
 
 
 # The metrics a phase result may hold, in the order lines and TensorBoard list them.
-METRIC_ORDER = ("acc", "cc", "kld", "sim", "knn")
+METRIC_ORDER = ("miou", "acc", "cc", "kld", "sim", "knn")
 
 
 def epoch_line(record: dict, epochs: int, history: dict) -> str:

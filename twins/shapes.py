@@ -1,17 +1,20 @@
 """Small learnable image sets that a network can learn from scratch in minutes on a CPU: dark shapes
 (discs against squares, and triangles if asked) of random colours, sizes and positions on light, noisy
-backgrounds; and for the saliency seed, a bright blob among dim distractors with its Gaussian saliency map.
+backgrounds; for the saliency seed, a bright blob among dim distractors with its Gaussian saliency map; and
+for PSPNet, bright shapes on a dim background with their label maps.
 
     twins shapes DATA [--train 200 --val 50 --size 64 --seed 0]    # DATA/{train,val}/{disc,square}/*.jpg
     make_food101("FOOD")                      # FOOD/meta/{classes,labels,train,test}.txt, FOOD/images/<class>/<id>.jpg
     make_salicon("SAL")                       # SAL/image/{train,val}/<id>.jpg, SAL/mask/{train,val}/<id>.png
     make_cifar10("CIFAR")                     # CIFAR/data_batch_1..5, test_batch, batches.meta (python pickles)
+    make_voc("VOC")                           # VOC/JPEGImages/<id>.jpg, SegmentationClass/<id>.png, ImageSets/Segmentation/
 
-They stand in for the seeds' data sets (the hymenoptera ants/bees ImageFolder, Food-101, SALICON; no
-dataset can be downloaded here) in the README's commands and the tests.
+They stand in for the seeds' data sets (the hymenoptera ants/bees ImageFolder, Food-101, SALICON, CIFAR-10,
+PASCAL VOC; no dataset can be downloaded here) in the README's commands and the tests.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from pathlib import Path
@@ -188,4 +191,86 @@ def make_cifar10(root: str | os.PathLike, train: int = 100, test: int = 20, seed
                      b"filenames": [f"{name}_{i:05d}.png".encode() for i in range(count)]})
     write("batches.meta", {b"label_names": [n.encode() for n in CIFAR10_CLASSES], b"num_cases_per_batch": train,
                            b"num_vis": 3072})
+    return root
+
+
+# The generated VOC folder's classes (`ROOT/classes.txt`), label i naming VOC_SHAPE_CLASSES[i].
+VOC_SHAPE_CLASSES = ("background",) + SHAPES
+
+
+def fill_shape(canvas: np.ndarray, kind: str, cx: int, cy: int, radius: int, color, antialias: bool) -> None:
+    """Draw shape `kind` (`draw`'s geometry: a disc of `radius`, a square of half-side `radius`, an upright
+    equilateral triangle inscribed in the disc) filled with `color` onto `canvas` in place; a label map is
+    drawn without anti-aliasing, so its pixels hold class indices and nothing between."""
+    line = cv2.LINE_AA if antialias else cv2.LINE_8
+    if kind == "disc":
+        cv2.circle(canvas, (cx, cy), radius, color, thickness=-1, lineType=line)
+    elif kind == "square":
+        cv2.rectangle(canvas, (cx - radius, cy - radius), (cx + radius, cy + radius), color, thickness=-1)
+    elif kind == "triangle":
+        angles = np.deg2rad([-90, 30, 150])
+        corners = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], axis=1)
+        cv2.fillPoly(canvas, [np.round(corners).astype(np.int32)], color, lineType=line)
+    else:
+        raise ValueError(f"unknown shape {kind!r}; expected one of {', '.join(SHAPES)}")
+
+
+def draw_segmentation(height: int, width: int, rng: np.random.Generator, first: str | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """One RGB uint8 image and its uint8 label map: a dim, noisy background with one to three bright shapes
+    (disc, square, triangle), kept apart where ten tries find room; `first`, when given, is drawn last, on
+    top, so it is always seen. Each shape's
+    colour is a random bright hue whatever its class, so only the shape tells the class. The label holds the
+    class index of `VOC_SHAPE_CLASSES` per pixel and, as VOC's, a band of 255 (ignored) along every visible
+    object outline: one pixel inside and one outside, where the image's anti-aliased edge blends colours."""
+    side = min(height, width)
+    image = np.clip(rng.integers(20, 60) + rng.normal(0, 8, size=(height, width, 3)), 0, 255).astype(np.uint8)
+    instances = np.zeros((height, width), np.uint8)  # which object each pixel shows, 0 = background
+    label = np.zeros((height, width), np.uint8)
+    kinds = [SHAPES[int(rng.integers(len(SHAPES)))] for _ in range(int(rng.integers(1, 4)))]
+    if first is not None:
+        kinds[-1] = first
+    placed: list[tuple[int, int, int]] = []
+    for number, kind in enumerate(kinds, 1):
+        radius = max(3, int(rng.uniform(0.14, 0.26) * side))
+        for _ in range(10):  # apart from the others if it fits in ten tries, else overlapping (occlusion)
+            cx, cy = int(rng.integers(radius, width - radius)), int(rng.integers(radius, height - radius))
+            if all(math.hypot(cx - x, cy - y) > radius + r + 2 for x, y, r in placed):
+                break
+        placed.append((cx, cy, radius))
+        hsv = np.uint8([[[rng.integers(0, 180), rng.integers(150, 256), rng.integers(200, 256)]]])
+        color = tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
+        fill_shape(image, kind, cx, cy, radius, color, antialias=True)
+        fill_shape(instances, kind, cx, cy, radius, number, antialias=False)
+        fill_shape(label, kind, cx, cy, radius, VOC_SHAPE_CLASSES.index(kind), antialias=False)
+    kernel = np.ones((3, 3), np.uint8)
+    outline = cv2.dilate(instances, kernel) != cv2.erode(instances, kernel)
+    label[outline] = 255
+    return image, label
+
+
+def make_voc(root: str | os.PathLike, train: int = 200, val: int = 50, size: int = 64, seed: int = 0) -> Path:
+    """Write a PASCAL VOC-layout segmentation folder (seed 004's): `root/JPEGImages/<id>.jpg`, images
+    `size` x `size * 5 // 4` (not square, so the val transform's padding matters), `root/SegmentationClass/
+    <id>.png` palette label PNGs (`draw_segmentation`; 0 background, 1 disc, 2 square, 3 triangle, 255 the
+    outline band), `root/ImageSets/Segmentation/{train,val}.txt` and `root/classes.txt`. Image k of a split
+    always shows shape k % 3, so every class is in every three consecutive images."""
+    from twins.data import write_label_png
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    height, width = size, size * 5 // 4
+    for split, count in (("train", train), ("val", val)):
+        ids = []
+        for i in range(count):
+            image, label = draw_segmentation(height, width, rng, first=SHAPES[i % len(SHAPES)])
+            image_id = f"{split}_{i:05d}"
+            write_jpeg(root / "JPEGImages" / f"{image_id}.jpg", image)
+            write_label_png(root / "SegmentationClass" / f"{image_id}.png", label)
+            ids.append(image_id)
+        text = "".join(f"{i}\n" for i in ids)
+        checkpoints.write_atomic(root / "ImageSets" / "Segmentation" / f"{split}.txt",
+                                 lambda tmp, text=text: tmp.write_text(text, encoding="utf-8"))
+    text = "".join(f"{name}\n" for name in VOC_SHAPE_CLASSES)
+    checkpoints.write_atomic(root / "classes.txt", lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return root

@@ -14,6 +14,10 @@ directory ask the model's task (`twins.registry.ModelInfo.task`) rather than ass
   phase's only figure); the val phase is the kNN monitor (`knn_monitor`): the encoder's features of the train
   split (no augmentation) are the memory, each val image is classified by its k nearest, and `knn` accuracy
   picks the best epoch. There is no val loss: NT-Xent of a batch depends on which images share it.
+- segmentation: logits (N, H, W, C) against label maps (N, H, W), 255 not scored; loss = cross-entropy over
+  the scored pixels, metrics mIoU (which picks the best epoch) and pixel accuracy. mIoU does not decompose
+  per sample, so the tally (`SegmentationTally`) accumulates a confusion matrix and the cross-entropy's
+  sum and pixel count over the phase; the train phase reports its loss.
 """
 from __future__ import annotations
 
@@ -42,10 +46,13 @@ class Task:
         if self.name == "classification":
             return {"loss": metrics.cross_entropy(outputs, targets) * len(targets),
                     "acc": float(metrics.correct(outputs, targets))}
+        if self.name == "segmentation":
+            raise ValueError("segmentation scores are not sums per sample (mIoU does not decompose); "
+                             "use task.tally()")
         return {k: float(v.sum()) for k, v in metrics.saliency_scores(outputs, targets).items()}
 
     def tally(self) -> "Tally":
-        return Tally(self)
+        return SegmentationTally(self) if self.name == "segmentation" else Tally(self)
 
 
 class Tally:
@@ -65,10 +72,42 @@ class Tally:
         return {**{k: v / self.samples for k, v in self.sums.items()}, "samples": self.samples}
 
 
+class SegmentationTally(Tally):
+    """A segmentation phase's running confusion matrix and cross-entropy (sum, scored pixels): `result()` is
+    the loss averaged over every scored pixel of the phase and mIoU / accuracy of the whole phase's matrix
+    (`twins.metrics.segmentation_scores`), the same whatever the batch size. With no scored pixel (all
+    255) loss, mIoU and accuracy are 0.0 and `pixels` is 0."""
+
+    def __init__(self, task: Task, ignore: int = 255):
+        super().__init__(task)
+        self.ignore, self.conf, self.loss_sum, self.pixels = ignore, None, 0.0, 0
+
+    def add(self, outputs: np.ndarray, targets: np.ndarray) -> None:
+        """`outputs`: logits (N, H, W, C), `targets`: label maps (N, H, W)."""
+        outputs, targets = np.asarray(outputs), np.asarray(targets)
+        classes = outputs.shape[-1]
+        if self.conf is not None and len(self.conf) != classes:
+            raise ValueError(f"logits with {classes} classes after batches with {len(self.conf)}")
+        loss_sum, pixels = metrics.segmentation_cross_entropy(outputs, targets, self.ignore)
+        conf = metrics.confusion_matrix(outputs.argmax(axis=-1), targets, classes, self.ignore)
+        self.conf = conf if self.conf is None else self.conf + conf
+        self.loss_sum += loss_sum
+        self.pixels += pixels
+        self.samples += len(targets)
+
+    def result(self) -> dict:
+        if not self.samples:
+            raise ValueError("no samples were scored")
+        scores = metrics.segmentation_scores(self.conf)
+        return {"loss": self.loss_sum / self.pixels if self.pixels else 0.0, "miou": scores["miou"],
+                "acc": scores["acc"], "samples": self.samples, "pixels": self.pixels}
+
+
 TASKS = {
     "classification": Task("classification", "acc", ("acc",), ("acc",), "accuracy"),
     "saliency": Task("saliency", "cc", (), ("cc", "kld", "sim"), "cc"),
     "contrastive": Task("contrastive", "knn", (), ("knn",), "knn_accuracy"),
+    "segmentation": Task("segmentation", score="miou", train_metrics=(), val_metrics=("miou", "acc"), step_tag="miou"),
 }
 
 

@@ -12,6 +12,9 @@ recipe of the seed in either framework, on one run-directory format.
     twins shapes SAL --layout salicon                               # image/ + mask/: a blob and its saliency map
     twins train saliency_unet --framework keras --data SAL --out runs/sal --img-size 64 [--weights resnet50.pth]
     twins predict saliency_unet --framework torch --weights runs/sal/best.safetensors IMAGE... --masks MASKS --out DIR
+    twins shapes VOC --layout voc                                   # JPEGImages/ + SegmentationClass/ + ImageSets/
+    twins train pspnet --framework torch --data VOC --out runs/psp --img-size 65
+    twins predict pspnet --framework keras --weights runs/psp/best.safetensors IMAGE... --out DIR [--masks DIR]
 
 A framework is one `Side` (build, load, freeze, train, predict); the recipe, the data and the run
 directory are framework-free (`twins.runs`, `twins.data`). Weights move through torch-layout files,
@@ -25,10 +28,12 @@ import sys
 from pathlib import Path
 
 from twins import checkpoints, registry, tasks
-from twins.data import (BatchPlan, Cifar10, DataError, Food101, ImageFolder, Salicon, check_map_size, check_same_classes,
-                        cifar_test_transform, cifar_train_transform, food101_train_transform, food101_val_transform,
-                        read_image, read_mask, salicon_train_transform, salicon_val_transform, simclr_view_transform,
-                        train_transform, two_views, val_transform)
+from twins.data import (BatchPlan, Cifar10, DataError, Food101, ImageFolder, Salicon, Voc, check_map_size,
+                        check_same_classes, cifar_test_transform, cifar_train_transform, food101_train_transform,
+                        food101_val_transform, read_image, read_mask, salicon_train_transform, salicon_val_transform,
+                        simclr_view_transform, train_transform, two_views, val_transform, voc_train_transform,
+                        voc_val_transform)
+from twins.optim import SCHEDULES
 from twins.runs import PREPROCESS, Position, Recipe, RunDir, recipe_defaults, scores_text, task_of
 
 FRAMEWORKS = ("torch", "keras")
@@ -165,6 +170,10 @@ def is_cifar10(data) -> bool:
     return (Path(data) / "data_batch_1").is_file() or (Path(data) / "test_batch").is_file()
 
 
+def is_voc(data) -> bool:
+    return (Path(data) / "ImageSets" / "Segmentation").is_dir()
+
+
 def is_salicon(data) -> bool:
     return (Path(data) / "image").is_dir() and (Path(data) / "mask").is_dir()
 
@@ -173,7 +182,17 @@ def open_split(data, split: str, info: registry.ModelInfo | None = None):
     """A split of DATA in its layout: SALICON (`image/<split>/`, `mask/<split>/`) for a saliency model,
     Food-101 (`meta/classes.txt`, `meta/{train,test}.txt`, `images/`; "val" reads test.txt, as the seed
     validates on it), CIFAR-10's python batches (`data_batch_1..5`, `test_batch`; "val" reads test_batch) or
-    ImageFolder (`train/`, `val/`) for a classifier or the contrastive model."""
+    ImageFolder (`train/`, `val/`) for a classifier or the contrastive model, PASCAL VOC (`JPEGImages/`,
+    `SegmentationClass/`, `ImageSets/Segmentation/<split>.txt`) for a segmentation model."""
+    if info is not None and info.task == "segmentation":
+        if not is_voc(data):
+            raise DataError(f"{info.name} trains on label maps: expected the PASCAL VOC layout, "
+                            f"{data}/ImageSets/Segmentation/{split}.txt, {data}/JPEGImages/<id>.jpg and "
+                            f"{data}/SegmentationClass/<id>.png (twins shapes DIR --layout voc writes one)")
+        return Voc(data, split)
+    if is_voc(data) and not (Path(data) / split).is_dir():
+        raise DataError(f"{data} is a PASCAL VOC segmentation folder (label maps); "
+                        f"{info.name if info else 'this model'} needs one label per image")
     if info is not None and info.task == "saliency":
         if not is_salicon(data):
             raise DataError(f"{info.name} trains on saliency maps: expected the SALICON layout, {data}/image/{split}/"
@@ -201,6 +220,8 @@ def transforms(preprocess: str, size: int, info, margin: int = 10):
         return two_views(simclr_view_transform(size, info.mean, info.std)), cifar_test_transform(size, info.mean, info.std)
     if preprocess == "cifar":
         return cifar_train_transform(size, mean=info.mean, std=info.std), cifar_test_transform(size, info.mean, info.std)
+    if preprocess == "voc":
+        return voc_train_transform(size, mean=info.mean, std=info.std), voc_val_transform(size, info.mean, info.std)
     raise ValueError(f"unknown preprocess {preprocess!r}; expected one of {', '.join(PREPROCESS)}")
 
 
@@ -211,6 +232,11 @@ def check_preprocess(info, preprocess: str) -> None:
                          + ("its data are image + saliency-map pairs (salicon)" if info.task == "saliency"
                             else "salicon transforms image + saliency-map pairs, a classifier's data are labelled "
                                  "images (imagenet, food101 or cifar)"))
+    if (info.task == "segmentation") != (preprocess == "voc"):
+        raise SystemExit(f"--preprocess {preprocess} does not fit {info.name}: "
+                         + ("its data are images with label maps (voc)" if info.task == "segmentation"
+                            else "voc transforms images with their label maps; a classifier's are imagenet, "
+                                 "food101 or cifar"))
     if (info.task == "contrastive") != (preprocess == "simclr"):
         raise SystemExit(f"--preprocess {preprocess} does not fit {info.name}: "
                          + ("it learns from two augmented views of each image (simclr)" if info.task == "contrastive"
@@ -244,7 +270,9 @@ def describe(recipe: Recipe, steps_per_epoch: int) -> str:
     else:
         text = f"SGD {rate} momentum {recipe.momentum}"
     loss = {"classification": "cross-entropy", "saliency": "MSE",
-            "contrastive": f"NT-Xent (temperature {recipe.temperature}) of view pairs"}[task_of(recipe).name]
+            "contrastive": f"NT-Xent (temperature {recipe.temperature}) of view pairs",
+            "segmentation": f"cross-entropy over labelled pixels (255 ignored) + {recipe.aux_weight} x aux"}[
+        task_of(recipe).name]
     text = f"{loss}, {text}"
     if recipe.weight_decay:
         text += f", L2 {recipe.weight_decay} on conv kernels"
@@ -449,6 +477,8 @@ def cmd_predict(args) -> int:
     info = registry.get(args.model)
     if info.task == "saliency":
         return predict_saliency(args, info)
+    if info.task == "segmentation":
+        return predict_segmentation(args, info)
     if info.task == "contrastive":
         raise SystemExit(f"{args.model} learns representations, not classes: twins evaluate {args.model} reports its "
                          "kNN accuracy; predict with a simclr_sl run fine-tuned from it (--init-from)")
@@ -576,8 +606,81 @@ def predict_saliency(args, info: registry.ModelInfo) -> int:
     return 0
 
 
+def segment(side: "Side", model, x: "np.ndarray") -> "np.ndarray":
+    """Eval-mode logits of one NHWC image batch, NHWC, in either framework."""
+    import numpy as np
+
+    if side.framework == "torch":
+        import torch
+
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+        return out.transpose(0, 2, 3, 1)
+    return np.asarray(model.predict_on_batch(x))
+
+
+def predict_segmentation(args, info: registry.ModelInfo) -> int:
+    """`twins predict pspnet ... --out DIR [--masks DIR] [--classes FILE]`: per image, the val transform (the
+    longer side resized to the input size, the rest padded), the argmax of the logits with the padding cut
+    off, resized back to the image's size (nearest); written as `DIR/<name>.png`, a palette PNG of class
+    indices in VOC's colours (what `SegmentationClass/` holds), and `DIR/<name>.overlay.png`, the image with
+    the mask blended over it. Printed: the classes found and their share of the pixels; with `--masks` (a
+    `SegmentationClass/` folder) the image's mIoU and pixel accuracy, 255 ignored."""
+    import cv2
+    import numpy as np
+
+    from twins import metrics
+    from twins.data import overlay, read_label, write_label_png
+    from twins_cli.convert import classes_in
+
+    if not args.out:
+        raise SystemExit(f"{args.model} writes its label maps as PNG files: give --out DIR")
+    size = args.img_size or info.input_size
+    check_size(info, size)
+    state = checkpoints.strip_data_parallel(checkpoints.read(args.weights))
+    classes = classes_in(state, info)
+    names = read_classes(args.classes) if args.classes else [str(i) for i in range(classes)]
+    if len(names) != classes:
+        raise SystemExit(f"{args.weights} was trained for {classes} classes, {args.classes} lists {len(names)}")
+    images = [(Path(p), read_image(p)) for p in args.images]
+    targets = []
+    for path, image in images:
+        target = None
+        if args.masks is not None:
+            label_path = Path(args.masks) / f"{path.stem}.png"
+            if not label_path.is_file():
+                raise SystemExit(f"--masks {args.masks}: no label map {label_path} for {path}")
+            target = read_label(label_path)
+            if target.shape != image.shape[:2]:
+                raise SystemExit(f"{label_path} is {target.shape[1]}x{target.shape[0]}, its image {path} is "
+                                 f"{image.shape[1]}x{image.shape[0]}")
+        targets.append(target)
+    side = Side(args.framework, args.backend)
+    model = side.build(args.model, num_classes=classes)
+    side.load(model, state, strict=True)
+    _, val_tf = transforms("voc", size, info)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for (path, image), target in zip(images, targets):
+        x, _ = val_tf(image, np.zeros(image.shape[:2], np.uint8), None)
+        scale = size / max(image.shape[:2])
+        height, width = (max(1, round(n * scale)) for n in image.shape[:2])
+        predicted = segment(side, model, x[None])[0].argmax(-1)[:height, :width].astype(np.uint8)
+        label = cv2.resize(predicted, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+        mask = write_label_png(out / f"{path.stem}.png", label)
+        blended = write_png(out / f"{path.stem}.overlay.png", cv2.cvtColor(overlay(image, label), cv2.COLOR_RGB2BGR))
+        found = np.bincount(label.ravel(), minlength=classes) / label.size
+        line = f"{path}: {mask}, {blended}; " + ", ".join(f"{names[c]} {found[c]:.0%}" for c in np.flatnonzero(found))
+        if target is not None:
+            scores = metrics.segmentation_scores(metrics.confusion_matrix(label, target, classes))
+            line += f" (mIoU {scores['miou']:.4f}, pixel acc {scores['acc']:.4f})"
+        print(line)
+    return 0
+
+
 # What plot-history calls the val score of a run (`history["score"]`).
-SCORE_NAMES = {"acc": "accuracy", "cc": "CC (correlation with the target map)"}
+SCORE_NAMES = {"acc": "accuracy", "cc": "CC (correlation with the target map)", "miou": "mIoU"}
 
 
 def cmd_plot_history(args) -> int:
@@ -625,7 +728,14 @@ def cmd_plot_history(args) -> int:
 
 
 def cmd_shapes(args) -> int:
-    from twins.shapes import make_cifar10, make_food101, make_salicon, make_shapes
+    from twins.shapes import make_cifar10, make_food101, make_salicon, make_shapes, make_voc
+
+    if args.layout == "voc":
+        root = make_voc(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
+        print(f"wrote {root}: PASCAL VOC layout (JPEGImages/*.jpg, SegmentationClass/*.png palette label maps, "
+              f"ImageSets/Segmentation/{{train,val}}.txt, classes.txt), {args.train} train and {args.val} val images "
+              f"of discs, squares and triangles, {args.size * 5 // 4}x{args.size}, 255 around every outline")
+        return 0
 
     if args.layout == "cifar10":
         root = make_cifar10(args.out, train=args.train, test=args.val, seed=args.seed)
@@ -662,20 +772,24 @@ def add_parsers(sub) -> None:
                                   "(image/{train,val}/, mask/{train,val}/; saliency_unet)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--epochs", type=int, default=None,
-                   help="default: the model's recipe (15; vgg19_slim 20; saliency_unet 5; simclr_ssl, simclr_sl 100)")
+                   help="default: the model's recipe (15; vgg19_slim 20; saliency_unet 5; simclr_ssl, simclr_sl 100; "
+                        "pspnet 50)")
     t.add_argument("--batch-size", type=int, default=None,
-                   help="default 8; vgg19_slim 64; saliency_unet 4; simclr_ssl 256 images (512 views), simclr_sl 256")
+                   help="default 8; vgg19_slim 64; saliency_unet 4; simclr_ssl 256 images (512 views), simclr_sl 256; "
+                        "pspnet 16")
     t.add_argument("--val-batch-size", type=int, default=None, help="default: --batch-size; vgg19_slim 128; simclr 512")
     t.add_argument("--lr", type=float, default=None,
-                   help="(starting) learning rate, default 0.001; simclr_ssl 0.3, simclr_sl 0.1")
+                   help="(starting) learning rate, default 0.001; simclr_ssl 0.3, simclr_sl 0.1, pspnet 0.01")
     t.add_argument("--lr-end", type=float, default=None,
-                   help="decay the rate to this over all steps (vgg19_slim: 1e-7, linear; simclr: 0, cosine)")
-    t.add_argument("--schedule", choices=("linear", "cosine"), default=None,
-                   help="the shape of the decay to --lr-end (default linear; simclr_ssl, simclr_sl cosine)")
+                   help="decay the rate to this over all steps (vgg19_slim: 1e-7, linear; simclr: 0, cosine; pspnet: 0, "
+                        "poly)")
+    t.add_argument("--schedule", choices=SCHEDULES, default=None,
+                   help="the shape of the decay to --lr-end (default linear; simclr_ssl, simclr_sl cosine; pspnet poly: "
+                        "(1 - step / steps) ** 0.9)")
     t.add_argument("--constant-lr", action="store_true", help="no decay, whatever the model's recipe says")
     t.add_argument("--momentum", type=float, default=None, help="default 0.9")
     t.add_argument("--weight-decay", type=float, default=None,
-                   help="L2 on conv kernels, weight_decay * sum(w^2) / 2 in the loss (vgg19_slim: 5e-4)")
+                   help="L2 on conv kernels, weight_decay * sum(w^2) / 2 in the loss (vgg19_slim: 5e-4, pspnet: 1e-4)")
     t.add_argument("--log-every", type=int, default=None, help="print the loss every N steps (vgg19_slim: 10)")
     t.add_argument("--val-every", type=int, default=None, help="evaluate on val every N steps (vgg19_slim: 500)")
     t.add_argument("--checkpoint-every", type=int, default=None,
@@ -737,12 +851,15 @@ def add_parsers(sub) -> None:
     p.add_argument("--backend", choices=KERAS_BACKENDS)
     p.add_argument("--weights", required=True,
                    help="torch-layout .safetensors/.pth/.npz, or a TensorFlow checkpoint prefix (vgg19_slim)")
-    p.add_argument("--classes", help="a classifier's class names, one per line (a run's classes.txt)")
+    p.add_argument("--classes", help="a classifier's class names, one per line (a run's classes.txt); pspnet: "
+                                     "names for its printed class shares")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--img-size", type=int, default=None)
     p.add_argument("--preprocess", choices=PREPROCESS, help="default: the model's recipe")
-    p.add_argument("--out", help="saliency_unet: folder for NAME.png (the seed's panel) and NAME.saliency.png (the map)")
-    p.add_argument("--masks", help="saliency_unet: folder of target maps NAME.png: adds the target's panel and scores")
+    p.add_argument("--out", help="saliency_unet: folder for NAME.png (the seed's panel) and NAME.saliency.png (the map); "
+                                 "pspnet: NAME.png (palette label map) and NAME.overlay.png")
+    p.add_argument("--masks", help="saliency_unet: folder of target maps NAME.png: adds the target's panel and scores; "
+                                   "pspnet: a SegmentationClass/ folder: adds each image's mIoU and pixel accuracy")
     p.set_defaults(func=cmd_predict)
 
     h = sub.add_parser("plot-history", help="the val (and train) score per epoch of several runs (accuracy, or CC), as a PNG")
@@ -751,15 +868,18 @@ def add_parsers(sub) -> None:
     h.set_defaults(func=cmd_plot_history)
 
     s = sub.add_parser("shapes", help="write a learnable dataset: discs vs squares (imagefolder, food101), salient "
-                                      "blobs (salicon) or ten classes of 32x32 drawings (cifar10)")
+                                      "blobs (salicon), ten classes of 32x32 drawings (cifar10) or shapes to "
+                                      "segment (voc)")
     s.add_argument("out")
-    s.add_argument("--layout", choices=("imagefolder", "food101", "salicon", "cifar10"), default="imagefolder",
+    s.add_argument("--layout", choices=("imagefolder", "food101", "salicon", "cifar10", "voc"), default="imagefolder",
                    help="ImageFolder (train/, val/), Food-101 (meta/, images/; non-square images), SALICON "
-                        "(image/, mask/: a bright blob and its Gaussian saliency map) or CIFAR-10's python batches")
+                        "(image/, mask/: a bright blob and its Gaussian saliency map), CIFAR-10's python batches or "
+                        "PASCAL VOC (JPEGImages/, SegmentationClass/, ImageSets/Segmentation/: discs, squares and "
+                        "triangles with their label maps)")
     s.add_argument("--train", type=int, default=200,
-                   help="training images per class (salicon: in all; cifar10: per data_batch file)")
+                   help="training images per class (salicon, voc: in all; cifar10: per data_batch file)")
     s.add_argument("--val", type=int, default=50,
-                   help="validation (Food-101: test) images per class (salicon: in all; cifar10: in test_batch)")
+                   help="validation (Food-101: test) images per class (salicon, voc: in all; cifar10: in test_batch)")
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_shapes)
