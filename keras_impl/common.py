@@ -168,6 +168,20 @@ class LeakyReLU(layers.LeakyReLU):
         return ops.where(ops.greater(inputs, 0), inputs, ops.multiply(inputs, slope))
 
 
+@keras.saving.register_keras_serializable(package="twins")
+class Logits(layers.Layer):
+    """Keras-only: returns its first input, the logits, unchanged. The other inputs, aux logits, are taken
+    only so that the aux heads are part of the model's graph (a functional model keeps just the layers
+    its outputs depend on): their weights are the model's, and `get_layer("AuxLogits-fc")` (inception_v3) or
+    `get_layer("aux")` (pspnet) finds them for `keras_impl.training.training_view`."""
+
+    def call(self, inputs):
+        return inputs[0]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
 def torch_uniform(fan_in: int):
     """PyTorch's default Conv2d/Linear init: kaiming_uniform_(a=sqrt(5)) for the weight and the bias
     are both U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""

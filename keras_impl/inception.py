@@ -23,7 +23,7 @@ from keras import layers, ops
 
 from twins import registry
 
-from .common import BatchNorm, conv2d, dense, image_input, max_pool
+from .common import BatchNorm, Logits, conv2d, dense, image_input, max_pool
 
 # The smallest Mixed_6e map the aux head computes on: its 5x5/3 average pool then leaves 5x5.
 AUX_MIN_MAP = 17
@@ -214,19 +214,6 @@ class TransformInput(layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-
-@keras.saving.register_keras_serializable(package="twins")
-class Logits(layers.Layer):
-    """Keras-only: returns its first input, the logits, unchanged. The second input, the aux logits, is taken
-    only so that the aux head is part of the model's graph (a functional model keeps just the layers
-    its outputs depend on): its weights are the model's, and `get_layer("AuxLogits-fc")` finds it."""
-
-    def call(self, inputs):
-        return inputs[0]
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[0]
 
 
 def init_weights(model: keras.Model) -> None:

@@ -21,8 +21,8 @@ from keras import layers
 
 from twins.registry import check_pspnet_options, get
 
-from .common import AdaptiveAveragePool, AlignCornersResize, BatchNorm, conv2d, image_input, max_pool, torch_uniform
-from .inception import Logits
+from .common import (AdaptiveAveragePool, AlignCornersResize, BatchNorm, Logits, conv2d, image_input, max_pool,
+                     torch_uniform)
 from .resnet import bottleneck, conv3x3_bn, make_layer
 
 INFO = get("pspnet")
