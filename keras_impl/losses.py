@@ -11,6 +11,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from twins.registry import IGNORE_LABEL
+
 DIAGONAL_MASK = 1e5
 SIMILARITY_FLOOR = 1e-7
 NORM_EPSILON = 1e-12  # F.normalize's eps: x / max(||x||, eps)
@@ -61,8 +63,6 @@ class NTXent(keras.losses.Loss):
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature}
 
-
-IGNORE_LABEL = 255
 
 
 def segmentation_cross_entropy(logits, labels, ignore_index=IGNORE_LABEL):

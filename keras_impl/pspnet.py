@@ -12,7 +12,8 @@ Outputs: the logits, NHWC `(N, h, w, classes)` with `h = (H - 1) / 8 * zoom_fact
 computes the `aux` head in training mode only; a functional model runs its whole graph in every mode, so
 here the aux head is always part of the graph (the `logits` layer takes it as a second input and passes
 the main logits through) and `keras_impl.training.training_view(model, ("aux",))` exposes it as a second
-output, trained with loss weight 0.4. Its cost in eval mode is that of one more 3x3 conv at 1/8 size.
+output, trained with loss weight 0.4. In eval mode it costs a 3x3 conv (1024 -> 256) and a 1x1 conv at 1/8
+size and one more upsampling, small beside the 4096-channel `cls` head.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from .common import (AdaptiveAveragePool, AlignCornersResize, BatchNorm, Logits,
 from .resnet import bottleneck, conv3x3_bn, make_layer
 
 INFO = get("pspnet")
-BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+BLOCKS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}  # the seed's `layers` (resnet50/101/152's)
+DILATION = (1, 1, 2, 4)  # torch_impl.pspnet's `dilation=(1, 1, 2, 4)`: layer3 and layer4 keep stride 1
 
 
 def layer0(x):
@@ -83,15 +85,16 @@ def pspnet(layers=50, bins=(1, 2, 3, 6), dropout=0.1, num_classes=INFO.num_class
     inputs, x = image_input(input_shape, "pspnet", min_size=INFO.min_input_size, multiple=INFO.size_multiple,
                             offset=INFO.size_offset, why=INFO.extra["size_why"])
     x = layer0(x)
+    stages = {}
     for i, planes in enumerate((64, 128, 256, 512)):
-        x = make_layer(x, bottleneck, planes, BLOCKS[layers][i], 1 if i == 0 else 2, (1, 1, 2, 4)[i],
-                       f"layer{i + 1}")
-        if i == 2:
-            x_tmp = x
+        name = f"layer{i + 1}"
+        x = stages[name] = make_layer(x, bottleneck, planes, BLOCKS[layers][i], 1 if i == 0 else 2, DILATION[i], name)
     fea_dim = 2048
     if use_ppm:
         x = ppm(x, fea_dim // len(bins), bins)
     x = upsample(head(x, 512, num_classes, dropout, "cls"), zoom_factor, "cls-upsample")
-    aux = upsample(head(x_tmp, 256, num_classes, dropout, "aux"), zoom_factor, "aux")
+    # The aux logits' layer is named `aux`, the torch module path of the head whose output they are (the
+    # registry's `aux_heads`): `training_view` finds a model's aux outputs by those paths.
+    aux = upsample(head(stages["layer3"], 256, num_classes, dropout, "aux"), zoom_factor, "aux")
     x = Logits(name="logits")([x, aux])
     return keras.Model(inputs, x, name="pspnet")

@@ -242,7 +242,7 @@ def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, 
         loss, accuracy = keras.losses.MeanSquaredError(), []
     elif task.name == "contrastive":  # a loss on the projection batch, no backend-specific train_step
         loss, accuracy = NTXent(recipe.temperature), []
-    elif task.name == "segmentation":  # per-pixel cross-entropy over the labelled pixels, on logits and aux logits
+    elif task.name == "segmentation":  # the torch twin's ignore-label rule, all-ignored batch included
         loss, accuracy = SegmentationCrossEntropy(), []
     else:
         loss, accuracy = keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]

@@ -151,3 +151,12 @@ def test_twins_train_evaluate_and_predict_pspnet_across_the_frameworks(tmp_path)
     assert bad.returncode != 0 and "PASCAL VOC segmentation folder" in bad.stderr
     bad = twins_cli("predict", "pspnet", str(images[0]), "--weights", str(runs["torch"] / "best.safetensors"))
     assert bad.returncode != 0 and "give --out DIR" in bad.stderr
+    bad = twins_cli("train", "pspnet", "--out", str(tmp_path / "x"), *common[:4], "--batch-size", "1", *common[6:])
+    assert bad.returncode != 0 and "pspnet trains with batches of 2 images or more" in bad.stderr
+    bad = twins_cli("train", "pspnet", "--out", str(tmp_path / "x"), *common[:4], "--batch-size", "5", "--no-drop-last",
+                    *common[6:])
+    assert bad.returncode != 0 and "6 train images in batches of 5 leave a last batch of one image" in bad.stderr
+    (data / "classes.txt").write_text("background\ndisc\nsquare\ntriangle\nstar\n")
+    bad = twins_cli("evaluate", "pspnet", "--weights", str(runs["torch"] / "best.safetensors"), "--data", str(data),
+                    "--img-size", str(SIZE))
+    assert bad.returncode != 0 and "was trained for 4 classes" in bad.stderr and "has 5" in bad.stderr

@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from twins.registry import IGNORE_LABEL
+
 DIAGONAL_MASK = 1e5
 SIMILARITY_FLOOR = 1e-7
 
@@ -48,8 +50,6 @@ def nt_xent(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """The seed's NT-Xent of interleaved projections `z` (2N, D): a scalar, the mean over the 2N rows."""
     return nt_xent_rows(z, temperature).mean()
 
-
-IGNORE_LABEL = 255
 
 
 def segmentation_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_LABEL):

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from twins.registry import check_pspnet_options, get
+from twins.registry import IGNORE_LABEL, check_pspnet_options, get
 
 from .common import check_nchw
-from .losses import IGNORE_LABEL, segmentation_cross_entropy
+from .losses import segmentation_cross_entropy
 from .resnet import resnet50, resnet101, resnet152
 
 INFO = get("pspnet")

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from twins import checkpoints
-from twins.registry import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from twins.registry import CIFAR_MEAN, CIFAR_STD, IGNORE_LABEL, IMAGENET_MEAN, IMAGENET_STD
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -337,8 +337,6 @@ class Cifar10:
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
                "tvmonitor"]
-# The label VOC draws along every object's outline (and semseg's `ignore_label`): not scored, no loss.
-IGNORE_LABEL = 255
 
 
 def voc_palette() -> np.ndarray:
@@ -816,6 +814,14 @@ def voc_train_transform(size: int, scale=(0.5, 2.0), mean=IMAGENET_MEAN, std=IMA
     return transform
 
 
+def voc_val_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """The (height, width) `voc_val_transform` resizes an image to before padding it to `size` x `size`: the
+    longer side `size`, the aspect ratio kept. `twins predict` cuts its prediction to this, so both must
+    compute it the same way."""
+    longer = max(height, width)
+    return max(1, int(round(height * size / longer))), max(1, int(round(width * size / longer)))
+
+
 def voc_val_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callable:
     """Validation (and `twins predict`): the longer side resized to `size` (image bilinear, label nearest), the
     aspect ratio kept, normalised, padded at the bottom / right to `size` x `size` (image with the mean
@@ -823,8 +829,7 @@ def voc_val_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Callab
     instead of semseg's multi-scale sliding-window test: a validation score each epoch, not the paper's."""
 
     def transform(image: np.ndarray, label: np.ndarray, rng: np.random.Generator | None = None):
-        h, w = label.shape
-        nh, nw = max(1, int(round(h * size / max(h, w)))), max(1, int(round(w * size / max(h, w))))
+        nh, nw = voc_val_size(*label.shape, size)
         image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
         label = cv2.resize(label, (nw, nh), interpolation=cv2.INTER_NEAREST)
         x, label = _pad_bottom_right(normalize(image, mean, std), label, size)

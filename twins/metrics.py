@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from twins.registry import IGNORE_LABEL
+
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, np.float64)
@@ -159,7 +161,7 @@ def knn_predict(memory: np.ndarray, memory_labels: np.ndarray, queries: np.ndarr
 # and pixel accuracy from it. Pixels labelled `ignore` (VOC's outline band, padding) count nowhere.
 
 
-def confusion_matrix(pred: np.ndarray, target: np.ndarray, classes: int, ignore: int = 255) -> np.ndarray:
+def confusion_matrix(pred: np.ndarray, target: np.ndarray, classes: int, ignore: int = IGNORE_LABEL) -> np.ndarray:
     """(classes, classes) int64 pixel counts, row = target class, column = predicted class, over the pixels
     whose target is not `ignore`. Summing the matrices of batches gives the matrix of their union, which is
     why a phase accumulates this rather than a per-batch mIoU."""
@@ -197,7 +199,8 @@ def segmentation_scores(conf: np.ndarray) -> dict:
             "acc": float(tp.sum() / pixels) if pixels else 0.0, "iou": iou, "pixels": pixels}
 
 
-def segmentation_cross_entropy(logits_nhwc: np.ndarray, labels_nhw: np.ndarray, ignore: int = 255) -> tuple[float, int]:
+def segmentation_cross_entropy(logits_nhwc: np.ndarray, labels_nhw: np.ndarray,
+                               ignore: int = IGNORE_LABEL) -> tuple[float, int]:
     """`(sum of the softmax cross-entropy over the pixels whose label is not `ignore`, their count)`, float64:
     torch's `CrossEntropyLoss(ignore_index=255)` is sum / count of one batch; a phase sums both over its
     batches so its loss is the mean over all its scored pixels, not a mean of batch means."""

@@ -15,6 +15,11 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
+# The label a segmentation map gives the pixels that are not scored and carry no loss: VOC's outline band,
+# semseg's `ignore_label`. Every reader, loss and metric of the project takes it from here.
+IGNORE_LABEL = 255
+
+
 class UnknownModelError(ValueError):
     """Raised for a model name that is not registered."""
 
@@ -166,8 +171,7 @@ MODELS: dict[str, ModelInfo] = {
                   notes="the seed's PSPNet(layers=50): deep-stem dilated ResNet, PPM, cls + aux heads; logits of "
                         "(H - 1) / 8 * zoom_factor + 1 pixels; labels 255 ignored",
                   extra={"size_why": "the output-stride-8 map of (size - 1) / 8 + 1 pixels is upsampled corner to "
-                                     "corner (align_corners=True) onto the input's grid",
-                         "ignore_label": 255}),
+                                     "corner (align_corners=True) onto the input's grid"}),
     ]
 }
 

@@ -28,6 +28,7 @@ from typing import Callable
 import numpy as np
 
 from twins import metrics
+from twins.registry import IGNORE_LABEL
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class SegmentationTally(Tally):
     (`twins.metrics.segmentation_scores`), the same whatever the batch size. With no scored pixel (all
     255) loss, mIoU and accuracy are 0.0 and `pixels` is 0."""
 
-    def __init__(self, task: Task, ignore: int = 255):
+    def __init__(self, task: Task, ignore: int = IGNORE_LABEL):
         super().__init__(task)
         self.ignore, self.conf, self.loss_sum, self.pixels = ignore, None, 0.0, 0
 

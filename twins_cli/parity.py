@@ -385,7 +385,7 @@ def labels_for(output_shape: tuple, rng: np.random.RandomState, task: str = "cla
     classes = output_shape[1]
     labels = rng.randint(0, classes, size=(output_shape[0], *output_shape[2:])).astype(np.int64)
     if task == "segmentation":  # a fifth of the pixels carry the ignore label, which the loss must skip
-        labels[rng.rand(*labels.shape) < 0.2] = registry.get("pspnet").extra["ignore_label"]
+        labels[rng.rand(*labels.shape) < 0.2] = registry.IGNORE_LABEL
     return labels
 
 

@@ -190,9 +190,6 @@ def open_split(data, split: str, info: registry.ModelInfo | None = None):
                             f"{data}/ImageSets/Segmentation/{split}.txt, {data}/JPEGImages/<id>.jpg and "
                             f"{data}/SegmentationClass/<id>.png (twins shapes DIR --layout voc writes one)")
         return Voc(data, split)
-    if is_voc(data) and not (Path(data) / split).is_dir():
-        raise DataError(f"{data} is a PASCAL VOC segmentation folder (label maps); "
-                        f"{info.name if info else 'this model'} needs one label per image")
     if info is not None and info.task == "saliency":
         if not is_salicon(data):
             raise DataError(f"{info.name} trains on saliency maps: expected the SALICON layout, {data}/image/{split}/"
@@ -203,9 +200,27 @@ def open_split(data, split: str, info: registry.ModelInfo | None = None):
         raise DataError(f"{data} is a SALICON-layout folder of saliency maps (image/, mask/); "
                         f"{info.name if info else 'this model'} is a classifier and needs class labels "
                         "(ImageFolder or Food-101 layout)")
+    if is_voc(data) and not (Path(data) / split).is_dir():
+        raise DataError(f"{data} is a PASCAL VOC segmentation folder (label maps); "
+                        f"{info.name if info else 'this model'} needs one class label per image (ImageFolder, "
+                        "Food-101 or CIFAR-10 layout)")
     if is_cifar10(data):
         return Cifar10(data, split)
     return Food101(data, split) if is_food101(data) else ImageFolder(data, split)
+
+
+def check_segmentation_batches(info: registry.ModelInfo, recipe: Recipe, train_images: int) -> None:
+    """pspnet in training mode needs two images or more in every batch: the BatchNorm after the PPM's 1x1 bin sees
+    one value per channel per image, so a batch of one has no variance to normalise with (torch refuses it,
+    Keras would train that branch to a constant). Refused before the first step, not at an epoch's last batch."""
+    if info.name != "pspnet":
+        return
+    why = "the BatchNorm after the pyramid pooling's 1x1 bin needs two values per channel"
+    if recipe.batch_size < 2:
+        raise SystemExit(f"pspnet trains with batches of 2 images or more ({why}), got --batch-size {recipe.batch_size}")
+    if not recipe.drop_last and train_images % recipe.batch_size == 1:
+        raise SystemExit(f"{train_images} train images in batches of {recipe.batch_size} leave a last batch of one "
+                         f"image ({why}): keep --drop-last (the recipe's) or choose another --batch-size")
 
 
 def transforms(preprocess: str, size: int, info, margin: int = 10):
@@ -368,6 +383,7 @@ def cmd_train(args) -> int:
     side = Side(recipe.framework, args.backend or recipe.backend)
     recipe.backend = side.backend
     train_plan, val_plan, classes = plans(recipe, info)
+    check_segmentation_batches(info, recipe, train_plan.num_samples)
     if recipe.classes and recipe.classes != classes:
         raise SystemExit(f"{recipe.data} now has classes {classes}; the run was started with {recipe.classes}")
     recipe.classes = classes
@@ -437,6 +453,9 @@ def cmd_evaluate(args) -> int:
         check_same_classes(memory, folder)
         plan = tasks.KnnPlans(BatchPlan(memory, args.batch_size, val_tf, shuffle=False), plan, len(memory.classes),
                               args.knn_k, args.knn_t)
+    if info.task == "segmentation" and classes_in(state, info) != len(folder.classes):
+        raise SystemExit(f"{args.weights} was trained for {classes_in(state, info)} classes, {folder.root} has "
+                         f"{len(folder.classes)} ({', '.join(folder.classes[:5])}{', ...' if len(folder.classes) > 5 else ''})")
     if info.task != "classification":
         model = side.build(args.model, num_classes=classes_in(state, info))
         side.load(model, state, strict=True)
@@ -483,7 +502,8 @@ def cmd_predict(args) -> int:
         raise SystemExit(f"{args.model} learns representations, not classes: twins evaluate {args.model} reports its "
                          "kNN accuracy; predict with a simclr_sl run fine-tuned from it (--init-from)")
     if args.out or args.masks:
-        raise SystemExit(f"--out and --masks are for a saliency model's maps; {args.model} prints its top-k classes")
+        raise SystemExit(f"--out and --masks are for the maps of a saliency or segmentation model; {args.model} prints "
+                         "its top-k classes")
     if not args.classes:
         raise SystemExit(f"{args.model} is a classifier: --classes FILE names its classes (a run's classes.txt)")
     classes = read_classes(args.classes)
@@ -631,11 +651,13 @@ def predict_segmentation(args, info: registry.ModelInfo) -> int:
     import numpy as np
 
     from twins import metrics
-    from twins.data import overlay, read_label, write_label_png
+    from twins.data import overlay, read_label, voc_val_size, write_label_png
     from twins_cli.convert import classes_in
 
     if not args.out:
         raise SystemExit(f"{args.model} writes its label maps as PNG files: give --out DIR")
+    if args.preprocess not in (None, "voc"):
+        check_preprocess(info, args.preprocess)
     size = args.img_size or info.input_size
     check_size(info, size)
     state = checkpoints.strip_data_parallel(checkpoints.read(args.weights))
@@ -655,6 +677,10 @@ def predict_segmentation(args, info: registry.ModelInfo) -> int:
             if target.shape != image.shape[:2]:
                 raise SystemExit(f"{label_path} is {target.shape[1]}x{target.shape[0]}, its image {path} is "
                                  f"{image.shape[1]}x{image.shape[0]}")
+            bad = (target >= classes) & (target != registry.IGNORE_LABEL)
+            if bad.any():
+                raise SystemExit(f"{label_path}: label {int(target[bad][0])} out of range for {args.weights}'s {classes} "
+                                 f"classes (0..{classes - 1}, {registry.IGNORE_LABEL} ignored)")
         targets.append(target)
     side = Side(args.framework, args.backend)
     model = side.build(args.model, num_classes=classes)
@@ -664,8 +690,7 @@ def predict_segmentation(args, info: registry.ModelInfo) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for (path, image), target in zip(images, targets):
         x, _ = val_tf(image, np.zeros(image.shape[:2], np.uint8), None)
-        scale = size / max(image.shape[:2])
-        height, width = (max(1, round(n * scale)) for n in image.shape[:2])
+        height, width = voc_val_size(*image.shape[:2], size)  # the padding is cut off
         predicted = segment(side, model, x[None])[0].argmax(-1)[:height, :width].astype(np.uint8)
         label = cv2.resize(predicted, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
         mask = write_label_png(out / f"{path.stem}.png", label)
@@ -768,8 +793,9 @@ def add_parsers(sub) -> None:
                    help=f"Keras backend (default: $KERAS_BACKEND, else {DEFAULT_KERAS_BACKEND})")
     t.add_argument("--data", help="ImageFolder root (train/<class>/, val/<class>/), Food-101 root "
                                   "(meta/classes.txt, meta/train.txt, meta/test.txt, images/), CIFAR-10 python "
-                                  "batches (data_batch_1..5, test_batch; simclr_ssl, simclr_sl) or SALICON root "
-                                  "(image/{train,val}/, mask/{train,val}/; saliency_unet)")
+                                  "batches (data_batch_1..5, test_batch; simclr_ssl, simclr_sl), SALICON root "
+                                  "(image/{train,val}/, mask/{train,val}/; saliency_unet) or PASCAL VOC root "
+                                  "(JPEGImages/, SegmentationClass/, ImageSets/Segmentation/; pspnet)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--epochs", type=int, default=None,
                    help="default: the model's recipe (15; vgg19_slim 20; saliency_unet 5; simclr_ssl, simclr_sl 100; "
@@ -830,7 +856,8 @@ def add_parsers(sub) -> None:
                    help="continue the run in --out from its last checkpoint (epoch end or --checkpoint-every)")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="a checkpoint's val loss and metrics (accuracy; MSE, CC, KLD, SIM of saliency maps) on a split")
+    e = sub.add_parser("evaluate", help="a checkpoint's val loss and metrics (accuracy; MSE, CC, KLD, SIM of saliency "
+                                        "maps; kNN accuracy; mIoU and pixel accuracy of label maps) on a split")
     e.add_argument("model")
     e.add_argument("--framework", choices=FRAMEWORKS, default="torch")
     e.add_argument("--backend", choices=KERAS_BACKENDS)
@@ -844,7 +871,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--knn-t", type=float, default=0.1, help="simclr_ssl: temperature of the kNN vote weights (0.1)")
     e.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="top-k classes of images, or a saliency model's maps as PNG panels")
+    p = sub.add_parser("predict", help="top-k classes of images, a saliency model's maps as PNG panels, or pspnet's "
+                                       "label maps as palette PNGs with overlays")
     p.add_argument("model")
     p.add_argument("images", nargs="+")
     p.add_argument("--framework", choices=FRAMEWORKS, default="torch")
@@ -862,7 +890,8 @@ def add_parsers(sub) -> None:
                                    "pspnet: a SegmentationClass/ folder: adds each image's mIoU and pixel accuracy")
     p.set_defaults(func=cmd_predict)
 
-    h = sub.add_parser("plot-history", help="the val (and train) score per epoch of several runs (accuracy, or CC), as a PNG")
+    h = sub.add_parser("plot-history", help="the val (and train) score per epoch of several runs (accuracy, CC, kNN "
+                                            "accuracy or mIoU), as a PNG")
     h.add_argument("runs", nargs="+")
     h.add_argument("--out", required=True)
     h.set_defaults(func=cmd_plot_history)
