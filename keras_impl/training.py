@@ -14,15 +14,27 @@ from keras import ops
 from .losses import nt_xent, segmentation_cross_entropy
 
 
+def with_aux(loss, outputs, labels, aux_weight: float = 0.4):
+    """`loss(logits) + aux_weight * loss(aux)` per auxiliary head when `outputs` is `(logits, aux, ...)` (a
+    `training_view` with aux heads: inception, pspnet), else `loss(outputs)`: the seeds' aux recipe, once for
+    every per-output loss."""
+    if isinstance(outputs, (tuple, list)):
+        main, *aux = outputs
+        return loss(main, labels) + sum(aux_weight * loss(a, labels) for a in aux)
+    return loss(outputs, labels)
+
+
+def sparse_cross_entropy(logits, labels):
+    """torch's `F.cross_entropy` (mean over every position) in keras.ops."""
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+
+
 def cross_entropy(outputs, labels, aux_weight: float = 0.4):
     """Mean softmax cross-entropy over the class axis (the last one, NHWC); `labels` are class indices
     shaped like the logits without that axis: torch's CrossEntropyLoss, for classifiers and for maps.
     A `[logits, aux, ...]` list (a `training_view` with auxiliary heads) gives CE(logits) +
     aux_weight * CE(aux) per auxiliary head."""
-    if isinstance(outputs, (tuple, list)):
-        main, *aux = outputs
-        return cross_entropy(main, labels) + sum(aux_weight * cross_entropy(a, labels) for a in aux)
-    return ops.mean(keras.losses.sparse_categorical_crossentropy(labels, outputs, from_logits=True))
+    return with_aux(sparse_cross_entropy, outputs, labels, aux_weight)
 
 
 def mean_squared_error(outputs, targets):
@@ -33,11 +45,7 @@ def mean_squared_error(outputs, targets):
 def segmentation_loss(outputs, labels, aux_weight: float = 0.4):
     """PSPNet's training loss: `main + aux_weight * aux`, each the cross-entropy over the labelled pixels
     (255 ignored); `outputs` is `(logits, aux_logits)` (training mode) or the logits alone."""
-    if isinstance(outputs, (tuple, list)):
-        main, *aux = outputs
-        return segmentation_cross_entropy(main, labels) + sum(
-            aux_weight * segmentation_cross_entropy(a, labels) for a in aux)
-    return segmentation_cross_entropy(outputs, labels)
+    return with_aux(segmentation_cross_entropy, outputs, labels, aux_weight)
 
 
 def loss_for(task: str, aux_weight: float = 0.4, temperature: float = 0.5):

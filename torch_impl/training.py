@@ -8,14 +8,21 @@ from torch import nn
 from .losses import nt_xent, segmentation_cross_entropy
 
 
+def with_aux(loss, outputs, labels, aux_weight: float = 0.4):
+    """`loss(logits) + aux_weight * loss(aux)` per auxiliary head when `outputs` is `(logits, aux, ...)` (a twin
+    in training mode with aux heads: inception, pspnet), else `loss(outputs)`: the seeds' aux recipe, once for
+    every per-output loss."""
+    if isinstance(outputs, (tuple, list)):
+        main, *aux = outputs
+        return loss(main, labels) + sum(aux_weight * loss(a, labels) for a in aux)
+    return loss(outputs, labels)
+
+
 def cross_entropy(outputs, labels, aux_weight: float = 0.4):
     """Mean softmax cross-entropy over the class axis (dim 1, NCHW); `labels` are class indices shaped
     like the logits without that axis. A `(logits, aux, ...)` tuple (inception in training mode) gives
     CE(logits) + aux_weight * CE(aux) per auxiliary head, the seed's recipe."""
-    if isinstance(outputs, (tuple, list)):
-        main, *aux = outputs
-        return F.cross_entropy(main, labels) + sum(aux_weight * F.cross_entropy(a, labels) for a in aux)
-    return F.cross_entropy(outputs, labels)
+    return with_aux(F.cross_entropy, outputs, labels, aux_weight)
 
 
 def mean_squared_error(outputs, targets):
@@ -27,11 +34,7 @@ def mean_squared_error(outputs, targets):
 def segmentation_loss(outputs, labels, aux_weight: float = 0.4):
     """PSPNet's training loss: `main + aux_weight * aux`, each the cross-entropy over the labelled pixels
     (255 ignored); `outputs` is `(logits, aux_logits)` (training mode) or the logits alone."""
-    if isinstance(outputs, (tuple, list)):
-        main, *aux = outputs
-        return segmentation_cross_entropy(main, labels) + sum(
-            aux_weight * segmentation_cross_entropy(a, labels) for a in aux)
-    return segmentation_cross_entropy(outputs, labels)
+    return with_aux(segmentation_cross_entropy, outputs, labels, aux_weight)
 
 
 def loss_for(task: str, aux_weight: float = 0.4, temperature: float = 0.5):

@@ -488,6 +488,21 @@ def read_classes(path: str) -> list[str]:
     return names
 
 
+def eval_outputs(side: "Side", model, x: "np.ndarray") -> "np.ndarray":
+    """Eval-mode outputs of an NHWC image batch in either framework, as the Keras twin gives them: logits
+    (N, C) as they are, maps (saliency, segmentation logits) channels-last. What `twins predict` draws from."""
+    import numpy as np
+
+    if side.framework != "torch":
+        return np.asarray(model.predict_on_batch(x))
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
+    return out.transpose(0, 2, 3, 1) if out.ndim == 4 else out
+
+
 def cmd_predict(args) -> int:
     import numpy as np
 
@@ -522,15 +537,7 @@ def cmd_predict(args) -> int:
     side = Side(args.framework, args.backend)
     model = side.build(args.model, num_classes=len(classes))
     side.load(model, state, strict=True)
-    x = np.stack(images)
-    if args.framework == "torch":
-        import torch
-
-        model.eval()
-        with torch.no_grad():
-            logits = model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
-    else:
-        logits = np.asarray(model.predict_on_batch(x))
+    logits = eval_outputs(side, model, np.stack(images))
     index, probs = metrics.top_k(logits, min(args.top_k, len(classes)))
     for path, idx, p in zip(args.images, index, probs):
         print(f"{path}: " + ", ".join(f"{classes[i]} {q:.3f}" for i, q in zip(idx, p)))
@@ -606,14 +613,7 @@ def predict_saliency(args, info: registry.ModelInfo) -> int:
     for (path, image), mask in zip(images, masks):
         resized, resized_mask = salicon_resize(image, mask if mask is not None else image[..., 0], size)
         x, target = salicon_scale(resized, resized_mask)
-        if args.framework == "torch":
-            import torch
-
-            model.eval()
-            with torch.no_grad():
-                predicted = model(torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)[None])))[0, 0].numpy()
-        else:
-            predicted = np.asarray(model.predict_on_batch(x[None]))[0, ..., 0]
+        predicted = eval_outputs(side, model, x[None])[0, ..., 0]
         panel = write_png(out / f"{path.stem}.png",
                           saliency_panel(resized, predicted, target[..., 0] if mask is not None else None))
         full = cv2.resize(predicted, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
@@ -624,20 +624,6 @@ def predict_saliency(args, info: registry.ModelInfo) -> int:
             line += f" ({scores_text(scores)})"
         print(line)
     return 0
-
-
-def segment(side: "Side", model, x: "np.ndarray") -> "np.ndarray":
-    """Eval-mode logits of one NHWC image batch, NHWC, in either framework."""
-    import numpy as np
-
-    if side.framework == "torch":
-        import torch
-
-        model.eval()
-        with torch.no_grad():
-            out = model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
-        return out.transpose(0, 2, 3, 1)
-    return np.asarray(model.predict_on_batch(x))
 
 
 def predict_segmentation(args, info: registry.ModelInfo) -> int:
@@ -691,7 +677,7 @@ def predict_segmentation(args, info: registry.ModelInfo) -> int:
     for (path, image), target in zip(images, targets):
         x, _ = val_tf(image, np.zeros(image.shape[:2], np.uint8), None)
         height, width = voc_val_size(*image.shape[:2], size)  # the padding is cut off
-        predicted = segment(side, model, x[None])[0].argmax(-1)[:height, :width].astype(np.uint8)
+        predicted = eval_outputs(side, model, x[None])[0].argmax(-1)[:height, :width].astype(np.uint8)
         label = cv2.resize(predicted, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
         mask = write_label_png(out / f"{path.stem}.png", label)
         blended = write_png(out / f"{path.stem}.overlay.png", cv2.cvtColor(overlay(image, label), cv2.COLOR_RGB2BGR))
