@@ -1,7 +1,7 @@
 .DEFAULT_GOAL := demo
 
 # `make demo` and `make test` set up .venv on first use (torch pinned to the CPU build in
-# constraints.txt; tensorflow, jax and keras from the registry).
+# constraints.txt; tensorflow, jax and keras from the registry; the exporters and runtimes of `twins export`).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -21,7 +21,7 @@ export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES := 0
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev,export]"
 	touch $(STAMP)
 
 # The suite once per Keras backend: everything under tensorflow, then the Keras tests (marker

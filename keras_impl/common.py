@@ -113,6 +113,13 @@ def align_corners_matrix(size_in, size_out, dtype):
     return ops.relu(1.0 - ops.abs(source[:, None] - ops.cast(ops.arange(size_in), dtype)[None, :]))
 
 
+def spatial_size(x) -> tuple:
+    """Height and width: Python ints where the traced shape knows them, so a model built for one size computes
+    its interpolation matrices as constants (an exported graph then holds no shape arithmetic, which LiteRT's
+    converter and OpenVINO otherwise keep as dynamic tensors and dangling outputs); tensors where it does not."""
+    return tuple(n if n is not None else ops.shape(x)[axis] for axis, n in ((1, x.shape[1]), (2, x.shape[2])))
+
+
 @keras.saving.register_keras_serializable(package="twins")
 class AlignCornersResize(layers.Layer):
     """Bilinear resize with `align_corners=True`, NHWC, one implementation for every backend: two
@@ -133,11 +140,11 @@ class AlignCornersResize(layers.Layer):
     def call(self, inputs):
         if isinstance(inputs, (list, tuple)):
             x, like = inputs
-            out_h, out_w = ops.shape(like)[1], ops.shape(like)[2]
+            out_h, out_w = spatial_size(like)
         else:
             x = inputs
-            out_h, out_w = ((n - 1) * self.zoom + 1 for n in ops.shape(x)[1:3])
-        in_h, in_w = ops.shape(x)[1], ops.shape(x)[2]
+            out_h, out_w = ((n - 1) * self.zoom + 1 for n in spatial_size(x))
+        in_h, in_w = spatial_size(x)
         rows = align_corners_matrix(in_h, out_h, x.dtype)
         cols = align_corners_matrix(in_w, out_w, x.dtype)
         return ops.einsum("pw,nowc->nopc", cols, ops.einsum("oh,nhwc->nowc", rows, x))

@@ -19,8 +19,10 @@ FORBIDDEN = {
     "torch_impl": {"keras", "tensorflow", "jax", "keras_impl", "twins_cli", "benchmarks"},
 }
 # The lazy framework imports the core may make: a .pth file is a torch pickle, and only tensorflow reads
-# a TensorFlow checkpoint.
-ALLOWED = {("twins/checkpoints.py", "torch"), ("twins/tf_checkpoint.py", "tensorflow")}
+# a TensorFlow checkpoint; a `.pt2` program is torch's to run and a SavedModel tensorflow's (twins.exports opens
+# each artifact in its runtime).
+ALLOWED = {("twins/checkpoints.py", "torch"), ("twins/tf_checkpoint.py", "tensorflow"), ("twins/exports.py", "torch"),
+           ("twins/exports.py", "tensorflow")}
 
 
 def module_name(path: Path) -> str:

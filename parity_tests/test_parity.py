@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from parity_tests.conftest import BACKEND, model_params
-from twins_cli.parity import QUICK_SUITE, VARIANTS
+from twins_cli.parity import CHECKS, QUICK_SUITE, VARIANTS
 
 pytestmark = pytest.mark.keras
 
@@ -60,7 +60,7 @@ def worker_group(name: str) -> tuple[str, ...]:
 def group_results(group: tuple[str, ...]) -> dict:
     from twins_cli.parity import run_parity
 
-    rows = run_parity(list(group), [BACKEND], quick=True, log=io.StringIO())
+    rows = run_parity(list(group), [BACKEND], checks=CHECKS, quick=True, log=io.StringIO())  # exports: test_export.py
     crashed = [r for r in rows if r["check"] == "run"]
     assert not crashed, crashed[0]["detail"]
     return {(row["model"], row["check"]): row for row in rows}

@@ -8,6 +8,29 @@ import numpy as np
 from twins.registry import IGNORE_LABEL
 
 
+# ----------------------------------------------------------------------------------------------
+# The parity metric (DESIGN.md "Parity"), for the twins' comparisons and the exported artifacts'
+
+
+def abs_err(a, b) -> float:
+    """`max|a - b|`, the bit-exact checks' metric; `inf` for a NaN or an infinity on either side."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("inf")
+    return float(np.max(np.abs(a - b))) if b.size else 0.0
+
+
+def rel_err(a, b) -> float:
+    """`max|a - b| / max(max|b|, 1e-6)`; `inf` when either side holds a NaN or an infinity."""
+    err = abs_err(a, b)
+    if err == 0.0 or err == float("inf"):
+        return err
+    return err / max(float(np.max(np.abs(np.asarray(b, dtype=np.float64)))), 1e-6)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, np.float64)
     z = z - z.max(axis=-1, keepdims=True)

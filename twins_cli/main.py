@@ -6,6 +6,7 @@
     twins convert resnet50.weights.h5 resnet50.safetensors --model resnet50
     twins shapes DATA; twins train resnet18 --framework keras --backend jax --data DATA --out RUN
     twins evaluate / predict / plot-history (see twins_cli/train.py)
+    twins export resnet50 --framework torch --format onnx --out resnet50.onnx (see twins_cli/export.py)
 
 Each Keras backend runs in its own subprocess (a backend is fixed when keras is first imported).
 """
@@ -15,20 +16,22 @@ import argparse
 import json
 import sys
 
-from twins import checkpoints, registry
+from twins import checkpoints, exports, registry
 from twins.data import DataError
 from twins_cli import parity
 from twins_cli.convert import cmd_convert
-from twins_cli.parity import BACKENDS, CHECKS
+from twins_cli.export import add_parser as add_export_parser
+from twins_cli.parity import ALL_CHECKS, BACKENDS, TORCH_EXPORT_CHECKS, TORCH_TWIN
 from twins_cli.report import build_report, parity_table
 from twins_cli.train import add_parsers as add_training_parsers
 
 
 def _parse_backends(text: str) -> list[str]:
     wanted = [b.strip() for b in text.split(",") if b.strip()]
-    unknown = [b for b in wanted if b not in BACKENDS]
+    unknown = [b for b in wanted if b not in BACKENDS + (TORCH_TWIN,)]
     if unknown:
-        raise SystemExit(f"unknown backend(s) {', '.join(unknown)}; expected a subset of {','.join(BACKENDS)}")
+        raise SystemExit(f"unknown backend(s) {', '.join(unknown)}; expected a subset of {','.join(BACKENDS)} "
+                         f"(and {TORCH_TWIN}, the torch twin's export rows)")
     return wanted
 
 
@@ -48,24 +51,29 @@ def _parse_checks(text: str | None) -> list[str] | None:
     if not text:
         return None
     wanted = [c.strip() for c in text.split(",") if c.strip()]
-    unknown = [c for c in wanted if c not in CHECKS]
+    unknown = [c for c in wanted if c not in ALL_CHECKS]
     if unknown:
-        raise SystemExit(f"unknown check(s) {', '.join(unknown)}; expected a subset of {','.join(CHECKS)}")
+        raise SystemExit(f"unknown check(s) {', '.join(unknown)}; expected a subset of {','.join(ALL_CHECKS)}")
     return wanted
 
 
 def cmd_parity(args) -> int:
     models = _parse_models(args.models)
+    checks = _parse_checks(args.checks)
     backends = _parse_backends(args.backends) if args.backends else parity.installed_backends()
-    rows = parity.run_parity(models, backends, batch=args.batch, size=args.size, checks=_parse_checks(args.checks),
-                             timeout=args.timeout)
+    if not args.backends and (checks is None or set(checks) & set(TORCH_EXPORT_CHECKS)):
+        backends.append(TORCH_TWIN)  # the torch twin's own exports
+    rows = parity.run_parity(models, backends, batch=args.batch, size=args.size, checks=checks, timeout=args.timeout)
     print(parity_table(rows, backends))
     if args.json:
-        public = [{k: r[k] for k in ("model", "backend", "check", "error", "bound", "passed", "detail")} for r in rows]
+        public = [{k: r.get(k, True) for k in ("model", "backend", "check", "error", "bound", "passed", "supported",
+                                                 "detail")} for r in rows]
         checkpoints.write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(public, indent=1)))
         print(f"wrote {args.json}")
-    failed = [r for r in rows if not r["passed"]]
-    print(f"{len(rows) - len(failed)} passed, {len(failed)} failed")
+    unsupported = [r for r in rows if not r.get("supported", True)]
+    failed = [r for r in rows if not r["passed"] and r.get("supported", True)]
+    print(f"{len(rows) - len(failed) - len(unsupported)} passed, {len(failed)} failed"
+          + (f", {len(unsupported)} exports not supported here (their rows say why)" if unsupported else ""))
     return 1 if failed else 0
 
 
@@ -84,7 +92,8 @@ def main(argv=None) -> int:
     p = sub.add_parser("parity", help="compare the Keras and torch twins on every Keras backend")
     p.add_argument("models", help="comma-separated model names or variants (e.g. resnet50-deep-dilated), or 'all'")
     p.add_argument("--backends", help=f"comma-separated subset of {','.join(BACKENDS)} (default: installed ones)")
-    p.add_argument("--checks", help=f"comma-separated subset of {','.join(CHECKS)} (default: all that apply)")
+    p.add_argument("--checks", help=f"comma-separated subset of {','.join(ALL_CHECKS)} (default: all that apply; "
+                                    f"the export_* ones also on {TORCH_TWIN}, the torch twin)")
     p.add_argument("--json", help="write rows {model, backend, check, error, bound, passed} here")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--size", type=int, default=None, help="square image size (default: the model's parity size)")
@@ -106,17 +115,19 @@ def main(argv=None) -> int:
     r.add_argument("--quick", action="store_true", help="small benchmark sweep (what `make demo` runs)")
     r.add_argument("--out", default="reports/latest", help="output folder (default reports/latest)")
     r.add_argument("--parity-backends", help=f"subset of {','.join(BACKENDS)} (default: installed ones)")
-    r.add_argument("--bench-backends", default="all", help="benchmark backends (default all five)")
+    r.add_argument("--bench-backends", default="all,deploy",
+                   help="benchmark backends (default: all five framework backends and the export runtimes)")
     r.set_defaults(func=cmd_report)
 
     add_training_parsers(sub)
+    add_export_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command == "train" and not args.resume and not (args.model and args.data):
         parser.error("twins train needs MODEL and --data (or --resume --out RUN)")
     try:
         return args.func(args)
-    except (checkpoints.CheckpointError, registry.UnknownModelError, DataError, FileNotFoundError,
+    except (checkpoints.CheckpointError, registry.UnknownModelError, DataError, exports.ExportError, FileNotFoundError,
             FileExistsError) as exc:
         print(f"twins {args.command}: error: {exc}", file=sys.stderr)
         return 2

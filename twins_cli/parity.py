@@ -60,6 +60,8 @@ from pathlib import Path
 import numpy as np
 
 from twins import checkpoints, registry
+from twins.metrics import abs_err, rel_err  # the parity metric (also the export checks')
+from twins_cli.export import output_list
 
 CHECKS = (
     "eval_output",
@@ -75,6 +77,16 @@ CHECKS = (
 )
 TRAIN_CHECKS = ("train_loss", "gradients", "sgd_step_params", "sgd_step_bn_stats", "adam_step_params",
                 "adam_step_bn_stats")
+# Export rows: the twin written as a deployment artifact (`twins export`), reloaded in the artifact's runtime
+# and compared with the eager twin on a batch of 3 and a batch of 1 (`twins_cli.export.verify`). Keras' exports
+# run on the worker's Keras backend (the `export_pt2` row of the torch backend is Keras' format "torch"); the
+# torch twin's (`pt2`, `onnx`) run in a worker of their own, backend `torch_impl`, which imports no Keras. A
+# format Keras cannot export from a backend here keeps its row, `supported: false`, with the reason
+# (`twins.exports.KERAS_LIMITS`).
+EXPORT_CHECKS = ("export_pt2", "export_onnx", "export_tf_saved_model", "export_litert", "export_openvino")
+TORCH_EXPORT_CHECKS = ("export_pt2", "export_onnx")
+ALL_CHECKS = CHECKS + EXPORT_CHECKS
+TORCH_TWIN = "torch_impl"  # the `backend` of the torch twin's export rows
 # The optimiser-step checks of each optimiser: a model gets the pair of its recipe's optimiser (SGD for
 # the classifiers, Adam for the saliency U-Net).
 STEP_CHECKS = {"sgd": ("sgd_step_params", "sgd_step_bn_stats"), "adam": ("adam_step_params", "adam_step_bn_stats")}
@@ -91,6 +103,7 @@ FLOAT32_BOUNDS = {
     "adam_step_bn_stats": 1e-4,
     "round_trip": 0.0,  # bit-exact
     "exclude_restore": 0.0,  # bit-exact
+    **{check: 1e-5 for check in EXPORT_CHECKS},
 }
 # The training checks in float64: check -> (bound, worst error measured by `make parity` over every
 # model, variant and Keras backend: batch 2, 2-core CPU, keras 3.15.1), the bound 10x or more above it.
@@ -176,29 +189,13 @@ class Row:
     passed: bool
     detail: str = ""
     meta: dict = field(default_factory=dict)
+    # False for an export the framework cannot make on this backend here (the detail says why): neither a
+    # pass nor a parity failure.
+    supported: bool = True
 
 
 # ----------------------------------------------------------------------------------------------
 # Metrics
-
-
-def abs_err(a, b) -> float:
-    """`max|a - b|`, the bit-exact checks' metric; `inf` for a NaN or an infinity on either side."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        return float("inf")
-    return float(np.max(np.abs(a - b))) if b.size else 0.0
-
-
-def rel_err(a, b) -> float:
-    """`max|a - b| / max(max|b|, 1e-6)`; `inf` when either side holds a NaN or an infinity."""
-    err = abs_err(a, b)
-    if err == 0.0 or err == float("inf"):
-        return err
-    return err / max(float(np.max(np.abs(np.asarray(b, dtype=np.float64)))), 1e-6)
 
 
 def worst(a, b, keys, metric=rel_err) -> tuple[float, str]:
@@ -260,11 +257,6 @@ def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
 
 def nhwc_to_nchw(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(x, -1, 1)) if x.ndim == 4 else x
-
-
-def output_list(out) -> list:
-    """A model's outputs as a list: one tensor, or several (simclr_ssl's `(feature, projection)`)."""
-    return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
 def outputs_err(got: list, want: list) -> tuple[float, str]:
@@ -817,6 +809,30 @@ class ParityRun:
     def has_head(self) -> bool:
         return bool(self.head_keys())
 
+    # -- exports ---------------------------------------------------------------------------------
+
+    def exported(self, fmt: str):
+        """The Keras twin (reference weights, built for this size) as a `fmt` artifact against itself eager."""
+        import keras
+
+        from twins_cli.train import Side
+
+        from twins import exports
+        from twins_cli.export import Unsupported
+
+        model = self.keras_twin(input_shape=(self.size, self.size, 3))
+        backend = keras.backend.backend()
+        try:
+            return export_row(Side("keras", backend), model, fmt, self.size, self.seed)
+        except Unsupported:
+            raise
+        except Exception as exc:
+            why = exports.MODEL_LIMITS.get((self.model, backend, fmt))
+            if why is None:
+                raise
+            raise Unsupported(f"{why} (raised {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]})") \
+                from exc
+
     def has_running_stats(self) -> bool:
         return any(k.endswith(("running_mean", "running_var")) for k in self.state)
 
@@ -838,11 +854,13 @@ def run_model(
     import keras
     import torch
 
+    from twins_cli.export import Unsupported
+
     backend = keras.backend.backend()
     disable_tf32(backend)
-    unknown = [c for c in checks if c not in CHECKS]
+    unknown = [c for c in checks if c not in ALL_CHECKS]
     if unknown:
-        raise ValueError(f"unknown check(s) {', '.join(unknown)}; expected a subset of {', '.join(CHECKS)}")
+        raise ValueError(f"unknown check(s) {', '.join(unknown)}; expected a subset of {', '.join(ALL_CHECKS)}")
     run = ParityRun(name, batch=batch, size=size, seed=seed, train_dtype=train_dtype, optimizer=optimizer)
     meta = {"batch": run.batch, "size": run.size, "dtype": "float32", "train_dtype": train_dtype, "optimizer": run.optimizer,
             "device": keras_device(backend), "keras": keras.__version__, "torch": torch.__version__,
@@ -853,13 +871,16 @@ def run_model(
         bound = run.bound(check)
         try:
             error, detail = compute()
+        except Unsupported as exc:
+            rows.append(Row(name, backend, check, None, bound, False, f"not supported: {exc}", meta, supported=False))
+            return
         except Exception as exc:  # a crashed check is a failed row, not a crashed parity run
             rows.append(Row(name, backend, check, None, bound, False, f"raised {type(exc).__name__}: {exc}", meta))
             return
         passed = bool(np.isfinite(error) and error <= bound)
         rows.append(Row(name, backend, check, float(error), bound, passed, detail, meta))
 
-    wanted = [c for c in CHECKS if c in checks]
+    wanted = [c for c in ALL_CHECKS if c in checks]
     if not run.has_stage_taps():
         wanted = [c for c in wanted if c != "stage_outputs"]
     if not run.has_head():
@@ -871,10 +892,61 @@ def run_model(
     for check in wanted:
         if check in TRAIN_CHECKS:
             add(check, lambda check=check: getattr(run, check)(run.training()))
+        elif check in EXPORT_CHECKS:
+            add(check, lambda check=check: run.exported(export_format(check, "keras")))
         else:
             add(check, getattr(run, check))
         if check == STEP_CHECKS[run.optimizer][1] or check not in TRAIN_CHECKS:
             release_memory()  # each check builds its own twins; the big ones (vgg11_bn) are 0.5 GB a copy
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Export rows
+
+
+def export_format(check: str, framework: str) -> str:
+    """The `twins export --format` of an export check: `export_pt2` is the torch twin's `pt2`, Keras' `torch`."""
+    fmt = check[len("export_"):]
+    return "torch" if framework == "keras" and fmt == "pt2" else fmt
+
+
+def export_row(side, model, fmt: str, size: int, seed: int) -> tuple[float, str]:
+    """Export `model`, reopen it in its runtime, compare: `(error, detail)` as every check returns."""
+    from twins import exports
+    from twins_cli import export
+
+    with tempfile.TemporaryDirectory(prefix="twins-export-") as tmp:
+        path = Path(tmp) / f"artifact{exports.FORMATS[side.framework][fmt]}"
+        written = export.export_twin(side, model, fmt, path, size)
+        result = export.verify(side, model, fmt, path, size, seed=seed)
+    return result["error"], f"{export.describe(result)}; {written['bytes'] / 1e6:.1f} MB, exported in {written['export_s']:.1f} s"
+
+
+def run_torch_exports(name: str, *, size: int | None = None, seed: int = 0, checks=TORCH_EXPORT_CHECKS) -> list[Row]:
+    """The torch twin's export rows (backend `torch_impl`): the reference weights of `ParityRun`, no Keras."""
+    import torch
+
+    import torch_impl
+    from twins_cli.train import Side
+
+    model, options, default_size = resolve(name)
+    size = size or default_size
+    torch.manual_seed(seed)
+    reference = torch_impl.build(model, **options).eval()
+    randomize_batchnorm(reference, seed)
+    meta = {"batch": "3 and 1", "size": size, "dtype": "float32", "device": "cpu", "torch": torch.__version__,
+            "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}}
+    rows = []
+    for check in [c for c in TORCH_EXPORT_CHECKS if c in checks]:
+        bound = bound_for(name, check)
+        try:
+            error, detail = export_row(Side("torch"), reference, export_format(check, "torch"), size, seed)
+        except Exception as exc:
+            rows.append(Row(name, TORCH_TWIN, check, None, bound, False, f"raised {type(exc).__name__}: {exc}", meta))
+            continue
+        rows.append(Row(name, TORCH_TWIN, check, float(error), bound, bool(np.isfinite(error) and error <= bound),
+                        detail, meta))
     return rows
 
 
@@ -935,12 +1007,19 @@ QUICK_SUITE: dict[str, tuple | None] = {
 }
 
 
+# The export rows of the quick run: every format of resnet18 (each exporter and runtime on the commonest ops);
+# `parity_tests/test_export.py` adds pspnet's (the align-corners einsum, adaptive pooling) and `make parity` runs
+# every model's.
+QUICK_EXPORTS: dict[str, tuple] = {"resnet18": EXPORT_CHECKS}
+
+
 def run_parity(models, backends, *, batch=2, size=None, checks=None, quick=False, timeout=1800,
                log=sys.stderr) -> list[dict]:
     """Run the parity worker for `models` once per backend; a backend that cannot run yields rows
-    with `passed: False` and the reason, rather than vanishing. `quick`: each model's QUICK_SUITE plan."""
+    with `passed: False` and the reason, rather than vanishing. `quick`: each model's QUICK_SUITE plan (and
+    QUICK_EXPORTS). `backends` may hold `torch_impl`, the torch twin's export rows."""
     rows = []
-    available = installed_backends()
+    available = installed_backends() + [TORCH_TWIN]
     for backend in backends:
         if backend not in available:
             rows += [failed_row(m, backend, f"{backend} is not installed") for m in models]
@@ -958,6 +1037,8 @@ def run_parity(models, backends, *, batch=2, size=None, checks=None, quick=False
             if quick:
                 cmd += ["--quick"]
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+            if backend == TORCH_TWIN:
+                env.pop("KERAS_BACKEND")
             print(f"[parity] {backend}: {', '.join(models)} ...", file=log, flush=True)
             start = time.time()
             try:
@@ -995,21 +1076,27 @@ def release_memory() -> None:
 def worker_main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m twins_cli.parity")
     parser.add_argument("--model", required=True, action="append")
-    parser.add_argument("--backend", required=True, choices=BACKENDS)
+    parser.add_argument("--backend", required=True, choices=BACKENDS + (TORCH_TWIN,))
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, default=None)
-    parser.add_argument("--checks", default=",".join(CHECKS))
+    parser.add_argument("--checks", default=",".join(ALL_CHECKS))
     parser.add_argument("--json-out", required=True)
     parser.add_argument("--quick", action="store_true", help="each model's QUICK_SUITE plan")
     args = parser.parse_args(argv)
-    if os.environ.get("KERAS_BACKEND") != args.backend:
+    if args.backend != TORCH_TWIN and os.environ.get("KERAS_BACKEND") != args.backend:
         print(f"KERAS_BACKEND must be {args.backend!r} before keras is imported", file=sys.stderr)
         return 2
     checks = tuple(c for c in args.checks.split(",") if c)
     rows = []
     for model in args.model:
         plan_checks, plan_size = (QUICK_SUITE.get(model) or (None, None)) if args.quick else (None, None)
-        model_checks = tuple(c for c in checks if plan_checks is None or c in plan_checks)
+        model_checks = tuple(c for c in checks if c not in EXPORT_CHECKS and (plan_checks is None or c in plan_checks))
+        model_checks += tuple(c for c in checks if c in EXPORT_CHECKS and (not args.quick or c in QUICK_EXPORTS.get(model, ())))
+        if not model_checks:
+            continue
+        if args.backend == TORCH_TWIN:
+            rows += [asdict(r) for r in run_torch_exports(model, size=args.size or plan_size, checks=model_checks)]
+            continue
         rows += [asdict(r) for r in run_model(model, batch=args.batch, size=args.size or plan_size,
                                                checks=model_checks)]
         release_memory()
