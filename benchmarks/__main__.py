@@ -31,9 +31,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", default="resnet50",
                         help="comma-separated registered model names, or 'all' (default: resnet50)")
     parser.add_argument("--backends", default="all",
-                        help=f"comma-separated subset of {','.join(schema.BACKENDS)}, or 'all' (default)")
+                        help=f"comma-separated subset of {','.join(schema.BACKENDS)}; 'all' (default) = the first "
+                             f"five, 'deploy' = the export runtimes ({','.join(schema.EXPORT_BACKENDS)})")
     parser.add_argument("--mode", default="train,infer",
-                        help="train (forward+backward+SGD step), infer (forward, no grad), or both (default)")
+                        help="comma-separated: train (forward+backward+SGD step), infer (forward, no grad), latency "
+                             "(batch 1, p50/p90/p99 of --latency-calls calls) (default: train,infer)")
+    parser.add_argument("--latency-calls", type=int, default=None,
+                        help="timed calls of a latency row (default: 50 on CPU, 200 on GPU)")
     parser.add_argument("--batch-sizes", default=None,
                         help="comma-separated batch sizes to sweep (default: 8 on CPU, 64 on GPU)")
     parser.add_argument("--img-size", type=int, default=None,
@@ -77,6 +81,7 @@ def main(argv=None) -> int:
             tf32=args.tf32,
             out_dir=args.out,
             timeout_s=args.timeout,
+            latency_calls=args.latency_calls,
         )
     except ValueError as exc:
         print(f"python -m benchmarks: error: {exc}", file=sys.stderr)

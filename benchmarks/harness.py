@@ -44,8 +44,8 @@ DEFAULT_OUT_DIR = os.path.join(REPO_ROOT, "benchmarks", "results", "latest")
 DEFAULT_TIMEOUT_S = 1800.0
 # Small on CPU so a default run finishes in minutes on a laptop; timm-like on GPU.
 DEVICE_DEFAULTS = {
-    "cpu": {"batch_sizes": (8,), "warmup": 2, "repeats": 5},
-    "cuda": {"batch_sizes": (64,), "warmup": 10, "repeats": 30},
+    "cpu": {"batch_sizes": (8,), "warmup": 2, "repeats": 5, "latency_calls": 50},
+    "cuda": {"batch_sizes": (64,), "warmup": 10, "repeats": 30, "latency_calls": 200},
 }
 PACKAGES = ("torch", "keras", "tensorflow", "jax", "jaxlib", "numpy", "matplotlib")
 FILE_NAMES = {"json": "benchmark.json", "markdown": "benchmark.md", "png": "benchmark.png"}
@@ -97,7 +97,17 @@ def _subset(names: list, known, what: str, allow_all: bool) -> list[str]:
 
 
 def resolve_backends(backends) -> list[str]:
-    return _subset(_as_list(backends, "backends"), schema.BACKENDS, "backend", allow_all=True)
+    """Names from schema.BACKENDS; `all` stands for the five framework backends, `deploy` for the export runtimes."""
+    names = _as_list(backends, "backends")
+    groups = {"all": schema.DEFAULT_BACKENDS, "deploy": schema.EXPORT_BACKENDS}
+    expanded = list(dict.fromkeys(b for name in names for b in groups.get(name, (name,))))
+    unknown = [name for name in expanded if name not in schema.BACKENDS]
+    if unknown:
+        raise ValueError(
+            f"unknown backend {', '.join(repr(u) for u in unknown)}; expected a comma-separated subset of: "
+            f"{', '.join(schema.BACKENDS)} (or 'all' for the first five, 'deploy' for the export runtimes)"
+        )
+    return [name for name in schema.BACKENDS if name in expanded]
 
 
 def resolve_modes(modes) -> list[str]:
@@ -351,6 +361,7 @@ def run(
     out_dir=None,
     timeout_s=DEFAULT_TIMEOUT_S,
     verbose=True,
+    latency_calls=None,
 ) -> dict:
     """Benchmark `models` x `backends` x `modes` x `batch_sizes`; returns {"meta": ..., "rows": [...]}.
 
@@ -359,6 +370,9 @@ def run(
     (CPU: batch 8, 2 warm-up, 5 timed steps; CUDA: batch 64, 10 warm-up, 30 timed steps).
     `img_size` None = each model's registry `input_size`. `device` "auto" = cuda when torch sees a
     CUDA device or jax sees a GPU. `timeout_s` limits each worker process (wall clock).
+    Mode `latency` measures batch 1 only, `latency_calls` timed calls (CPU 50, CUDA 200 by default) after the
+    warm-up, and reports their p50 / p90 / p99. The export backends (`deploy`) run `infer` and `latency`; their
+    `train` rows say "not applicable".
     `out_dir` None = return the results without writing files; otherwise writes benchmark.json,
     benchmark.md, benchmark.png and logs/<backend>.log there (atomically). `verbose` False silences
     the progress lines on stderr (warnings still print).
@@ -394,6 +408,8 @@ def run(
         warmup = _positive_int(warmup, "warmup", minimum=1)
     if repeats is not None:
         repeats = _positive_int(repeats, "repeats")
+    if latency_calls is not None:
+        latency_calls = _positive_int(latency_calls, "latency_calls", minimum=10)
     timeout_s = float(timeout_s)
     if not timeout_s > 0:
         raise ValueError(f"timeout_s: expected a positive number of seconds, got {timeout_s!r}")
@@ -411,8 +427,10 @@ def run(
     batches = batches or list(defaults["batch_sizes"])
     warmup = defaults["warmup"] if warmup is None else warmup
     repeats = defaults["repeats"] if repeats is None else repeats
+    latency_calls = defaults["latency_calls"] if latency_calls is None else latency_calls
 
     options = {
+        "latency_calls": latency_calls,
         "device": resolved_device,
         "dtype": dtype,
         "warmup": warmup,
@@ -434,17 +452,28 @@ def run(
                 f"{schema.PEER_OF} is not among the models ({', '.join(model_names)}), so no peer rows")
         if not any(b in schema.KERAS_BACKENDS for b in backend_names):
             log("--peers has no effect without a Keras backend")
-    jobs = []
+    jobs, not_applicable = [], []
     for backend in backend_names:
         configs = []
         for name in model_names + (peer_models if backend in schema.KERAS_BACKENDS else []):
             peer_of = schema.PEER_OF if name == schema.PEER_MODEL else None
             for mode in mode_names:
-                for batch in batches:
+                for batch in ([1] if mode == "latency" else batches):
                     configs.append({
                         "model": name, "backend": backend, "mode": mode, "batch": batch,
                         "img_size": sizes_for(peer_of or name), "peer_of": peer_of,
                     })
+        if backend in schema.EXPORT_BACKENDS:
+            skipped = [c for c in configs if c["mode"] == "train" or resolved_device == "cuda"]
+            for c in skipped:
+                why = ("an exported artifact is an inference program; it does not train" if c["mode"] == "train" else
+                       "the export runtimes are measured on the CPU here (onnxruntime's CPU provider, LiteRT, "
+                       "OpenVINO's CPU device); run with --device cpu")
+                not_applicable.append(schema.failed_row(c, {**options, "device": resolved_device},
+                                                        schema.STATUS_NOT_APPLICABLE, why))
+            configs = [c for c in configs if c not in skipped]
+            if not configs:
+                continue
         if backend == "keras-jax" and resolved_device == "cuda":
             jobs += [(backend, [c], f"{backend}-{i}") for i, c in enumerate(configs)]
         else:
@@ -479,6 +508,7 @@ def run(
             workers.append(info)
             logs[backend] += [f"===== worker {tag}: exit {info['returncode']}, {info['wall_s']} s =====\n"] + output
 
+    rows += not_applicable
     add_ratios(rows)
     rows = _sort_rows(rows, model_names)
     load_after = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -513,6 +543,7 @@ def run(
             "device": device,
             "warmup": warmup,
             "repeats": repeats,
+            "latency_calls": latency_calls,
             "channels_last": bool(channels_last),
             "peers": bool(peers),
             "tf32": bool(tf32),

@@ -145,40 +145,42 @@ def render_markdown(rows: list[dict], meta: dict) -> str:
             )
             out.append(f"## {model} · {mode}")
             out.append("")
-            out.append(
-                "| backend | batch | img | samples/s | step ms median | min | max | ratio to torch "
-                "| peak mem MB | params M | compiler | status |"
-            )
-            out.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|")
-            for r in table_rows:
-                status = (
-                    r["status"] if r["status"] == schema.STATUS_OK
-                    else f"**{r['status']}**: {_short_error(r.get('error'))}"
-                )
-                ratio = r.get("ratio_to_torch")
-                out.append(
-                    "| "
-                    + " | ".join(
-                        _cell(c)
-                        for c in (
-                            _backend_label(r),
-                            r["batch"],
-                            r["img_size"],
-                            _fmt(r.get("samples_per_sec")),
-                            _fmt(r.get("step_ms_median")),
-                            _fmt(r.get("step_ms_min")),
-                            _fmt(r.get("step_ms_max")),
-                            "—" if ratio is None else f"{ratio:.2f}",
-                            _fmt(r.get("peak_mem_mb")),
-                            "—" if r.get("params_m") is None else f"{r['params_m']:.2f}",
-                            r.get("compiler") or "—",
-                            status,
-                        )
-                    )
-                    + " |"
-                )
+            out += _table(table_rows, mode)
             out.append("")
     return "\n".join(out)
+
+
+def _status(r: dict) -> str:
+    return r["status"] if r["status"] == schema.STATUS_OK else f"**{r['status']}**: {_short_error(r.get('error'))}"
+
+
+def _table(table_rows: list[dict], mode: str) -> list[str]:
+    """One model x mode: throughput columns, or for `latency` the percentiles of the batch-1 calls; the export
+    runtimes' artifact size and their error against the eager twin where the table has such rows."""
+    exported = any(r["backend"] in schema.EXPORT_BACKENDS for r in table_rows)
+    extra = ["artifact MB", "export err"] if exported else []
+    if mode == "latency":
+        head = ["backend", "img", "p50 ms", "p90 ms", "p99 ms", "calls", "speed-up vs torch", "peak mem MB"]
+        cells = lambda r: [_backend_label(r), r["img_size"], _fmt(r.get("latency_ms_p50")), _fmt(r.get("latency_ms_p90")),  # noqa: E731
+                           _fmt(r.get("latency_ms_p99")), r.get("steps_timed") or "—",
+                           "—" if r.get("ratio_to_torch") is None else f"{r['ratio_to_torch']:.2f}", _fmt(r.get("peak_mem_mb"))]
+    else:
+        head = ["backend", "batch", "img", "samples/s", "step ms median", "min", "max", "ratio to torch", "peak mem MB",
+                "params M"]
+        cells = lambda r: [_backend_label(r), r["batch"], r["img_size"], _fmt(r.get("samples_per_sec")),  # noqa: E731
+                           _fmt(r.get("step_ms_median")), _fmt(r.get("step_ms_min")), _fmt(r.get("step_ms_max")),
+                           "—" if r.get("ratio_to_torch") is None else f"{r['ratio_to_torch']:.2f}",
+                           _fmt(r.get("peak_mem_mb")), "—" if r.get("params_m") is None else f"{r['params_m']:.2f}"]
+    head += extra + ["compiler / runtime", "status"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join("---" if h in ("backend", "compiler / runtime", "status") else "--:" for h in head) + "|"]
+    for r in table_rows:
+        row = cells(r)
+        if exported:
+            row += [_fmt(r.get("artifact_mb")), "—" if r.get("export_error") is None else f"{r['export_error']:.1e}"]
+        row += [r.get("compiler") or "—", _status(r)]
+        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,6 +193,12 @@ _COLORS = {
     "keras-tensorflow": "#1f77b4",
     "keras-jax": "#2ca02c",
     "keras-torch": "#9467bd",
+    "torch-export": "#8c564b",
+    "onnxruntime": "#e377c2",
+    "onnxruntime-keras": "#7f7f7f",
+    "tf-saved-model": "#bcbd22",
+    "litert": "#17becf",
+    "openvino": "#aec7e8",
 }
 
 

@@ -10,13 +10,28 @@ from __future__ import annotations
 # Order matters: it is the order of the rows in every table and of the bars in the chart.
 TORCH_BACKENDS = ("torch", "torch-compile")
 KERAS_BACKENDS = ("keras-tensorflow", "keras-jax", "keras-torch")
-BACKENDS = TORCH_BACKENDS + KERAS_BACKENDS
+# Deployment runtimes: a twin exported by `twins export` (in a subprocess of the worker, which then holds only
+# the runtime) and run where it ships. backend -> (twin, Keras backend that exports it, export format).
+EXPORT_SOURCES = {
+    "torch-export": ("torch", None, "pt2"),
+    "onnxruntime": ("torch", None, "onnx"),
+    "onnxruntime-keras": ("keras", "tensorflow", "onnx"),
+    "tf-saved-model": ("keras", "tensorflow", "tf_saved_model"),
+    "litert": ("keras", "tensorflow", "litert"),
+    "openvino": ("keras", "tensorflow", "openvino"),
+}
+EXPORT_BACKENDS = tuple(EXPORT_SOURCES)
+BACKENDS = TORCH_BACKENDS + KERAS_BACKENDS + EXPORT_BACKENDS
+# What `--backends all` means: the eager and compiled framework paths of the throughput comparison. The export
+# runtimes are asked for by name, or all at once with `--backends deploy` (they export each model first).
+DEFAULT_BACKENDS = TORCH_BACKENDS + KERAS_BACKENDS
 # Value of KERAS_BACKEND for each Keras backend; Keras reads it once, at import.
 KERAS_BACKEND_ENV = {"keras-tensorflow": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
 # The native reference every `ratio_to_torch` is computed against.
 REFERENCE_BACKEND = "torch"
 
-MODES = ("train", "infer")
+# `latency`: batch 1, one call at a time, the p50 / p90 / p99 of `latency_calls` timed calls after the warm-up.
+MODES = ("train", "infer", "latency")
 DTYPES = ("float32", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -49,6 +64,11 @@ COLUMNS = (
     "peak_mem_source",
     "channels_last",
     "peer_of",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "latency_ms_p99",
+    "artifact_mb",
+    "export_error",
 )
 
 # `status` is "ok" or one of these reasons; `error` then says what happened in words.
@@ -60,6 +80,7 @@ STATUS_OOM = "out of memory"
 STATUS_ERROR = "error"
 STATUS_TIMEOUT = "timeout"
 STATUS_CRASHED = "worker crashed"
+STATUS_NOT_APPLICABLE = "not applicable"
 
 # Lines a worker writes to stderr with this prefix are progress messages the harness echoes; every
 # other line (framework warnings, tracebacks) only goes to the worker's log and its failure tail.

@@ -165,6 +165,23 @@ def time_steps(step, sync, warmup: int, repeats: int):
     return first_ms, times
 
 
+def timed_calls(config: dict, options: dict) -> int:
+    """Timed steps of a row: `repeats`, or `latency_calls` for a latency row (batch 1, many short calls)."""
+    return options.get("latency_calls", 50) if config["mode"] == "latency" else options["repeats"]
+
+
+def percentile(times: list[float], q: float) -> float | None:
+    """The q-th percentile by linear interpolation between the closest ranks (numpy's default): p50 is the
+    median the throughput figures use."""
+    if not times:
+        return None
+    ordered = sorted(times)
+    rank = q / 100 * (len(ordered) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
 def flatten_outputs(out) -> list:
     """Tensors of a model output that may be a tensor, a (named)tuple, a list or a dict."""
     if isinstance(out, dict):
@@ -301,7 +318,7 @@ class TorchRunner:
                 with torch.inference_mode(), self._autocast():
                     forward(x)
 
-        first_ms, times = time_steps(step, self._sync, self.options["warmup"], self.options["repeats"])
+        first_ms, times = time_steps(step, self._sync, self.options["warmup"], timed_calls(config, self.options))
         if cuda:
             peak_mb = torch.cuda.max_memory_allocated() / 2**20
             source = "cuda: torch.cuda.max_memory_allocated during this row"
@@ -510,7 +527,7 @@ class KerasRunner:
         else:
             step = lambda: model.predict_on_batch(x)  # noqa: E731
 
-        first_ms, times = time_steps(step, sync, self.options["warmup"], self.options["repeats"])
+        first_ms, times = time_steps(step, sync, self.options["warmup"], timed_calls(config, self.options))
         peak_mb, source = self._read_memory()
         return {
             "times": times,
@@ -529,6 +546,100 @@ class KerasRunner:
 
 
 # ---------------------------------------------------------------------------------------------
+# Export runtimes: the artifact `twins export` writes, run where it ships
+
+
+class ExportRunner:
+    """One export backend (`schema.EXPORT_SOURCES`). Per model and size, `twins export` runs in a subprocess
+    (so this process's peak RSS is the runtime's, not the exporter's), writes the artifact into a temporary
+    folder and checks it against the eager twin at batch 3 and 1; the row carries that error
+    (`export_error`) and the artifact's size on disk. A step is one `Runtime.run(x)` call on a host batch:
+    these runtimes take and return host memory, so the step includes what the runtime copies."""
+
+    def __init__(self, backend: str, options: dict):
+        import tempfile
+
+        from twins import exports
+
+        self.backend = backend
+        self.options = options
+        self.exports = exports
+        self.framework, self.keras_backend, self.format = schema.EXPORT_SOURCES[backend]
+        self.folder = tempfile.mkdtemp(prefix=f"twins-bench-{backend}-")
+        self.artifacts: dict = {}
+        self.host_memory = ProcessPeakRss()
+        self.device_name = "cpu"
+        self.compiler = None
+        self._versions: dict = {}
+
+    def versions(self) -> dict:
+        return dict(self._versions)
+
+    def _export(self, model: str, size: int) -> dict:
+        import subprocess
+
+        from twins import exports
+
+        key = (model, size)
+        if key in self.artifacts:
+            return self.artifacts[key]
+        suffix = exports.FORMATS[self.framework][self.format]
+        path = os.path.join(self.folder, f"{model}-{size}{suffix}")
+        report_path = os.path.join(self.folder, f"{model}-{size}.json")
+        command = [sys.executable, "-m", "twins_cli.main", "export", model, "--framework", self.framework,
+                   "--format", self.format, "--out", path, "--img-size", str(size), "--json", report_path]
+        if self.keras_backend:
+            command += ["--backend", self.keras_backend]
+        progress(f"{self.backend}: twins export {model} --framework {self.framework} --format {self.format} "
+                 f"({size}x{size})")
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+        if not os.path.exists(report_path):
+            tail = " | ".join(line for line in (done.stderr or "").strip().splitlines()[-3:])
+            raise RuntimeError(f"twins export exited {done.returncode}: {tail[-600:]}")
+        with open(report_path) as f:
+            exported = json.load(f)
+        if done.returncode != 0 or not exported.get("check", {}).get("passed"):
+            raise RuntimeError(f"the exported {self.format} artifact failed its check against the eager twin: "
+                               f"{exported.get('check')}")
+        self.artifacts[key] = {**exported, "path": path}
+        return self.artifacts[key]
+
+    def measure(self, config: dict) -> dict:
+        import numpy as np
+
+        exported = self._export(config["model"], config["img_size"])
+        gc.collect()
+        self.host_memory.reset()
+        runtime = self.exports.open_runtime(self.format, exported["path"])
+        self._versions[runtime.name] = runtime.version
+        self.compiler = runtime.version
+        size, batch = config["img_size"], config["batch"]
+        shape = (batch, 3, size, size) if self.framework == "torch" else (batch, size, size, 3)
+        x = np.random.default_rng(SEED).standard_normal(shape, dtype=np.float32)
+        first_ms, times = time_steps(lambda: runtime.run(x), lambda: None, self.options["warmup"],
+                                     timed_calls(config, self.options))
+        peak_mb = self.host_memory.read_mb()
+        return {
+            "times": times,
+            "first_step_ms": first_ms,
+            "params": None,
+            "peak_mem_mb": peak_mb,
+            "peak_mem_source": self.host_memory.source + "; the runtime with the artifact loaded",
+            "compiler": runtime.version,
+            "artifact_mb": exported["bytes"] / 1e6,
+            "export_error": exported["check"]["error"],
+        }
+
+    def cleanup(self) -> None:
+        gc.collect()
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def make_runner(backend: str, options: dict):
@@ -536,6 +647,8 @@ def make_runner(backend: str, options: dict):
         return TorchRunner(backend, options)
     if backend in schema.KERAS_BACKENDS:
         return KerasRunner(backend, options)
+    if backend in schema.EXPORT_BACKENDS:
+        return ExportRunner(backend, options)
     raise ValueError(f"unknown backend {backend!r}; expected one of: {', '.join(schema.BACKENDS)}")
 
 
@@ -549,7 +662,12 @@ def finished_row(config: dict, options: dict, measured: dict) -> dict:
         step_ms_min=min(times) if times else None,
         step_ms_max=max(times) if times else None,
         peak_mem_mb=measured["peak_mem_mb"],
-        params_m=measured["params"] / 1e6,
+        params_m=None if measured.get("params") is None else measured["params"] / 1e6,
+        latency_ms_p50=percentile(times, 50),
+        latency_ms_p90=percentile(times, 90),
+        latency_ms_p99=percentile(times, 99),
+        artifact_mb=measured.get("artifact_mb"),
+        export_error=measured.get("export_error"),
         status=schema.STATUS_OK,
         first_step_ms=measured["first_step_ms"],
         compiler=measured["compiler"],
@@ -588,11 +706,12 @@ def run_job(job: dict, result_path: str) -> None:
 
     for config in configs:
         label = f"{backend}: {config['model']} {config['mode']} batch {config['batch']} img {config['img_size']}"
-        progress(f"{label}: measuring ({options['warmup']} warm-up + {options['repeats']} timed steps)")
+        progress(f"{label}: measuring ({options['warmup']} warm-up + {timed_calls(config, options)} timed steps)")
         try:
             row = finished_row(config, options, runner.measure(config))
             progress(
                 f"{label}: {row['samples_per_sec']:.2f} samples/s, median step {row['step_ms_median']:.1f} ms"
+                + (f" (p90 {row['latency_ms_p90']:.1f}, p99 {row['latency_ms_p99']:.1f})" if config["mode"] == "latency" else "")
                 + (f", first step {row['first_step_ms']:.0f} ms" if row["first_step_ms"] is not None else "")
             )
         except Exception as exc:
@@ -607,6 +726,8 @@ def run_job(job: dict, result_path: str) -> None:
             runner.cleanup()
         except Exception:  # cleanup is best effort; the next row resets its own counters
             traceback.print_exc()
+    if hasattr(runner, "close"):
+        runner.close()
 
 
 def probe(result_path: str) -> None:

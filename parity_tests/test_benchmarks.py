@@ -182,3 +182,48 @@ def test_worker_past_its_time_limit_yields_a_timeout_row():
     assert "ran past its 0.5 s limit" in row["error"]
     (worker,) = result["meta"]["workers"]
     assert worker["timed_out"] is True
+
+
+def test_latency_mode_and_an_export_runtime(tmp_path):
+    """Batch-1 latency percentiles from the timed calls, on native torch and on the torch twin's ONNX artifact in
+    onnxruntime (exported and checked by `twins export` in a subprocess); the runtime's train row is a row that
+    says why it does not apply."""
+    if KERAS_BACKEND != "keras-tensorflow":
+        pytest.skip("no Keras in these rows: the tensorflow pass runs them")
+    result = benchmarks.run(backends=["torch", "onnxruntime"], device="cpu", models=["resnet18"], img_size=32,
+                            modes=["train", "latency"], batch_sizes=[2], warmup=1, repeats=2, latency_calls=12,
+                            out_dir=str(tmp_path), timeout_s=600, verbose=False)
+    rows = {(r["backend"], r["mode"]): r for r in result["rows"]}
+    assert rows[("onnxruntime", "train")]["status"] == schema.STATUS_NOT_APPLICABLE
+    for backend in ("torch", "onnxruntime"):
+        row = rows[(backend, "latency")]
+        assert row["status"] == schema.STATUS_OK, row["error"]
+        assert row["batch"] == 1 and row["steps_timed"] == 12
+        assert row["latency_ms_p50"] == pytest.approx(row["step_ms_median"])
+        assert row["step_ms_min"] <= row["latency_ms_p50"] <= row["latency_ms_p90"] <= row["latency_ms_p99"] \
+            <= row["step_ms_max"]
+    onnx = rows[("onnxruntime", "latency")]
+    assert onnx["compiler"].startswith("onnxruntime") and 40 < onnx["artifact_mb"] < 50  # resnet18's 11.7 M floats
+    assert onnx["export_error"] is not None and onnx["export_error"] <= 1e-5
+    assert onnx["ratio_to_torch"] == pytest.approx(onnx["samples_per_sec"] / rows[("torch", "latency")]["samples_per_sec"])
+    text = (tmp_path / "benchmark.md").read_text()
+    assert "## resnet18 · latency" in text and "| p50 ms | p90 ms | p99 ms |" in text
+    assert f"| {onnx['export_error']:.1e} |" in text
+
+
+def test_percentiles_interpolate_as_numpy_does():
+    import numpy as np
+
+    from benchmarks.worker import percentile
+
+    times = list(np.random.default_rng(0).gamma(2.0, 10.0, size=37))
+    for q in (50, 90, 99):
+        assert percentile(times, q) == pytest.approx(np.percentile(times, q))
+    assert percentile([5.0, 1.0, 3.0], 50) == 3.0 and percentile([2.0, 1.0], 50) == 1.5 and percentile([], 50) is None
+
+
+def test_backend_groups_expand():
+    assert harness.resolve_backends("all") == list(schema.DEFAULT_BACKENDS)
+    assert harness.resolve_backends("torch,deploy") == ["torch", *schema.EXPORT_BACKENDS]
+    with pytest.raises(ValueError, match=r"unknown backend 'onnx'.*'deploy' for the export runtimes"):
+        harness.resolve_backends("onnx")
