@@ -42,3 +42,33 @@ def test_html_page_is_self_contained():
     assert "<th>a</th><th>b</th>" in page and "<td>1</td><td>&lt;2&gt;</td>" in page
     assert f"data:image/png;base64,{base64.b64encode(png).decode()}" in page
     assert "src=\"http" not in page and "<link" not in page
+
+
+def bench_row(backend, mode, batch, *, p50=None, sps=None, device="cpu", status="ok", export_error=None, ratio=None):
+    return {"model": "resnet50", "backend": backend, "mode": mode, "batch": batch, "device": device, "dtype": "float32",
+            "status": status, "latency_ms_p50": p50, "latency_ms_p99": None if p50 is None else 2 * p50,
+            "samples_per_sec": sps, "ratio_to_torch": ratio, "export_error": export_error, "compiler": backend,
+            "peer_of": None}
+
+
+def test_deployment_table_picks_the_fastest_path_per_target_and_its_error():
+    from twins_cli.report import deployment_table
+
+    bench = [
+        bench_row("torch", "latency", 1, p50=40.0), bench_row("onnxruntime", "latency", 1, p50=10.0, export_error=7e-7),
+        bench_row("keras-jax", "latency", 1, p50=20.0), bench_row("litert", "latency", 1, p50=25.0, export_error=9e-7),
+        bench_row("torch", "infer", 32, sps=30.0, ratio=1.0), bench_row("keras-jax", "infer", 32, sps=45.0, ratio=1.5),
+        bench_row("openvino", "infer", 32, status="error", sps=None),
+    ]
+    parity = [{"model": "resnet50", "backend": "jax", "check": "eval_output", "error": 2.1e-6}]
+    lines = {l.split("|")[2].strip(): [c.strip() for c in l.strip("|").split("|")] for l in
+             deployment_table(bench, parity).splitlines()[2:]}
+    assert lines["CPU server, batch 1"][2:] == ["onnxruntime (onnxruntime)", "10.00 ms p50 (p99 20.00)", "4.00x",
+                                                 "7.0e-07 (artifact vs eager twin)", "4"]
+    assert lines["CPU server, batch 32"][2:] == ["keras-jax (keras-jax)", "45 img/s", "1.50x",
+                                                  "2.1e-06 (eval vs torch twin)", "2"]
+    assert lines["mobile (LiteRT), batch 1"][2:5] == ["litert (litert)", "25.00 ms p50 (p99 50.00)", "1.60x"]
+    assert lines["GPU server, batch 1"][2] == "no GPU in this run"
+    # A slower path must not win: swap the figures and the winner changes with them.
+    bench[1]["latency_ms_p50"] = 50.0
+    assert "keras-jax" in next(l for l in deployment_table(bench, parity).splitlines() if "CPU server, batch 1" in l)

@@ -21,11 +21,14 @@ from pathlib import Path
 
 from twins import checkpoints
 from twins_cli import parity
-from twins_cli.parity import CHECKS
+from twins_cli.parity import ALL_CHECKS, CHECKS, TORCH_TWIN
 
-# --quick: what `make demo` runs; sized to finish in well under 10 minutes on a 2-core CPU.
-QUICK_BENCH = {"models": ["resnet18"], "batch_sizes": [2], "img_size": 64, "warmup": 1, "repeats": 3}
-FULL_BENCH = {"models": "all", "batch_sizes": None, "img_size": None, "warmup": None, "repeats": None}
+# --quick: what `make demo` runs: resnet18 at 64 px on the five framework backends and the six export runtimes
+# (train, infer at the server batch, batch-1 latency).
+QUICK_BENCH = {"models": ["resnet18"], "batch_sizes": [2, 32], "img_size": 64, "warmup": 1, "repeats": 3,
+               "latency_calls": 20}
+FULL_BENCH = {"models": "all", "batch_sizes": [8, 32], "img_size": None, "warmup": None, "repeats": None,
+              "latency_calls": None}
 
 
 def parity_matrix(rows: list[dict], backends: list[str]) -> str:
@@ -38,12 +41,16 @@ def parity_matrix(rows: list[dict], backends: list[str]) -> str:
             if not mine:
                 cells.append("-")
                 continue
+            unsupported = [r for r in mine if not r.get("supported", True)]
+            mine = [r for r in mine if r.get("supported", True)]
             passed = sum(r["passed"] for r in mine)
             failed = [r["check"] for r in mine if not r["passed"]]
             ev = next((r["error"] for r in mine if r["check"] == "eval_output"), None)
             cell = f"{passed}/{len(mine)} ok"
             if ev is not None:
                 cell += f", eval {ev:.1e}"
+            if unsupported:
+                cell += f", {len(unsupported)} export(s) n/a"
             if failed:
                 cell += " — FAILED: " + ", ".join(failed)
             cells.append(cell)
@@ -69,8 +76,8 @@ def parity_table(rows: list[dict], backends: list[str]) -> str:
         lines.append("")
         lines.append("| check | " + " | ".join(backends) + " | bound |")
         lines.append("|---|" + "---|" * len(backends) + "---|")
-        checks = [c for c in CHECKS if any(r["check"] == c for r in mine)] + \
-                 [c for c in dict.fromkeys(r["check"] for r in mine) if c not in CHECKS]
+        checks = [c for c in ALL_CHECKS if any(r["check"] == c for r in mine)] + \
+                 [c for c in dict.fromkeys(r["check"] for r in mine) if c not in ALL_CHECKS]
         for check in checks:
             cells, bound = [], None
             for backend in backends:
@@ -79,10 +86,78 @@ def parity_table(rows: list[dict], backends: list[str]) -> str:
                     cells.append("-")
                     continue
                 bound = row["bound"]
+                if not row.get("supported", True):
+                    cells.append(f"n/a ({row['detail'].removeprefix('not supported: ').split(' (Keras on')[0]})")
+                    continue
                 cells.append(f"{_fmt(row['error'])} {'ok' if row['passed'] else 'FAIL'}"
                              + ("" if row["passed"] or not row["detail"] else f" ({row['detail']})"))
             lines.append(f"| {check} | " + " | ".join(cells) + f" | {'' if bound is None else f'{bound:.0e}'} |")
         lines.append("")
+    return "\n".join(lines)
+
+
+# Which parity row vouches for a benchmark backend: (check, column). The export runtimes' rows carry their own
+# check against the eager twin (`export_error`, batch 3 and 1); the eager Keras backends have the eval-output row
+# of the parity run (at the parity size, not the benchmark's).
+EAGER_PARITY = {"keras-tensorflow": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
+SERVER_BATCH = 32
+
+
+def _ok(rows):
+    return [r for r in rows if r["status"] == "ok"]
+
+
+def deployment_table(bench_rows: list[dict], parity_rows: list[dict] | None = None) -> str:
+    """Per model and target, the fastest measured path: CPU server at batch 1 (latency p50) and at the server
+    batch (infer throughput), GPU server (the same on CUDA rows), mobile (LiteRT at batch 1). Its ratio to native
+    torch eager on the same target, and its parity error: an export runtime's against its eager twin, an eager
+    Keras backend's against the torch twin (eval output, from `parity_rows`)."""
+    lines = ["| model | target | fastest measured path | figure | vs torch eager | parity error | paths measured |",
+             "|---|---|---|--:|--:|--:|--:|"]
+
+    def error_of(row):
+        if row.get("export_error") is not None:
+            return f"{row['export_error']:.1e} (artifact vs eager twin)"
+        if row["backend"] in ("torch", "torch-compile"):
+            return "reference" if row["backend"] == "torch" else "—"
+        column = EAGER_PARITY.get(row["backend"])
+        hit = next((p for p in parity_rows or [] if p["model"] == row["model"] and p["backend"] == column
+                    and p["check"] == "eval_output"), None)
+        return f"{hit['error']:.1e} (eval vs torch twin)" if hit and hit["error"] is not None else "—"
+
+    for model in dict.fromkeys(r["model"] for r in bench_rows if not r.get("peer_of")):
+        mine = [r for r in bench_rows if r["model"] == model and not r.get("peer_of") and r["dtype"] == "float32"]
+        infer_batches = sorted({r["batch"] for r in mine if r["mode"] == "infer"})
+        server = SERVER_BATCH if SERVER_BATCH in infer_batches else (infer_batches[-1] if infer_batches else None)
+        targets = [
+            ("CPU server, batch 1", [r for r in mine if r["device"] == "cpu" and r["mode"] == "latency"], "latency"),
+            (f"CPU server, batch {server}", [r for r in mine if r["device"] == "cpu" and r["mode"] == "infer"
+                                             and r["batch"] == server], "infer"),
+            ("GPU server, batch 1", [r for r in mine if r["device"] == "cuda" and r["mode"] == "latency"], "latency"),
+            ("GPU server, throughput", [r for r in mine if r["device"] == "cuda" and r["mode"] == "infer"], "infer"),
+            ("mobile (LiteRT), batch 1", [r for r in mine if r["backend"] == "litert" and r["mode"] == "latency"],
+             "latency"),
+        ]
+        for target, rows, mode in targets:
+            measured = _ok(rows)
+            if not measured:
+                why = "no GPU in this run" if "GPU" in target else "not measured in this run"
+                if rows:
+                    why = f"{rows[0]['backend']}: {rows[0]['status']}"
+                lines.append(f"| {model} | {target} | {why} | — | — | — | 0 |")
+                continue
+            if mode == "latency":
+                best = min(measured, key=lambda r: r["latency_ms_p50"])
+                figure = f"{best['latency_ms_p50']:.2f} ms p50 (p99 {best['latency_ms_p99']:.2f})"
+                torch_row = next((r for r in mine if r["backend"] == "torch" and r["mode"] == "latency"
+                                  and r["device"] == best["device"] and r["status"] == "ok"), None)
+                ratio = torch_row["latency_ms_p50"] / best["latency_ms_p50"] if torch_row else None
+            else:
+                best = max(measured, key=lambda r: r["samples_per_sec"])
+                figure = f"{best['samples_per_sec']:,.0f} img/s"
+                ratio = best.get("ratio_to_torch")
+            lines.append(f"| {model} | {target} | {best['backend']} ({best.get('compiler') or '—'}) | {figure} | "
+                         f"{'—' if ratio is None else f'{ratio:.2f}x'} | {error_of(best)} | {len(measured)} |")
     return "\n".join(lines)
 
 
@@ -134,7 +209,7 @@ def markdown_to_html(text: str, title: str, image_png: bytes | None) -> str:
             f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
 
 
-def build_report(out_dir="reports/latest", quick=False, parity_backends=None, bench_backends="all",
+def build_report(out_dir="reports/latest", quick=False, parity_backends=None, bench_backends="all,deploy",
                  log=sys.stderr) -> dict:
     import benchmarks
 
@@ -144,27 +219,30 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
     backends = parity_backends or parity.installed_backends()
     scope = "the quick plan (QUICK_SUITE, as make test)" if quick else "every check"
     print(f"[report] parity: {len(models)} models and variants x {', '.join(backends)}, {scope}", file=log, flush=True)
-    parity_rows = parity.run_parity(models, backends, quick=quick, log=log)
+    parity_rows = parity.run_parity(models, backends + [TORCH_TWIN], quick=quick, log=log)
+    columns = backends + [TORCH_TWIN]
     parity_s = time.time() - start
     checkpoints.write_atomic(out / "parity.json", lambda tmp: tmp.write_text(json.dumps(parity_rows, indent=1)))
 
     settings = QUICK_BENCH if quick else FULL_BENCH
     print(f"[report] benchmarks: {settings}", file=log, flush=True)
     bench = benchmarks.run(
-        models=settings["models"], backends=bench_backends, modes=("train", "infer"),
+        models=settings["models"], backends=bench_backends, modes=("train", "infer", "latency"),
         batch_sizes=settings["batch_sizes"], img_size=settings["img_size"], warmup=settings["warmup"],
-        repeats=settings["repeats"], out_dir=str(out), peers=not quick,
+        repeats=settings["repeats"], out_dir=str(out), peers=not quick, latency_calls=settings["latency_calls"],
     )
     bench_s = time.time() - start - parity_s
 
-    failed = [r for r in parity_rows if not r["passed"]]
+    unsupported = [r for r in parity_rows if not r.get("supported", True)]
+    failed = [r for r in parity_rows if not r["passed"] and r.get("supported", True)]
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     lines = [
         "# twins report: Keras twin vs PyTorch twin",
         "",
         f"- generated {stamp} on {platform.node()} ({platform.machine()}), {'quick' if quick else 'full'} run; "
         f"parity {parity_s:.0f} s, benchmarks {bench_s:.0f} s",
-        f"- parity: **{len(parity_rows) - len(failed)} passed, {len(failed)} failed** over "
+        f"- parity: **{len(parity_rows) - len(failed) - len(unsupported)} passed, {len(failed)} failed** "
+        f"({len(unsupported)} exports a backend cannot make here, `n/a` with the reason) over "
         f"{len(models)} models and variants x {len(backends)} Keras backends, up to {len(CHECKS)} checks each"
         + (" (quick run: the checks `make test` runs per model, `QUICK_SUITE`; `make parity` runs all)" if quick else ""),
         "",
@@ -173,7 +251,15 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
         "Each cell: checks passed on that Keras backend, and the eval-output relative error against the "
         "torch twin (bound 1e-5). Checks (those that apply to the model): " + ", ".join(f"`{c}`" for c in CHECKS) + ". Details per model below.",
         "",
-        parity_matrix(parity_rows, backends),
+        parity_matrix(parity_rows, columns),
+        "",
+        "## Deployment: which path to ship, measured",
+        "",
+        "Per model and target, the fastest path this run measured (float32; the export runtimes run the artifact "
+        "`twins export` writes), its ratio to native torch eager on the same target, and its parity error. "
+        "`twins export MODEL --framework F --format X` writes the artifact.",
+        "",
+        deployment_table(bench["rows"], parity_rows),
         "",
         "## Throughput",
         "",
@@ -183,7 +269,7 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
         "",
         "## Parity details",
         "",
-        parity_table(parity_rows, backends),
+        parity_table(parity_rows, columns),
     ]
     text = "\n".join(lines) + "\n"
     md = checkpoints.write_atomic(out / "report.md", lambda tmp: tmp.write_text(text))
