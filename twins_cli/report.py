@@ -24,8 +24,8 @@ from twins_cli import parity
 from twins_cli.parity import ALL_CHECKS, CHECKS, TORCH_TWIN
 
 # --quick: what `make demo` runs: resnet18 at 64 px on the five framework backends and the six export runtimes
-# (train, infer at the server batch, batch-1 latency).
-QUICK_BENCH = {"models": ["resnet18"], "batch_sizes": [2, 32], "img_size": 64, "warmup": 1, "repeats": 3,
+# (train and infer at the server batch of the deployment table, batch-1 latency).
+QUICK_BENCH = {"models": ["resnet18"], "batch_sizes": [32], "img_size": 64, "warmup": 1, "repeats": 3,
                "latency_calls": 20}
 FULL_BENCH = {"models": "all", "batch_sizes": [8, 32], "img_size": None, "warmup": None, "repeats": None,
               "latency_calls": None}
