@@ -230,3 +230,27 @@ def test_twins_export_refuses_a_pair_keras_cannot_export_with_the_reason(tmp_pat
     assert proc.returncode == 2
     assert exports.limit("jax", "litert") in proc.stderr and "Keras on jax raised ValueError" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_twins_export_removes_an_artifact_that_fails_its_check(tmp_path, monkeypatch, capsys):
+    """The command's own failure path: an artifact whose check fails (here a runtime that returns the eager
+    outputs off by 1e-3) is removed, the exit status is 1 and the report says why."""
+    import argparse
+
+    from twins_cli import export
+
+    real_open = exports.open_runtime
+
+    def off(fmt, path, **kw):
+        runtime = real_open(fmt, path, **kw)
+        return exports.Runtime(runtime.name, runtime.version, lambda x: [y * 1.001 for y in runtime.run(x)], 0.0)
+
+    monkeypatch.setattr(exports, "open_runtime", off)
+    args = argparse.Namespace(model="resnet18", framework="torch", backend=None, format="onnx",
+                              out=str(tmp_path / "m.onnx"), weights=None, img_size=32, seed=0, no_check=False,
+                              json=str(tmp_path / "m.json"))
+    assert export.cmd_export(args) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert not report["check"]["passed"] and report["check"]["error"] > exports.BOUND
+    assert "does not compute what the eager twin does; removing it" in capsys.readouterr().err

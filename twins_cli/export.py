@@ -129,7 +129,12 @@ def eager_outputs(side, model):
 
 def verify(side, model, fmt: str, path, size: int, seed: int = 0) -> dict:
     """Open the artifact in its runtime and compare it with the eager twin on batches of 3 and 1."""
-    runtime = exports.open_runtime(fmt, path)
+    try:
+        runtime = exports.open_runtime(fmt, path)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:240]
+        raise ExportError(f"{exports.RUNTIME_NAMES[exports.RUNTIME_OF[fmt]]} could not open the artifact: "
+                          f"{type(exc).__name__}: {first}") from exc
     layout = "NCHW" if side.framework == "torch" else "NHWC"
     result = exports.compare(runtime, eager_outputs(side, model), exports.check_batches(size, layout, seed))
     return {**result, "runtime": runtime.version, "load_s": runtime.load_s, "bound": exports.BOUND,
@@ -185,9 +190,10 @@ def cmd_export(args) -> int:
     if not args.no_check:
         try:
             result = verify(side, model, args.format, out, size, seed=args.seed)
-        except ExportError as exc:  # the runtime refused a batch, or returned other outputs
-            result = {"error": float("inf"), "passed": False, "why": str(exc)}
-            print(f"export parity against the eager {side.label} twin: FAILED: {exc}")
+        except ExportError as exc:  # the runtime could not open the artifact, refused a batch, returned other outputs
+            why = exports.limit(side.backend, args.format, args.model) if side.framework == "keras" else None
+            result = {"error": None, "passed": False, "why": str(exc) + (f" ({why})" if why else "")}
+            print(f"export parity against the eager {side.label} twin: FAILED: {result['why']}")
         else:
             print(f"export parity against the eager {side.label} twin: {describe(result)} (bound {exports.BOUND:.0e}): "
                   f"{'ok' if result['passed'] else 'FAILED'}")
