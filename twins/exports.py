@@ -59,7 +59,7 @@ KERAS_LIMITS = {
                                  "(torch.export -> StableHLO -> TF), which is not installed (no build for this torch)",
     ("torch", "litert"): "Keras exports LiteRT from the torch backend through litert-torch, which the [export] "
                          "extra leaves out: it pulls transformers, torchao and kagglehub and pins "
-                         "typing-extensions below 4.13 (through xdsl), under what jax's chex needs",
+                         "typing-extensions below 4.13 (through xdsl), a downgrade of what the rest installs",
 }
 
 # Single models whose artifact one runtime refuses, found by `make parity`; not diagnosed further (the row
