@@ -469,8 +469,7 @@ def run(
                 why = ("an exported artifact is an inference program; it does not train" if c["mode"] == "train" else
                        "the export runtimes are measured on the CPU here (onnxruntime's CPU provider, LiteRT, "
                        "OpenVINO's CPU device); run with --device cpu")
-                not_applicable.append(schema.failed_row(c, {**options, "device": resolved_device},
-                                                        schema.STATUS_NOT_APPLICABLE, why))
+                not_applicable.append(schema.failed_row(c, options, schema.STATUS_NOT_APPLICABLE, why))
             configs = [c for c in configs if c not in skipped]
             if not configs:
                 continue

@@ -167,7 +167,7 @@ def time_steps(step, sync, warmup: int, repeats: int):
 
 def timed_calls(config: dict, options: dict) -> int:
     """Timed steps of a row: `repeats`, or `latency_calls` for a latency row (batch 1, many short calls)."""
-    return options.get("latency_calls", 50) if config["mode"] == "latency" else options["repeats"]
+    return options["latency_calls"] if config["mode"] == "latency" else options["repeats"]
 
 
 def percentile(times: list[float], q: float) -> float | None:
@@ -578,12 +578,10 @@ class ExportRunner:
     def _export(self, model: str, size: int) -> dict:
         import subprocess
 
-        from twins import exports
-
         key = (model, size)
         if key in self.artifacts:
             return self.artifacts[key]
-        suffix = exports.FORMATS[self.framework][self.format]
+        suffix = self.exports.FORMATS[self.framework][self.format]
         path = os.path.join(self.folder, f"{model}-{size}{suffix}")
         report_path = os.path.join(self.folder, f"{model}-{size}.json")
         command = [sys.executable, "-m", "twins_cli.main", "export", model, "--framework", self.framework,

@@ -124,7 +124,8 @@ def _umask() -> int:
     return mask
 
 
-def _fsync(path: Path, directory: bool = False) -> None:
+def fsync(path: Path, directory: bool = False) -> None:
+    """Flush a file's (or a folder's entries') data to the disk."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
@@ -142,12 +143,12 @@ def write_atomic(path: str | os.PathLike, writer: Callable[[Path], None]) -> Pat
     try:
         writer(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file ordinary permissions
-        _fsync(tmp)
+        fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync(path.parent, directory=True)
+    fsync(path.parent, directory=True)
     return path
 
 

@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from twins.checkpoints import fsync
 from twins.metrics import rel_err
 
 FORMATS = {
@@ -142,17 +143,28 @@ def write_artifact(path: str | os.PathLike, writer: Callable[[Path], None]) -> P
                 if old is not None:
                     shutil.rmtree(old, ignore_errors=True)
             else:
-                with open(item, "rb") as f:
-                    os.fsync(f.fileno())
+                fsync(item)
                 os.replace(item, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync(path.parent, directory=True)
     return path
+
+
+def remove_artifact(path: str | os.PathLike) -> None:
+    """Delete an artifact: a SavedModel folder, or the file with its companions (`artifact_files`)."""
+    path = Path(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        for f in artifact_files(path):
+            f.unlink(missing_ok=True)
+
+
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    """`Type: first line of the message`, for a row or an error that quotes what an exporter or runtime raised."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:limit] if lines else ''}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -241,7 +253,7 @@ def _open_litert(path, threads):
 
     interpreter = Interpreter(model_path=path, num_threads=threads)
     runner = interpreter.get_signature_runner()
-    (input_name,) = interpreter.get_signature_list()[next(iter(interpreter.get_signature_list()))]["inputs"]
+    (input_name,) = next(iter(interpreter.get_signature_list().values()))["inputs"]
 
     def run(x):
         return _outputs(runner(**{input_name: x}))
@@ -283,8 +295,7 @@ def compare(runtime: Runtime, eager: Callable[[np.ndarray], list], batches: list
         try:
             got = runtime.run(x)
         except Exception as exc:
-            raise ExportError(f"{runtime.name} refused a batch of {len(x)}: {type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from exc
+            raise ExportError(f"{runtime.name} refused a batch of {len(x)}: {first_line(exc, 300)}") from exc
         if len(got) != len(want):
             raise ExportError(f"{runtime.name} returned {len(got)} output(s), the eager twin {len(want)}")
         for g, w in zip(got, want):

@@ -16,9 +16,6 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
-
-import numpy as np
 
 from twins import checkpoints, exports, registry
 from twins.exports import ExportError
@@ -30,7 +27,17 @@ def output_list(out) -> list:
 
 
 class Unsupported(ExportError):
-    """Keras cannot export this format from this backend here (`twins.exports.KERAS_LIMITS` says why)."""
+    """Keras cannot export this format from this backend here (`twins.exports.KERAS_LIMITS` says why), or one
+    runtime refuses this model's artifact (`MODEL_LIMITS`)."""
+
+
+def known_limit(side, fmt: str, exc: Exception, model: str | None = None) -> Unsupported | None:
+    """`exc`, raised exporting or checking a Keras artifact, as an `Unsupported` naming the recorded limit of this
+    backend and format (and model), with what was raised; None where no limit is recorded (a real failure)."""
+    if isinstance(exc, Unsupported):
+        return exc
+    why = exports.limit(side.backend, fmt, model) if side.framework == "keras" else None
+    return None if why is None else Unsupported(f"{why} (Keras on {side.backend} raised {exports.first_line(exc)})")
 
 
 def side_for(framework: str, fmt: str, backend: str | None):
@@ -103,11 +110,10 @@ def export_twin(side, model, fmt: str, path: str | os.PathLike, size: int) -> di
         with _stdout_to_stderr():
             exports.write_artifact(path, writer)
     except Exception as exc:
-        why = exports.limit(side.backend, fmt) if side.framework == "keras" else None
-        if why:
-            first = (str(exc).strip().splitlines() or [""])[0][:240]
-            raise Unsupported(f"{why} (Keras on {side.backend} raised {type(exc).__name__}: {first})") from exc
-        raise
+        limited = known_limit(side, fmt, exc)
+        if limited is None:
+            raise
+        raise limited from exc
     return {"path": str(path), "bytes": exports.artifact_bytes(path), "export_s": time.perf_counter() - start}
 
 
@@ -132,9 +138,8 @@ def verify(side, model, fmt: str, path, size: int, seed: int = 0) -> dict:
     try:
         runtime = exports.open_runtime(fmt, path)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:240]
         raise ExportError(f"{exports.RUNTIME_NAMES[exports.RUNTIME_OF[fmt]]} could not open the artifact: "
-                          f"{type(exc).__name__}: {first}") from exc
+                          f"{exports.first_line(exc)}") from exc
     layout = "NCHW" if side.framework == "torch" else "NHWC"
     result = exports.compare(runtime, eager_outputs(side, model), exports.check_batches(size, layout, seed))
     return {**result, "runtime": runtime.version, "load_s": runtime.load_s, "bound": exports.BOUND,
@@ -144,16 +149,6 @@ def verify(side, model, fmt: str, path, size: int, seed: int = 0) -> dict:
 def describe(result: dict) -> str:
     per = ", ".join(f"batch {b} {e:.1e}" for b, e in result["per_batch"].items())
     return f"{result['runtime']}: {per}"
-
-
-def remove_artifact(path: Path) -> None:
-    import shutil
-
-    if path.is_dir():
-        shutil.rmtree(path)
-    else:
-        for f in exports.artifact_files(path):
-            f.unlink(missing_ok=True)
 
 
 def _mb(n: int) -> str:
@@ -191,8 +186,7 @@ def cmd_export(args) -> int:
         try:
             result = verify(side, model, args.format, out, size, seed=args.seed)
         except ExportError as exc:  # the runtime could not open the artifact, refused a batch, returned other outputs
-            why = exports.limit(side.backend, args.format, args.model) if side.framework == "keras" else None
-            result = {"error": None, "passed": False, "why": str(exc) + (f" ({why})" if why else "")}
+            result = {"error": None, "passed": False, "why": str(known_limit(side, args.format, exc, args.model) or exc)}
             print(f"export parity against the eager {side.label} twin: FAILED: {result['why']}")
         else:
             print(f"export parity against the eager {side.label} twin: {describe(result)} (bound {exports.BOUND:.0e}): "
@@ -200,7 +194,7 @@ def cmd_export(args) -> int:
         report["check"] = {**result, "per_batch": {str(b): e for b, e in result.get("per_batch", {}).items()}}
         if not result["passed"]:
             print(f"twins export: error: {out} does not compute what the eager twin does; removing it", file=sys.stderr)
-            remove_artifact(out)
+            exports.remove_artifact(out)
             status = 1
     if args.json:
         checkpoints.write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=1)))

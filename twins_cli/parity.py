@@ -477,7 +477,6 @@ class ParityRun:
         import keras
         import torch
 
-        import torch_impl
         from torch_impl.weights import state_dict_numpy
 
         from twins.runs import recipe_defaults
@@ -492,10 +491,8 @@ class ParityRun:
         self.optimizer = optimizer or self.recipe["optimizer"]
         if self.optimizer not in STEP_CHECKS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of {', '.join(STEP_CHECKS)}")
-        torch.manual_seed(seed)
         keras.utils.set_random_seed(seed)
-        self.reference = torch_impl.build(self.model, **self.options).eval()
-        randomize_batchnorm(self.reference, seed)
+        self.reference = reference_twin(self.model, self.options, seed)
         self.state = state_dict_numpy(self.reference)
         if self.info.task == "contrastive":
             # Rows 2k and 2k+1 are a positive pair: batch 2 is one pair, whose NT-Xent is log(1) = 0 with no
@@ -815,19 +812,10 @@ class ParityRun:
         """The Keras twin (reference weights, built for this size) as a `fmt` artifact against itself eager."""
         import keras
 
-        from twins import exports
-        from twins_cli.export import Unsupported
         from twins_cli.train import Side
 
         model = self.keras_twin(input_shape=(self.size, self.size, 3))
-        backend = keras.backend.backend()
-        try:
-            return export_row(Side("keras", backend), model, fmt, self.size, self.seed)
-        except exports.ExportError as exc:  # a runtime that refuses one model's artifact (MODEL_LIMITS)
-            why = exports.MODEL_LIMITS.get((self.model, backend, fmt))
-            if why is None or isinstance(exc, Unsupported):
-                raise
-            raise Unsupported(f"{why} ({exc})") from exc
+        return export_row(Side("keras", keras.backend.backend()), model, self.model, fmt, self.size, self.seed)
 
     def has_running_stats(self) -> bool:
         return any(k.endswith(("running_mean", "running_var")) for k in self.state)
@@ -850,8 +838,6 @@ def run_model(
     import keras
     import torch
 
-    from twins_cli.export import Unsupported
-
     backend = keras.backend.backend()
     disable_tf32(backend)
     unknown = [c for c in checks if c not in ALL_CHECKS]
@@ -864,17 +850,7 @@ def run_model(
     rows: list[Row] = []
 
     def add(check, compute):
-        bound = run.bound(check)
-        try:
-            error, detail = compute()
-        except Unsupported as exc:
-            rows.append(Row(name, backend, check, None, bound, False, f"not supported: {exc}", meta, supported=False))
-            return
-        except Exception as exc:  # a crashed check is a failed row, not a crashed parity run
-            rows.append(Row(name, backend, check, None, bound, False, f"raised {type(exc).__name__}: {exc}", meta))
-            return
-        passed = bool(np.isfinite(error) and error <= bound)
-        rows.append(Row(name, backend, check, float(error), bound, passed, detail, meta))
+        rows.append(check_row(name, backend, check, run.bound(check), compute, meta))
 
     wanted = [c for c in ALL_CHECKS if c in checks]
     if not run.has_stage_taps():
@@ -907,43 +883,66 @@ def export_format(check: str, framework: str) -> str:
     return "torch" if framework == "keras" and fmt == "pt2" else fmt
 
 
-def export_row(side, model, fmt: str, size: int, seed: int) -> tuple[float, str]:
-    """Export `model`, reopen it in its runtime, compare: `(error, detail)` as every check returns."""
+def export_row(side, model, name: str, fmt: str, size: int, seed: int) -> tuple[float, str]:
+    """Export `model` (of registered model `name`), reopen it in its runtime, compare: `(error, detail)` as every
+    check returns; a failure the export limits record (`twins.exports`) is raised as `Unsupported`."""
     from twins import exports
     from twins_cli import export
 
     with tempfile.TemporaryDirectory(prefix="twins-export-") as tmp:
         path = Path(tmp) / f"artifact{exports.FORMATS[side.framework][fmt]}"
-        written = export.export_twin(side, model, fmt, path, size)
-        result = export.verify(side, model, fmt, path, size, seed=seed)
+        try:
+            written = export.export_twin(side, model, fmt, path, size)
+            result = export.verify(side, model, fmt, path, size, seed=seed)
+        except Exception as exc:
+            limited = export.known_limit(side, fmt, exc, name)
+            if limited is None:
+                raise
+            raise limited from exc
     return result["error"], f"{export.describe(result)}; {written['bytes'] / 1e6:.1f} MB, exported in {written['export_s']:.1f} s"
+
+
+def check_row(name: str, backend: str, check: str, bound: float, compute, meta: dict) -> Row:
+    """The row of one check: `compute()` returns `(error, detail)`; an export the limits record is a row that is
+    not supported, any other exception a failed row saying what was raised (never a crashed parity run)."""
+    from twins_cli.export import Unsupported
+
+    try:
+        error, detail = compute()
+    except Unsupported as exc:
+        return Row(name, backend, check, None, bound, False, f"not supported: {exc}", meta, supported=False)
+    except Exception as exc:
+        return Row(name, backend, check, None, bound, False, f"raised {type(exc).__name__}: {exc}", meta)
+    return Row(name, backend, check, float(error), bound, bool(np.isfinite(error) and error <= bound), detail, meta)
+
+
+def reference_twin(model: str, options: dict, seed: int):
+    """The torch twin every check compares against: seeded init, BatchNorm statistics randomised, eval mode."""
+    import torch
+
+    import torch_impl
+
+    torch.manual_seed(seed)
+    reference = torch_impl.build(model, **options).eval()
+    randomize_batchnorm(reference, seed)
+    return reference
 
 
 def run_torch_exports(name: str, *, size: int | None = None, seed: int = 0, checks=TORCH_EXPORT_CHECKS) -> list[Row]:
     """The torch twin's export rows (backend `torch_impl`): the reference weights of `ParityRun`, no Keras."""
     import torch
 
-    import torch_impl
     from twins_cli.train import Side
 
     model, options, default_size = resolve(name)
     size = size or default_size
-    torch.manual_seed(seed)
-    reference = torch_impl.build(model, **options).eval()
-    randomize_batchnorm(reference, seed)
+    reference = reference_twin(model, options, seed)
     meta = {"batch": "3 and 1", "size": size, "dtype": "float32", "device": "cpu", "torch": torch.__version__,
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}}
-    rows = []
-    for check in [c for c in TORCH_EXPORT_CHECKS if c in checks]:
-        bound = bound_for(name, check)
-        try:
-            error, detail = export_row(Side("torch"), reference, export_format(check, "torch"), size, seed)
-        except Exception as exc:
-            rows.append(Row(name, TORCH_TWIN, check, None, bound, False, f"raised {type(exc).__name__}: {exc}", meta))
-            continue
-        rows.append(Row(name, TORCH_TWIN, check, float(error), bound, bool(np.isfinite(error) and error <= bound),
-                        detail, meta))
-    return rows
+    return [check_row(name, TORCH_TWIN, check, bound_for(name, check),
+                      lambda check=check: export_row(Side("torch"), reference, model, export_format(check, "torch"),
+                                                     size, seed), meta)
+            for check in TORCH_EXPORT_CHECKS if check in checks]
 
 
 # ----------------------------------------------------------------------------------------------
