@@ -283,8 +283,7 @@ def test_workers_do_not_change_the_batches(shapes, framework):
     if framework == "torch":
         from torch_impl.train import loader
 
-        data = loader(plan, 2)
-        data.dataset.epoch = 1
+        data = loader(plan, 2, epoch=1)
         got = [(x.numpy().transpose(0, 2, 3, 1), y.numpy()) for x, y in data]
     else:
         from keras_impl.train import PlanSequence

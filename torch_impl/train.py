@@ -28,29 +28,22 @@ from tqdm import tqdm
 
 from twins import checkpoints, optim, tasks
 from twins.data import BatchPlan
-from twins.runs import (EpochMeter, Position, Recipe, RunDir, Scalars, best_line, due, epoch_line, epoch_record,
-                        natural_order, new_history, record_epoch, record_eval, scores_text, step_line, task_of)
+from twins.distributed import World
+from twins.runs import (EpochMeter, NoScalars, Position, Recipe, RunDir, Scalars, best_line, due, epoch_line,
+                        epoch_record, natural_order, new_history, record_epoch, record_eval, scores_text, step_line,
+                        task_of)
 
-from . import training
+from . import distributed, training
 
 RESUME_FILE = "torch_state.pt"
 
 
-class PlanDataset(torch.utils.data.Dataset):
-    """Batches `start, start + 1, ...` of a `BatchPlan`'s epoch `epoch`, as NCHW tensors (`start` > 0
-    when a resumed run continues half-way through an epoch)."""
-
-    def __init__(self, plan: BatchPlan, epoch: int = 0, start: int = 0):
-        self.plan, self.epoch, self.start = plan, epoch, start
-
-    def __len__(self) -> int:
-        return len(self.plan) - self.start
-
-    def __getitem__(self, index: int):
-        x, y = self.plan.batch(self.epoch, self.start + index)
-        if y.ndim == 4:  # target maps (SALICON), NHWC like the images
-            y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y)
+def to_tensors(samples) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples stacked as `BatchPlan.collate` stacks them, images (and target maps) transposed to NCHW."""
+    x, y = BatchPlan.collate(samples)
+    if y.ndim == 4:  # target maps (SALICON), NHWC like the images
+        y = np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(y)
 
 
 def val_batches(plan, task: tasks.Task, workers: int):
@@ -59,11 +52,17 @@ def val_batches(plan, task: tasks.Task, workers: int):
     return plan if task.name == "contrastive" else loader(plan, workers)
 
 
-def loader(plan: BatchPlan, workers: int, epoch: int = 0, start: int = 0) -> torch.utils.data.DataLoader:
+def loader(plan: BatchPlan, workers: int, epoch: int = 0, start: int = 0,
+           world: World = World()) -> torch.utils.data.DataLoader:
+    """Epoch `epoch` of `plan` from batch `start` on, as this replica's share of every batch (all of it in a
+    single process): a `distributed.PlanSampler` reseeded for the epoch (`set_epoch`) picks the positions."""
+    sampler = distributed.PlanSampler(plan, world.size, world.rank, start)
+    sampler.set_epoch(epoch)
     # A generator of its own: creating a DataLoader iterator draws a seed from the generator it is given,
     # and the global one is the dropout masks' (a resumed run must draw the same masks).
-    return torch.utils.data.DataLoader(PlanDataset(plan, epoch, start), batch_size=None, shuffle=False,
-                                       num_workers=workers, generator=torch.Generator().manual_seed(0))
+    return torch.utils.data.DataLoader(distributed.PlanSamples(plan), batch_size=plan.batch_size // world.size,
+                                       sampler=sampler, collate_fn=to_tensors, num_workers=workers,
+                                       drop_last=plan.drop_last, generator=torch.Generator().manual_seed(0))
 
 
 def set_feature_extract(model: nn.Module, heads, feature_extract: bool) -> list[str]:
@@ -142,10 +141,20 @@ def make_optimizer(parameters, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, recipe: Recipe, run: RunDir,
-                *, resume: bool = False, log=tqdm_print) -> dict:
-    """Run the recipe; returns the history (also in `run`). The model ends with the best weights."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+                *, resume: bool = False, log=tqdm_print, world: World = World()) -> dict:
+    """Run the recipe; returns the history (also in `run`). The model ends with the best weights.
+
+    Under torchrun (`world.distributed`, the process group joined by `distributed.start`) every rank runs
+    this: the model in DDP (with `recipe.sync_bn`, its BatchNorms synchronised first), each rank loading
+    `recipe.batch_size / world.size` rows of every batch. Rank 0 alone evaluates (on the unwrapped model, so
+    no collective waits on the others), logs and writes; the others wait for it at their next step."""
+    main = world.main
+    device = distributed.device_of(world)
     model.to(device)
+    if recipe.sync_bn:
+        model = distributed.sync_batchnorm(model, device)
+    if not main:
+        log = lambda message: None  # noqa: E731
     task = task_of(recipe)
     trainable = [p for p in model.parameters() if p.requires_grad]
     # The trainable parameters only, as the seed's `Adam(train_params)`.
@@ -161,7 +170,8 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
     steps_per_epoch = len(train_plan)
     total = recipe.epochs * steps_per_epoch
     rates = optim.learning_rates(recipe.lr, recipe.lr_end, total, recipe.schedule)
-    torch.manual_seed(recipe.seed)
+    # Each replica draws its own dropout masks, as one process over the global batch draws different ones per row.
+    torch.manual_seed(recipe.seed + world.rank)
     history = new_history(recipe)
     best = copy.deepcopy(model.state_dict())
     state = run.resume_state() if resume else None
@@ -170,26 +180,34 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
         saved = torch.load(state["dir"] / RESUME_FILE, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["rng"])
-        if "cuda_rng" in saved and torch.cuda.is_available():
+        rng = saved.get("rank_rng", [saved["rng"]])
+        if len(rng) == world.size:  # the same number of replicas: each continues its own masks
+            torch.set_rng_state(rng[world.rank])
+        if "cuda_rng" in saved and torch.cuda.is_available() and not world.distributed:
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
         history = run.history_at(state, recipe)
         if run.best_path.is_file():
             best = {k: torch.from_numpy(v) for k, v in checkpoints.read(run.best_path).items()}
         log(f"resuming {position.describe(recipe, steps_per_epoch)} from {state['dir']}")
-    scalars = Scalars(run, purge_step=position.epoch, purge_iteration=position.step)
+    scalars = Scalars(run, purge_step=position.epoch, purge_iteration=position.step) if main else NoScalars()
     val_data = val_batches(val_plan, task, recipe.workers)
+    replica = distributed.data_parallel(model, device)
 
     def checkpoint(at: Position):
+        # Every rank's generator (a collective: every rank checkpoints at the same step); rank 0 writes.
+        rank_rng = distributed.gather(torch.get_rng_state())
+
         def write_resume(folder):
             payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "rng": torch.get_rng_state()}
-            if torch.cuda.is_available():  # dropout masks on a GPU come from its own generators
+                       "rng": torch.get_rng_state(), "rank_rng": rank_rng}
+            # Dropout masks on a GPU come from its own generators (one process's: a single-process run's).
+            if torch.cuda.is_available() and not world.distributed:
                 payload["cuda_rng"] = torch.cuda.get_rng_state_all()
             checkpoints.write_atomic(folder / RESUME_FILE, lambda tmp: torch.save(payload, tmp))
 
-        scalars.flush()
-        run.save_resume(at, write_resume, {"framework": "torch"})
+        if main:
+            scalars.flush()
+            run.save_resume(at, write_resume, {"framework": "torch", "replicas": world.size})
 
     try:
         for epoch in range(position.epoch, recipe.epochs):
@@ -197,9 +215,10 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
             first = position.batch if resumed else 0
             meter = EpochMeter(position.meter if resumed else None, task.train_metrics)
             desc = f"epoch {epoch + 1}/{recipe.epochs} train"
-            bar = tqdm(loader(train_plan, recipe.workers, epoch, first), desc=desc, unit="batch", file=sys.stdout,
-                       dynamic_ncols=True, disable=None, initial=first, total=steps_per_epoch)
-            model.train()
+            bar = tqdm(loader(train_plan, recipe.workers, epoch, first, world), desc=desc, unit="batch",
+                       file=sys.stdout, dynamic_ncols=True, disable=None if main else True, initial=first,
+                       total=steps_per_epoch)
+            replica.train()
             for index, (x, y) in enumerate(bar, start=first):
                 step = epoch * steps_per_epoch + index
                 lr = float(rates[step])
@@ -208,46 +227,49 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
                 dtype = next(model.parameters()).dtype
                 x, y = x.to(device, dtype), y.to(device, dtype) if y.is_floating_point() else y.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                outputs = model(x)
+                outputs = replica(x)
                 loss = loss_fn(outputs, y)
                 loss.backward()
                 optimizer.step()
                 logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
-                value = float(loss.detach())
                 correct = int((logits.detach().argmax(1) == y).sum()) if "acc" in task.train_metrics else None
-                meter.add(value, correct, len(y), lr)
+                value, correct, size = distributed.global_step_values(float(loss.detach()), correct, len(y))
+                meter.add(value, correct, size, lr)
                 running = meter.running()
                 bar.set_postfix({k: f"{v:.4f}" if k != "img_s" else f"{v:.1f}" for k, v in running.items()})
                 if due(recipe.log_every, step):
                     log(step_line(step, total, value, lr))
                     scalars.step(step, loss=value, lr=lr)
-                if due(recipe.val_every, step):
+                if due(recipe.val_every, step) and main:
                     with meter.paused():
                         val = evaluate(model, val_data, device, f"step {step} val", task)
-                    model.train()
                     record_eval(history, step, epoch, val)
                     run.write_history(history)
                     scalars.step(step, score=(task.step_tag, val[task.score]))
                     log(f"[{step} / {total}] val {scores_text(val)}")
+                    replica.train()
                 if recipe.checkpoint_every and (step + 1) % recipe.checkpoint_every == 0 \
                         and index + 1 < steps_per_epoch:
                     with meter.paused():
                         checkpoint(Position(epoch, index + 1, step + 1, meter.state()))
             bar.close()
-            train = meter.result()
-            val = evaluate(model, val_data, device, f"epoch {epoch + 1}/{recipe.epochs} val", task)
-            record = epoch_record(epoch, float(rates[epoch * steps_per_epoch]), train, val)
-            if record_epoch(history, record):
-                best = copy.deepcopy(model.state_dict())
-                checkpoints.write(run.best_path, {k: v.detach().cpu().numpy() for k, v in best.items()})
-            log(epoch_line(record, recipe.epochs, history))
-            run.write_history(history)
-            scalars.epoch(record)
+            if main:
+                train = meter.result()
+                val = evaluate(model, val_data, device, f"epoch {epoch + 1}/{recipe.epochs} val", task)
+                record = epoch_record(epoch, float(rates[epoch * steps_per_epoch]), train, val)
+                if record_epoch(history, record):
+                    best = copy.deepcopy(model.state_dict())
+                    checkpoints.write(run.best_path, {k: v.detach().cpu().numpy() for k, v in best.items()})
+                log(epoch_line(record, recipe.epochs, history))
+                run.write_history(history)
+                scalars.epoch(record)
             checkpoint(Position(epoch + 1, 0, (epoch + 1) * steps_per_epoch))
     finally:
         scalars.close()
+    distributed.barrier()  # the others finish once rank 0 has written the last epoch
     model.load_state_dict(best)
-    log(best_line(history, run))
+    if main:
+        log(best_line(history, run))
     return history
 
 

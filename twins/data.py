@@ -862,6 +862,7 @@ class BatchPlan:
                             f"{batch_size} (drop_last)")
         self.folder, self.batch_size, self.transform = folder, batch_size, transform
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self._orders: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -879,7 +880,21 @@ class BatchPlan:
 
     def order(self, epoch: int) -> np.ndarray:
         n = len(self.folder)
-        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        if not self.shuffle:
+            return np.arange(n)
+        # `sample` asks once per sample: the permutation is drawn once per epoch (one dict, replaced whole, so
+        # that loader threads never see another epoch's).
+        cached = self._orders
+        if epoch not in cached:
+            cached = self._orders = {epoch: np.random.default_rng([self.seed, epoch]).permutation(n)}
+        return cached[epoch]
+
+    def sample(self, epoch: int, position: int):
+        """`(x, y)` of the sample at `position` in `epoch`'s order, transformed with its own generator
+        `default_rng([seed, epoch, position])`: what a sampler that splits an epoch's positions among
+        data-parallel replicas (`torch_impl.distributed.PlanSampler`) loads one by one."""
+        return self.folder.example(self.order(epoch)[position], self.transform,
+                                   np.random.default_rng([self.seed, epoch, position]))
 
     def batch(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """`(x, y)`: NHWC float32 images and int64 labels, float32 NHW1 maps (SALICON) or int64 NHW label
@@ -887,12 +902,12 @@ class BatchPlan:
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} of a {len(self)}-batch epoch")
         positions = range(index * self.batch_size, min((index + 1) * self.batch_size, len(self.folder)))
-        order = self.order(epoch)
-        images, targets = [], []
-        for k in positions:
-            x, y = self.folder.example(order[k], self.transform, np.random.default_rng([self.seed, epoch, k]))
-            images.append(x)
-            targets.append(y)
+        return self.collate([self.sample(epoch, k) for k in positions])
+
+    @staticmethod
+    def collate(samples) -> tuple[np.ndarray, np.ndarray]:
+        """Samples `(x, y)` stacked into a batch as `batch` returns it."""
+        images, targets = [x for x, _ in samples], [y for _, y in samples]
         if isinstance(targets[0], np.ndarray):  # saliency maps stay float; segmentation labels are class indices
             dtype = np.int64 if np.issubdtype(targets[0].dtype, np.integer) else np.float32
             return np.stack(images).astype(np.float32), np.stack(targets).astype(dtype)

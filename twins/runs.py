@@ -88,6 +88,11 @@ class Recipe:
     temperature: float = 0.5
     knn_k: int = 200
     knn_t: float = 0.1
+    # Data-parallel training (`twins.distributed`): BatchNorm statistics over the global batch on every replica
+    # (torch: SyncBatchNorm; Keras on jax computes them so by itself), and the replicas the run trains on (torch
+    # processes under torchrun, or Keras devices; a resumed run may take another number).
+    sync_bn: bool = False
+    replicas: int = 1
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -537,3 +542,19 @@ class Scalars:
         self.writer.close()
         if self._iterations is not None:
             self._iterations.close()
+
+
+class NoScalars:
+    """What a data-parallel replica other than rank 0 holds in place of `Scalars`: it writes nothing."""
+
+    def epoch(self, record: dict) -> None:
+        pass
+
+    def step(self, step: int, **values) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
