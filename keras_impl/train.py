@@ -204,7 +204,8 @@ class RecipeCallback(keras.callbacks.Callback):
 
         self.scalars.flush()
         self.run.save_resume(at, lambda folder: checkpoints.write_atomic(folder / RESUME_FILE, save),
-                             {"framework": "keras", "backend": keras.backend.backend()})
+                             {"framework": "keras", "backend": keras.backend.backend(),
+                              "replicas": self.recipe.replicas})
 
     def restore_best(self):
         for variable, value in zip(self.base.weights, self.best):
@@ -229,7 +230,10 @@ def _load_resume(model: keras.Model, path) -> None:
 
 def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, recipe: Recipe, run: RunDir,
                 *, resume: bool = False, log=print) -> dict:
-    """Run the recipe; returns the history (also in `run`). The model ends with the best weights."""
+    """Run the recipe; returns the history (also in `run`). The model ends with the best weights.
+
+    Data-parallel (`recipe.replicas` devices) when the twin was built under `distributed.data_parallel`: `fit`
+    shards each global batch over the devices, the rest of the recipe is unchanged."""
     set_weight_decay(model, recipe.weight_decay)
     task = task_of(recipe)
     # The contrastive model trains through its projection output alone (NT-Xent of the interleaved view pairs).

@@ -33,6 +33,7 @@ from twins.data import (BatchPlan, Cifar10, DataError, Food101, ImageFolder, Sal
                         food101_val_transform, read_image, read_mask, salicon_train_transform, salicon_val_transform,
                         simclr_view_transform, train_transform, two_views, val_transform, voc_train_transform,
                         voc_val_transform)
+from twins.distributed import World, split_problem
 from twins.optim import SCHEDULES
 from twins.runs import PREPROCESS, Position, Recipe, RunDir, recipe_defaults, scores_text, task_of
 
@@ -49,16 +50,16 @@ class Side:
         if framework == "keras":
             self.backend = use_keras_backend(backend)
             import keras_impl
-            from keras_impl import train, weights
+            from keras_impl import distributed, train, weights
 
-            self.package, self.trainer, self.weights = keras_impl, train, weights
+            self.package, self.trainer, self.weights, self.distributed = keras_impl, train, weights, distributed
             self.load = weights.load_torch_state_dict
         elif framework == "torch":
             self.backend = None
             import torch_impl
-            from torch_impl import train, weights
+            from torch_impl import distributed, train, weights
 
-            self.package, self.trainer, self.weights = torch_impl, train, weights
+            self.package, self.trainer, self.weights, self.distributed = torch_impl, train, weights, distributed
             self.load = weights.load_state_dict
         else:
             raise ValueError(f"unknown framework {framework!r}; expected one of {', '.join(FRAMEWORKS)}")
@@ -327,14 +328,50 @@ def build_options(info: registry.ModelInfo, recipe: Recipe) -> dict:
     return {"frozen": recipe.frozen} if "frozen" in info.extra else {}
 
 
+def replicas_of(framework: str, devices: int | None, world: World) -> int:
+    """The replicas this `twins train` trains on, refusing a combination the framework cannot run: the torch
+    twin is data-parallel under torchrun (one process per replica), the Keras twin within one process over
+    `--devices` (jax only, checked once Keras is up: `keras_impl.distributed.devices_problem`)."""
+    if devices is not None and devices < 1:
+        raise SystemExit(f"--devices must be at least 1, got {devices}")
+    if framework == "keras":
+        if world.distributed:
+            raise SystemExit(f"torchrun started {world.size} processes: it runs the torch twin (--framework torch) one "
+                             "process per replica; the Keras twin trains data-parallel within one process: "
+                             "twins train --framework keras --backend jax --devices N")
+        return devices or 1
+    if devices not in (None, 1):
+        raise SystemExit(f"--devices {devices}: the torch twin trains data-parallel under torchrun, one process "
+                         f"per device: torchrun --standalone --nproc_per_node={devices} -m twins_cli.main train "
+                         "... (without --devices)")
+    return world.size
+
+
+def data_parallel_line(side: "Side", recipe: Recipe) -> str:
+    """The data-parallel line of `twins train`'s header."""
+    rows = recipe.batch_size // recipe.replicas
+    if side.framework == "torch":
+        engine = f"{recipe.replicas} torch processes in DistributedDataParallel"
+        stats = ("BatchNorm statistics over the global batch (--sync-bn)" if recipe.sync_bn else
+                 "BatchNorm statistics per replica (--sync-bn for the global batch's)")
+    else:
+        engine = f"Keras DataParallel over {recipe.replicas} {side.backend} devices"
+        stats = "BatchNorm statistics over the global batch (jax computes on the sharded batch)"
+    return f"data-parallel: {engine}, {rows} rows each of every batch of {recipe.batch_size}; {stats}"
+
+
 def cmd_train(args) -> int:
     run = RunDir(args.out)
+    world = World.from_env()
+    if not world.main:  # rank 0 speaks for every replica; errors still reach stderr
+        sys.stdout = open(os.devnull, "w")
     if args.resume:
         recipe = Recipe.from_json(run.config())
         args.frozen = args.freeze
         changed = [f"--{k.replace('_', '-')}" for k in RECIPE_OPTIONS if k != "epochs" and getattr(args, k) is not None]
         changed = [c.replace("--frozen", "--freeze") for c in changed]
         changed += [f"--{k.replace('_', '-')}" for k in ("weights", "init_from") if getattr(args, k)]
+        changed += ["--sync-bn"] if args.sync_bn and not recipe.sync_bn else []
         if changed:
             raise SystemExit(f"--resume continues the recipe in {run.config_path}; {', '.join(changed)} cannot "
                              "change it (only --epochs can extend a constant-rate run)")
@@ -373,7 +410,11 @@ def cmd_train(args) -> int:
                            "feature_extract": args.feature_extract, "seed": args.seed, "workers": args.workers,
                            "input_size": args.img_size or info.input_size, "aux_heads": info.aux_heads,
                            "aux_weight": info.aux_weight, "weights": args.weights, "init_from": args.init_from,
-                           "exclude": tuple(args.exclude or ())})
+                           "exclude": tuple(args.exclude or ()), "sync_bn": args.sync_bn})
+    recipe.replicas = replicas_of(recipe.framework, args.devices, world)
+    if recipe.sync_bn and recipe.framework == "keras":
+        raise SystemExit("--sync-bn is the torch twin's (SyncBatchNorm); Keras on jax already takes BatchNorm "
+                         "statistics over the global batch")
     check_size(info, recipe.input_size)
     check_preprocess(info, recipe.preprocess)
     try:
@@ -384,6 +425,16 @@ def cmd_train(args) -> int:
     recipe.backend = side.backend
     train_plan, val_plan, classes = plans(recipe, info)
     check_segmentation_batches(info, recipe, train_plan.num_samples)
+    problem = split_problem(recipe.batch_size, recipe.replicas, train_plan.num_samples, recipe.drop_last)
+    if problem:
+        raise SystemExit(f"twins train on {recipe.replicas} replicas: {problem}")
+    if side.framework == "keras":
+        try:
+            side.distributed.data_parallel(recipe.replicas)
+        except ValueError as exc:
+            raise SystemExit(f"twins train: {exc}") from None
+    else:
+        side.distributed.start(world)
     if recipe.classes and recipe.classes != classes:
         raise SystemExit(f"{recipe.data} now has classes {classes}; the run was started with {recipe.classes}")
     recipe.classes = classes
@@ -402,6 +453,8 @@ def cmd_train(args) -> int:
     print(f"twins train {recipe.model} on {side.label}: {train_plan.num_samples} train / {val_plan.num_samples} val "
           f"{data}, {recipe.input_size}x{recipe.input_size}, batch {recipe.batch_size}, {recipe.epochs} epochs")
     print(describe(recipe, len(train_plan)))
+    if recipe.replicas > 1:
+        print(data_parallel_line(side, recipe))
     model = side.build(recipe.model, num_classes=num_classes, seed=recipe.seed, **build_options(info, recipe))
     # A run resumed before its first checkpoint starts over, from its --weights like a new one.
     if not (args.resume and run.resume_state() is not None):
@@ -413,16 +466,23 @@ def cmd_train(args) -> int:
     print(f"parameters to update ({len(trainable)}{', feature extraction' if recipe.feature_extract else ''}):")
     for name in trainable:
         print(f"\t{name}")
-    if not args.resume:
-        run.start(recipe)
-    elif run.config()["epochs"] != recipe.epochs:
-        from twins.runs import write_json
+    if world.main:
+        if not args.resume:
+            run.start(recipe)
+        elif {k: v for k, v in run.config().items()} != recipe.to_json():  # --epochs extended, or other replicas
+            from twins.runs import write_json
 
-        write_json(run.config_path, recipe.to_json())
-    text = "".join(f"{name}\n" for name in trainable)
-    checkpoints.write_atomic(run.path / "trainable.txt", lambda tmp: tmp.write_text(text))
+            write_json(run.config_path, recipe.to_json())
+        text = "".join(f"{name}\n" for name in trainable)
+        checkpoints.write_atomic(run.path / "trainable.txt", lambda tmp: tmp.write_text(text))
+    options = {}
+    if side.framework == "torch":
+        side.distributed.barrier()  # rank 0 has started the run directory the others resume from
+        options["world"] = world
     try:
-        side.trainer.train_model(model, train_plan, val_plan, recipe, run, resume=args.resume)
+        side.trainer.train_model(model, train_plan, val_plan, recipe, run, resume=args.resume, **options)
+        if side.framework == "torch":
+            side.distributed.stop()
     except KeyboardInterrupt:
         state = run.resume_state()
         done = Position.start(state).describe(recipe, len(train_plan)) if state else "before the first checkpoint"
@@ -838,6 +898,13 @@ def add_parsers(sub) -> None:
                         "probe)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=2, help="data loading workers (processes on torch, threads on Keras)")
+    t.add_argument("--devices", type=int, default=None,
+                   help="Keras on jax: train data-parallel over N devices of this process (keras.distribution."
+                        "DataParallel; --batch-size is the global batch). The torch twin runs under torchrun instead: "
+                        "torchrun --nproc_per_node=N -m twins_cli.main train ...")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="torch under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm) instead of "
+                        "each replica's")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (epoch end or --checkpoint-every)")
     t.set_defaults(func=cmd_train)
