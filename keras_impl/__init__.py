@@ -45,3 +45,11 @@ def list_models() -> list[str]:
 def build(name: str, **kwargs) -> keras.Model:
     """Build a registered model; `num_classes` and the builder's own options go in `kwargs`."""
     return registry.build_with(_BUILDERS, "Keras", name, **kwargs)
+
+
+def source_file(name: str) -> str:
+    """The file of `name`'s builder (the twin file `twins explain` reads)."""
+    import inspect
+
+    registry.get(name)  # an unknown name is refused with the list of names
+    return inspect.getsourcefile(_BUILDERS[name])

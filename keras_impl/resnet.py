@@ -15,10 +15,12 @@ from twins.registry import check_resnet_options, resnet_stage_info
 from .common import conv_bn, dense, image_input, max_pool
 
 def conv3x3_bn(x, planes, stride=1, dilation=1, *, conv_name, bn_name):
+    """Twin of `conv3x3`, with the BatchNorm every block puts after it."""
     return conv_bn(x, planes, 3, stride, dilation, dilation, conv_name=conv_name, bn_name=bn_name)
 
 
 def conv1x1_bn(x, planes, stride=1, *, conv_name, bn_name):
+    """Twin of `conv1x1`, with the BatchNorm every block puts after it."""
     return conv_bn(x, planes, 1, stride, conv_name=conv_name, bn_name=bn_name)
 
 
@@ -86,7 +88,8 @@ def stem_layers(x, stem, prefix=""):
 
 
 def resnet_backbone(inputs, block, blocks, stem="imagenet", dilation=(1, 1, 1, 1), prefix=""):
-    """The stem and the four stages on `inputs`; returns layer4's output. `prefix` starts every layer name:
+    """Twin of `ResNet.forward_stages` (with the layers `ResNet.__init__` builds for it): the stem and the four
+    stages on `inputs`; returns layer4's output. `prefix` starts every layer name:
     a model that holds the ResNet as a submodule (SimCLR's `enc`) names its layers `enc-conv1`, ..., the
     torch keys `enc.conv1.weight`, ..."""
     x = stem_layers(inputs, stem, prefix)

@@ -33,6 +33,8 @@ class Slot:
     variable: keras.Variable
     to_torch: Callable[[np.ndarray], np.ndarray]
     from_torch: Callable[[np.ndarray], np.ndarray]
+    # The rule that maps it, in words (what `twins explain` shows beside the two shapes).
+    rule: str = "same layout"
 
     @property
     def torch_shape(self) -> tuple:
@@ -68,9 +70,10 @@ def _flatten_source_shape(layer) -> tuple | None:
 
 
 def _dense_rules(layer):
+    """(to_torch, from_torch, rule) of a Dense kernel."""
     source = _flatten_source_shape(layer)
     if source is None:
-        return _transpose((1, 0))
+        return (*_transpose((1, 0)), "transpose (in, out) -> (out, in)")
     h, w, c = source
 
     def to_torch(k):  # (H*W*C, out) -> (out, C*H*W)
@@ -79,7 +82,8 @@ def _dense_rules(layer):
     def from_torch(t):  # (out, C*H*W) -> (H*W*C, out)
         return t.reshape(-1, c, h, w).transpose(2, 3, 1, 0).reshape(h * w * c, -1)
 
-    return to_torch, from_torch
+    return to_torch, from_torch, (f"after Flatten of a {h}x{w}x{c} map: rows H*W*C -> C*H*W order, then "
+                                  "transpose (in, out) -> (out, in)")
 
 
 def _iter_layers(model):
@@ -100,7 +104,9 @@ def slots(model: keras.Model) -> list[Slot]:
         if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
             # (kh, kw, in, out) -> (out, in, kh, kw); a transposed conv stores (kh, kw, out, in) and
             # torch (in, out, kh, kw), so the same permutation serves both.
-            rules = {"kernel": _transpose((3, 2, 0, 1))}
+            what = "(kh, kw, out, in) -> (in, out, kh, kw)" if isinstance(layer, keras.layers.Conv2DTranspose) \
+                else "(kh, kw, in, out) -> (out, in, kh, kw)"
+            rules = {"kernel": (*_transpose((3, 2, 0, 1)), f"transpose {what}")}
         elif isinstance(layer, keras.layers.Dense):
             rules = {"kernel": _dense_rules(layer)}
         elif isinstance(layer, keras.layers.BatchNormalization) or type(layer).__name__ == "BatchNorm":
@@ -118,8 +124,10 @@ def slots(model: keras.Model) -> list[Slot]:
                 torch_name = _BN_NAMES[name]
             else:
                 raise NotImplementedError(f"variable {variable.path!r} has no torch counterpart")
-            to_torch, from_torch = rules.get(name, (_identity, _identity))
-            out.append(Slot(f"{prefix}.{torch_name}", variable, to_torch, from_torch))
+            to_torch, from_torch, rule = rules.get(name, (_identity, _identity, "same layout"))
+            if name in _BN_NAMES:
+                rule = f"BatchNorm {name} -> {torch_name}"
+            out.append(Slot(f"{prefix}.{torch_name}", variable, to_torch, from_torch, rule))
     return out
 
 
