@@ -8,6 +8,7 @@
     twins evaluate / predict / plot-history (see twins_cli/train.py)
     twins export resnet50 --framework torch --format onnx --out resnet50.onnx (see twins_cli/export.py)
     twins dp-parity resnet18 --framework torch --sync-bn (see twins_cli/dp_parity.py)
+    twins explain resnet50 [--out reports/explain]: the twins side by side (see twins_cli/explain.py)
 
 Each Keras backend runs in its own subprocess (a backend is fixed when keras is first imported).
 """
@@ -22,6 +23,7 @@ from twins.data import DataError
 from twins_cli import parity
 from twins_cli.convert import cmd_convert
 from twins_cli.dp_parity import add_parser as add_dp_parity_parser
+from twins_cli.explain import add_parser as add_explain_parser
 from twins_cli.export import add_parser as add_export_parser
 from twins_cli.parity import ALL_CHECKS, BACKENDS, TORCH_EXPORT_CHECKS, TORCH_TWIN
 from twins_cli.report import build_report, parity_table
@@ -124,6 +126,7 @@ def main(argv=None) -> int:
     add_training_parsers(sub)
     add_export_parser(sub)
     add_dp_parity_parser(sub)
+    add_explain_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command == "train" and not args.resume and not (args.model and args.data):
