@@ -5,8 +5,9 @@ self-contained HTML page (chart embedded) that a team reads to choose a framewor
 
     twins report [--quick] [--out DIR]
 
-Files in DIR (default `reports/latest`): report.md, report.html, parity.json, and the benchmark's
-benchmark.json / benchmark.md / benchmark.png. Every file is written atomically.
+Files in DIR (default `reports/latest`): report.md, report.html, parity.json, explain/ (`twins explain all`: a
+page per model, linked from the report), and the benchmark's benchmark.json / benchmark.md / benchmark.png.
+Every file is written atomically.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import datetime as _dt
 import html
 import json
 import platform
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -162,51 +165,40 @@ def deployment_table(bench_rows: list[dict], parity_rows: list[dict] | None = No
 
 
 def markdown_to_html(text: str, title: str, image_png: bytes | None) -> str:
-    """Render the Markdown this module writes (headings, bullet lists, pipe tables, paragraphs) as one
-    self-contained page; the chart goes in as a data URI."""
-    out, table = [], None
+    """The report's Markdown as one self-contained page, converted by Python-Markdown (its `tables` extension);
+    the chart (`![chart](...)`) goes in as a data URI, or out when there is none."""
+    import markdown
 
-    def inline(s):
-        s = html.escape(s)
-        parts = s.split("**")
-        s = "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
-        parts = s.split("`")
-        return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-
-    def flush():
-        nonlocal table
-        if table:
-            head, body = table[0], [r for r in table[1:] if not set(r.replace("|", "").strip()) <= set("-:")]
-            cells = lambda r: [c.strip() for c in r.strip().strip("|").split("|")]
-            out.append("<table><thead><tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells(head)) + "</tr></thead><tbody>")
-            for r in body:
-                out.append("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells(r)) + "</tr>")
-            out.append("</tbody></table>")
-        table = None
-
-    for line in text.splitlines():
-        if line.startswith("|"):
-            table = (table or []) + [line]
-            continue
-        flush()
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
-        elif line.startswith("- "):
-            out.append(f"<ul><li>{inline(line[2:])}</li></ul>")
-        elif line.startswith("![chart]"):
-            if image_png:
-                data = base64.b64encode(image_png).decode()
-                out.append(f'<img alt="throughput chart" src="data:image/png;base64,{data}">')
-        elif line.strip():
-            out.append(f"<p>{inline(line)}</p>")
-    flush()
+    if image_png:
+        data = base64.b64encode(image_png).decode()
+        text = re.sub(r"!\[chart\]\([^)]*\)", f"![throughput chart](data:image/png;base64,{data})", text)
+    else:
+        text = re.sub(r"!\[chart\]\([^)]*\)\n?", "", text)
+    body = markdown.markdown(text, extensions=["tables"], output_format="html")
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
              "padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
              "img{max-width:100%}code{background:#f4f4f4}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n")
+    return (f"<!doctype html><html lang=en><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def explain_pages(out: Path, log) -> str:
+    """`twins explain all` into `out/explain` with this run's parity rows (a subprocess: it builds every model in
+    both frameworks), as the report's Markdown table of links."""
+    done = subprocess.run([sys.executable, "-m", "twins_cli.main", "explain", "all", "--out", str(out / "explain"),
+                           "--parity", str(out / "parity.json")], capture_output=True, text=True)
+    index = out / "explain" / "index.json"
+    if not index.is_file():
+        tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+        print(f"[report] twins explain failed (exit {done.returncode}): {tail}", file=log, flush=True)
+        return f"`twins explain all` failed (exit {done.returncode}): {tail.splitlines()[-1] if tail else ''}"
+    lines = ["| model | definitions paired | without a twin | docstrings naming a missing twin | Keras variables | "
+             "layer-table mismatches |", "|---|--:|--:|--:|--:|--:|"]
+    for s in json.loads(index.read_text()):
+        lines.append(f"| [{s['model']}](explain/{s['model']}.html) | {s['pairs']} | {s['alone']} | {s['problems']} | "
+                     f"{s['variables']} | {s['mismatched']} |")
+    return "\n".join(lines)
 
 
 def build_report(out_dir="reports/latest", quick=False, parity_backends=None, bench_backends="all,deploy",
@@ -223,6 +215,9 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
     columns = backends + [TORCH_TWIN]
     parity_s = time.time() - start
     checkpoints.write_atomic(out / "parity.json", lambda tmp: tmp.write_text(json.dumps(parity_rows, indent=1)))
+
+    print("[report] explain: one page per model, twins side by side", file=log, flush=True)
+    explain = explain_pages(out, log)
 
     settings = QUICK_BENCH if quick else FULL_BENCH
     print(f"[report] benchmarks: {settings}", file=log, flush=True)
@@ -266,6 +261,14 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
         "![chart](benchmark.png)",
         "",
         benchmarks.render_markdown(bench["rows"], bench["meta"]).replace("# Benchmark results", "").strip(),
+        "",
+        "## The twins side by side",
+        "",
+        "One page per model (`twins explain MODEL`): the Keras file beside the torch file, definition by definition "
+        "(paired by their \"Twin of\" docstrings, then by name), the layer table (each Keras variable, the torch key "
+        "it maps to, both shapes and the bridge rule) and the model's parity rows from this run.",
+        "",
+        explain,
         "",
         "## Parity details",
         "",
