@@ -16,7 +16,10 @@ export JAX_COMPILATION_CACHE_DIR := $(CURDIR)/.cache/jax
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS := 0
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES := 0
 
-.PHONY: demo test test-backend parity bench clean
+# The browser tests render the report and the `twins explain` pages in headless Chromium, a Debian package.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: demo test test-backend parity bench clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,15 +27,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev,export]"
 	touch $(STAMP)
 
+chromium:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
 # The suite once per Keras backend: everything under tensorflow, then the Keras tests (marker
 # `keras`) under jax and torch. The backend is fixed when keras is first imported.
-test: $(STAMP)
+test: $(STAMP) chromium
 	KERAS_BACKEND=tensorflow $(PYTEST)
 	KERAS_BACKEND=jax $(PYTEST) -m keras
 	KERAS_BACKEND=torch $(PYTEST) -m keras
 
 # One backend only: make test-backend BACKEND=jax
-test-backend: $(STAMP)
+test-backend: $(STAMP) chromium
 	KERAS_BACKEND=$(BACKEND) $(PYTEST)
 
 # The main job: parity for every model and backend plus a quick benchmark sweep, as one report.
