@@ -469,7 +469,7 @@ def cmd_train(args) -> int:
     if world.main:
         if not args.resume:
             run.start(recipe)
-        elif {k: v for k, v in run.config().items()} != recipe.to_json():  # --epochs extended, or other replicas
+        elif run.config() != recipe.to_json():  # --epochs extended, or another number of replicas
             from twins.runs import write_json
 
             write_json(run.config_path, recipe.to_json())
