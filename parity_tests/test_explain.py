@@ -62,6 +62,28 @@ def test_naming_rule_pairs_snake_case_and_private_methods(tmp_path):
     assert rows[("LIMIT", "LIMIT")].how == "name" and (None, "Net.forward") in rows and (None, "Net (class)") in rows
 
 
+def test_layer_table_marks_what_does_not_map(monkeypatch):
+    """Shown failing: a torch twin whose classifier has another width and whose last BatchNorm is gone."""
+    from torch import nn
+
+    import torch_impl
+    from twins_cli.explain import layer_table
+
+    build = torch_impl.build
+
+    def broken(name, **kwargs):
+        model = build(name, **kwargs)
+        model.fc = nn.Linear(512, 10)
+        model.layer4[1].bn2 = nn.Identity()
+        return model
+
+    monkeypatch.setattr(torch_impl, "build", broken)
+    table, counts = layer_table("resnet18")
+    assert counts["mismatched"] == 6  # fc.weight, fc.bias; bn2's weight, bias, running mean and variance
+    assert "(10, 512), where the bridge makes (1000, 512)" in table
+    assert table.count("missing in the torch twin") == 4
+
+
 @pytest.fixture(scope="module")
 def explained(tmp_path_factory):
     """The report's `twins explain all` (build_report's step, a subprocess) over a parity file of one row."""

@@ -105,7 +105,8 @@ def layer_table(name: str) -> tuple[str, dict]:
         ok = torch_shape == expected
         mismatched += not ok
         bridged.add(slot.key)
-        torch_cell = "missing in the torch twin" if torch_shape is None else str(torch_shape)
+        torch_cell = ("missing in the torch twin" if torch_shape is None else str(torch_shape) if ok
+                      else f"{torch_shape}, where the bridge makes {expected}")
         lines.append(f"<tr{'' if ok else ' class=missing'}><td>{html.escape(layer)}</td><td>{html.escape(variable)}"
                      f"</td><td class=shape>{tuple(slot.variable.shape)}</td><td>{html.escape(slot.key)}</td>"
                      f"<td class=shape>{html.escape(torch_cell)}</td><td>{html.escape(slot.rule)}</td></tr>")
