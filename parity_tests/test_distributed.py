@@ -154,10 +154,14 @@ def test_ddp_step_without_sync_bn_is_the_mean_of_per_replica_steps(tmp_path):
 
 
 def test_ddp_step_fails_when_a_replica_loads_the_wrong_rows(tmp_path):
-    """Shown failing: replica 1 fed replica 0's rows (a sampler that forgets its rank)."""
+    """Shown failing: replica 1 fed replica 0's rows (a sampler that forgets its rank); and a model the Keras
+    step cannot compare refused."""
     done, result = dp_parity(tmp_path, "--framework", "torch", "--sync-bn", "--tamper")
     assert done.returncode == 1
     assert not any(r["passed"] for r in result["rows"]) and "0 passed, 4 failed" in done.stdout
+    refused = twins("dp-parity", "inception_v3")
+    assert refused.returncode != 0 and "classifiers without aux heads" in refused.stderr
+    assert "with aux heads (AuxLogits.fc)" in refused.stderr
 
 
 def test_keras_data_parallel_step_on_jax_equals_the_global_batch_step(tmp_path):
@@ -257,3 +261,18 @@ def test_keras_devices_need_jax_and_enough_devices(shapes, tmp_path):
                  env={"JAX_NUM_CPU_DEVICES": "2"})
     assert done.returncode != 0 and "--batch-size 3 (the global batch) does not split over 2 replicas" in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_pspnet_needs_two_images_per_replica_without_sync_bn(tmp_path):
+    """pspnet's BatchNorm after the 1x1 pyramid bin needs two images; torch replicas without SyncBatchNorm
+    normalise their own rows, so a global batch of 2 over 2 processes is refused before any process group is
+    joined (rank 0 of 2, as torchrun would start it)."""
+    from twins.shapes import make_voc
+
+    voc = make_voc(tmp_path / "voc", train=4, val=2, size=33, seed=0)
+    common = ["train", "pspnet", "--data", str(voc), "--img-size", "33", "--batch-size", "2", "--epochs", "1",
+              "--out", str(tmp_path / "r")]
+    rank0 = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    done = twins(*common, env=rank0)
+    assert done.returncode != 0
+    assert "pspnet trains with batches of 2 images or more per replica (2 replicas without --sync-bn)" in done.stderr

@@ -8,6 +8,8 @@ its share of every global batch through `PlanSampler`. Rank 0 alone evaluates an
 """
 from __future__ import annotations
 
+import datetime
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -24,14 +26,20 @@ def device_of(world: World) -> torch.device:
     return torch.device("cpu")
 
 
-def start(world: World) -> torch.device:
+# How long a rank waits in a collective: the others wait for rank 0's val phase at their next step (torch's
+# default is 10 minutes for nccl).
+TIMEOUT = datetime.timedelta(minutes=60)
+
+
+def start(world: World, device: torch.device | None = None) -> torch.device:
     """Join torchrun's process group (its `MASTER_ADDR`/`MASTER_PORT` rendezvous): nccl on GPUs, gloo on the
-    CPU. Returns the device this rank trains on."""
-    device = device_of(world)
+    CPU (or on the `device` given). Returns the device this rank trains on."""
+    device = device or device_of(world)
     if world.distributed and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size,
+                                timeout=TIMEOUT)
     return device
 
 
@@ -56,8 +64,10 @@ def gather(value) -> list:
 
 
 def global_step_values(loss: float, correct: int | None, size: int) -> tuple[float, int | None, int]:
-    """A step's loss, correct count and batch size over the global batch: every replica holds as many rows
-    (`twins.distributed.split_problem`), so the mean of the replicas' mean losses is the global batch's."""
+    """A step's loss, correct count and batch size over the global batch: the mean of the replicas' losses (every
+    replica holds as many rows, `twins.distributed.split_problem`, so for a mean over rows this is the global
+    batch's; pspnet's mean over labelled pixels and NT-Xent are per-replica quantities, README "Scaling out"), the
+    sum of the counts."""
     if not dist.is_initialized():
         return loss, correct, size
     values = torch.tensor([loss, float(correct or 0), float(size)], dtype=torch.float64)
@@ -107,8 +117,12 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             return super().forward(x)
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        count = torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device)
+        count = torch.tensor(float(x.numel() // x.shape[1]), dtype=torch.float64, device=x.device)
         dist.all_reduce(count)
+        if count.item() < 2:  # torch's BatchNorm refuses it too: no variance to normalise with
+            raise ValueError(f"Expected more than 1 value per channel when training, got {int(count.item())} over "
+                             "every replica")
+        count = count.to(x.dtype)
         mean = AllReduceSum.apply(x.sum(dims)) / count
         centred = x - mean.reshape(shape)
         var = AllReduceSum.apply((centred * centred).sum(dims)) / count
@@ -164,9 +178,9 @@ class PlanSampler(DistributedSampler):
     """torch's DistributedSampler over the positions of a plan's epoch: replica r of R takes positions r,
     r + R, r + 2R, ... (DistributedSampler's split, `drop_last` as the plan's), so that the replicas' batches
     of G / R rows at step i are, together, rows iG .. iG + G - 1: batch i of the plan at batch size G.
-    `set_epoch(e)` reseeds each epoch: the positions then index epoch e's permutation, drawn by the plan
-    (`default_rng([seed, e])`) rather than by torch, so every rank, a single-process run and the Keras twin
-    agree on it. `start` skips the batches a resumed run has trained already."""
+    `set_epoch(e)` moves to epoch e: its keys then index epoch e's permutation, drawn by the plan
+    (`default_rng([seed, e])`) rather than by torch's `shuffle`, so every rank, a single-process run and the
+    Keras twin agree on it. `start` skips the batches a resumed run has trained already."""
 
     def __init__(self, plan: BatchPlan, replicas: int = 1, rank: int = 0, start: int = 0):
         super().__init__(range(plan.num_samples), num_replicas=replicas, rank=rank, shuffle=False,

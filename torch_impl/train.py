@@ -147,7 +147,8 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
     Under torchrun (`world.distributed`, the process group joined by `distributed.start`) every rank runs
     this: the model in DDP (with `recipe.sync_bn`, its BatchNorms synchronised first), each rank loading
     `recipe.batch_size / world.size` rows of every batch. Rank 0 alone evaluates (on the unwrapped model, so
-    no collective waits on the others), logs and writes; the others wait for it at their next step."""
+    no collective waits on the others), logs and writes; the others wait for it at their next step. Only rank 0
+    ends with the best weights and returns the history; the others keep their starting weights and history."""
     main = world.main
     device = distributed.device_of(world)
     model.to(device)
@@ -182,9 +183,11 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
         optimizer.load_state_dict(saved["optimizer"])
         rng = saved.get("rank_rng", [saved["rng"]])
         if len(rng) == world.size:  # the same number of replicas: each continues its own masks
-            torch.set_rng_state(rng[world.rank])
+            torch.set_rng_state(rng[world.rank].cpu())  # map_location moved it to the device
+            if saved.get("rank_cuda_rng") and device.type == "cuda":
+                torch.cuda.set_rng_state(saved["rank_cuda_rng"][world.rank].cpu(), device)
         if "cuda_rng" in saved and torch.cuda.is_available() and not world.distributed:
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+            torch.cuda.set_rng_state_all([state.cpu() for state in saved["cuda_rng"]])
         history = run.history_at(state, recipe)
         if run.best_path.is_file():
             best = {k: torch.from_numpy(v) for k, v in checkpoints.read(run.best_path).items()}
@@ -196,10 +199,11 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
     def checkpoint(at: Position):
         # Every rank's generator (a collective: every rank checkpoints at the same step); rank 0 writes.
         rank_rng = distributed.gather(torch.get_rng_state())
+        rank_cuda_rng = distributed.gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
 
         def write_resume(folder):
             payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "rng": torch.get_rng_state(), "rank_rng": rank_rng}
+                       "rng": torch.get_rng_state(), "rank_rng": rank_rng, "rank_cuda_rng": rank_cuda_rng}
             # Dropout masks on a GPU come from its own generators (one process's: a single-process run's).
             if torch.cuda.is_available() and not world.distributed:
                 payload["cuda_rng"] = torch.cuda.get_rng_state_all()

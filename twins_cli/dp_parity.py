@@ -13,10 +13,13 @@ gradients (torch), the update of every parameter and of every BatchNorm running 
   as the mean over replicas of single-process steps on each replica's rows alone, the update as one step with
   that gradient, and the running statistics as replica 0's rows alone give them (DDP broadcasts rank 0's buffers).
 A row passes when its comparison comes out as expected: equal within the bound, or (expected to differ) over
-it. `--tamper` feeds replica 1 replica 0's rows (a sampler that forgets its rank), which must fail.
+it. `--tamper` feeds every replica after the first replica 0's rows (a sampler that forgets its rank), which must
+fail.
 
-The torch side runs under `torchrun --standalone --nproc_per_node=R` (gloo on CPU), the Keras side in one process
-with R jax devices (`JAX_NUM_CPU_DEVICES=R` on a CPU, set before jax starts).
+The torch side runs under `torchrun --standalone --nproc_per_node=R` (gloo), the Keras side in one process with R
+jax CPU devices (`JAX_NUM_CPU_DEVICES=R`, set before jax starts): a proof of the computation, on the CPU whatever
+accelerators the machine has. Classifiers without aux heads only (the Keras side's loss is `fit`'s
+cross-entropy).
 """
 from __future__ import annotations
 
@@ -42,8 +45,8 @@ LR, MOMENTUM = 0.1, 0.9
 GLOBAL, PER_REPLICA = "global batch", "per replica"
 
 
-def batch(model: str, rows: int, size: int, seed: int = 0):
-    """`rows` random NCHW float64 images and labels of `model`'s classes (3 for a classifier head)."""
+def batch(rows: int, size: int, seed: int = 0):
+    """`rows` random NCHW float64 images and labels of 3 classes (the twins are built with a 3-class head)."""
     rng = np.random.default_rng(seed)
     return rng.standard_normal((rows, 3, size, size)), rng.integers(0, 3, rows)
 
@@ -71,11 +74,11 @@ def torch_worker(args) -> None:
     from twins_cli.parity import worst
 
     world = World.from_env()
-    device = distributed.start(world)
+    device = distributed.start(world, torch.device("cpu"))  # the float64 proof runs on the CPU (gloo), GPU or not
     torch.manual_seed(0)
     model = build(args.model, num_classes=3).to(torch.float64)
     reference = copy.deepcopy(model)
-    x, y = batch(args.model, world.size * args.rows, args.img_size)
+    x, y = batch(world.size * args.rows, args.img_size)
     shard = 0 if args.tamper else world.rank
     x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
     mine = slice(shard, None, world.size)  # DistributedSampler's split: rows r, r + R, ...
@@ -142,11 +145,11 @@ def keras_worker(args) -> None:
         problem = distributed.devices_problem(replicas)
         if problem:
             raise SystemExit(problem)
-        x, y = batch(args.model, replicas * args.rows, args.img_size)
+        x, y = batch(replicas * args.rows, args.img_size)
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         fed = x.copy()
-        if args.tamper:  # device 1's rows (Keras shards contiguous blocks) are device 0's
-            fed[args.rows:2 * args.rows] = x[:args.rows]
+        if args.tamper:  # every device's rows (Keras shards contiguous blocks) are device 0's
+            fed = np.concatenate([x[:args.rows]] * replicas)
 
         def step(model, images):
             model.compile(optimizer=training.sgd(LR, MOMENTUM),
@@ -195,7 +198,7 @@ def launch(args, out: str) -> subprocess.CompletedProcess:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc_per_node={args.replicas}", *worker[1:]]
     else:
-        env.update(KERAS_BACKEND="jax", JAX_NUM_CPU_DEVICES=str(args.replicas))
+        env.update(KERAS_BACKEND="jax", JAX_NUM_CPU_DEVICES=str(args.replicas), JAX_PLATFORMS="cpu")
         command = worker
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
 
@@ -203,8 +206,8 @@ def launch(args, out: str) -> subprocess.CompletedProcess:
 def table(result: dict) -> str:
     lines = [f"{result['model']} on {result['engine']}: {result['replicas']} replicas x {result['rows_per_replica']} "
              f"rows at {result['img_size']} px, {result['dtype']}, {result['optimizer']}"
-             + (", SyncBatchNorm" if result["sync_bn"] else "") + (", TAMPERED: replica 1 fed replica 0's rows"
-                                                                     if result["tamper"] else ""),
+             + (", SyncBatchNorm" if result["sync_bn"] else "")
+             + (", TAMPERED: every replica fed replica 0's rows" if result["tamper"] else ""),
              "| check | against | expected | error | bound | result | worst tensor |", "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['check']} | {r['against']} | {r['expected']} | {r['error']:.1e} | {r['bound']:.0e} | "
@@ -213,7 +216,11 @@ def table(result: dict) -> str:
 
 
 def cmd_dp_parity(args) -> int:
-    registry.get(args.model)
+    info = registry.get(args.model)
+    if info.task != "classification" or info.aux_heads:
+        raise SystemExit(f"twins dp-parity compares classifiers without aux heads (the Keras step is fit's "
+                         f"cross-entropy of one output); {args.model} is a {info.task} model"
+                         + (f" with aux heads ({', '.join(info.aux_heads)})" if info.aux_heads else ""))
     if args.sync_bn and args.framework == "keras":
         raise SystemExit("--sync-bn is the torch twin's; Keras on jax takes BatchNorm statistics over the global "
                          "batch by itself")
@@ -242,7 +249,7 @@ def add_arguments(p) -> None:
     p.add_argument("--rows", type=int, default=4, help="rows per replica (default 4)")
     p.add_argument("--img-size", type=int, default=32)
     p.add_argument("--sync-bn", action="store_true", help="torch: SyncBatchNorm (the global batch's statistics)")
-    p.add_argument("--tamper", action="store_true", help="feed replica 1 replica 0's rows: the check must fail")
+    p.add_argument("--tamper", action="store_true", help="feed every replica after the first replica 0's rows: the check must fail")
 
 
 def add_parser(sub) -> None:

@@ -217,11 +217,15 @@ def check_segmentation_batches(info: registry.ModelInfo, recipe: Recipe, train_i
     if info.name != "pspnet":
         return
     why = "the BatchNorm after the pyramid pooling's 1x1 bin needs two values per channel"
-    if recipe.batch_size < 2:
-        raise SystemExit(f"pspnet trains with batches of 2 images or more ({why}), got --batch-size {recipe.batch_size}")
-    if not recipe.drop_last and train_images % recipe.batch_size == 1:
+    # torch replicas without SyncBatchNorm normalise their own rows; Keras on jax and --sync-bn, the global batch's.
+    replicas = recipe.replicas if recipe.framework == "torch" and not recipe.sync_bn else 1
+    where = f" per replica ({recipe.replicas} replicas without --sync-bn)" if replicas > 1 else ""
+    if recipe.batch_size // replicas < 2:
+        raise SystemExit(f"pspnet trains with batches of 2 images or more{where} ({why}), got --batch-size "
+                         f"{recipe.batch_size}")
+    if not recipe.drop_last and (train_images % recipe.batch_size) // replicas == 1:
         raise SystemExit(f"{train_images} train images in batches of {recipe.batch_size} leave a last batch of one "
-                         f"image ({why}): keep --drop-last (the recipe's) or choose another --batch-size")
+                         f"image{where} ({why}): keep --drop-last (the recipe's) or choose another --batch-size")
 
 
 def transforms(preprocess: str, size: int, info, margin: int = 10):
@@ -411,7 +415,9 @@ def cmd_train(args) -> int:
                            "input_size": args.img_size or info.input_size, "aux_heads": info.aux_heads,
                            "aux_weight": info.aux_weight, "weights": args.weights, "init_from": args.init_from,
                            "exclude": tuple(args.exclude or ()), "sync_bn": args.sync_bn})
-    recipe.replicas = replicas_of(recipe.framework, args.devices, world)
+    # A resumed Keras run keeps its devices unless --devices says otherwise (torch's are torchrun's processes).
+    kept = recipe.replicas if args.resume and recipe.framework == "keras" else None
+    recipe.replicas = replicas_of(recipe.framework, args.devices if args.devices is not None else kept, world)
     if recipe.sync_bn and recipe.framework == "keras":
         raise SystemExit("--sync-bn is the torch twin's (SyncBatchNorm); Keras on jax already takes BatchNorm "
                          "statistics over the global batch")
@@ -424,10 +430,10 @@ def cmd_train(args) -> int:
     side = Side(recipe.framework, args.backend or recipe.backend)
     recipe.backend = side.backend
     train_plan, val_plan, classes = plans(recipe, info)
-    check_segmentation_batches(info, recipe, train_plan.num_samples)
     problem = split_problem(recipe.batch_size, recipe.replicas, train_plan.num_samples, recipe.drop_last)
     if problem:
         raise SystemExit(f"twins train on {recipe.replicas} replicas: {problem}")
+    check_segmentation_batches(info, recipe, train_plan.num_samples)
     if side.framework == "keras":
         try:
             side.distributed.data_parallel(recipe.replicas)
@@ -486,8 +492,10 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         state = run.resume_state()
         done = Position.start(state).describe(recipe, len(train_plan)) if state else "before the first checkpoint"
-        print(f"\ninterrupted; {run.path} holds the state {done}. Continue with:\n"
-              f"  twins train --resume --out {run.path}", file=sys.stderr)
+        launcher = f"torchrun --nproc_per_node={world.size} -m twins_cli.main" if world.distributed else "twins"
+        if world.main:
+            print(f"\ninterrupted; {run.path} holds the state {done}. Continue with:\n"
+                  f"  {launcher} train --resume --out {run.path}", file=sys.stderr)
         return 130
     return 0
 
