@@ -15,7 +15,7 @@ import pytest
 
 
 def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    found = shutil.which("chromium")
     if found is None:
         pytest.fail("headless Chromium is not installed: `make test` installs the Debian package (apt-get install "
                     "chromium); the browser tests render the pages in it")

@@ -84,6 +84,18 @@ def test_layer_table_marks_what_does_not_map(monkeypatch):
     assert table.count("missing in the torch twin") == 4
 
 
+def test_docstrings_are_checked_from_both_sides(tmp_path):
+    """A torch docstring naming a Keras function that is not there, and two Keras docstrings claiming one torch
+    class, are both reported."""
+    (tmp_path / "k.py").write_text('def block(x):\n    """Twin of `Block`."""\n\n\ndef block_v2(x):\n'
+                                   '    """Twin of `Block`."""\n')
+    (tmp_path / "t.py").write_text('class Block:\n    pass\n\n\ndef head():\n    """Twin of `keras_impl.x.head_fn`."""\n')
+    rows = pair_files(tmp_path / "k.py", tmp_path / "t.py")
+    problems = {(r.keras.name if r.keras else r.torch.name): r.problem for r in rows if r.problem}
+    assert problems == {"block_v2": "its docstring names Block, which block already mirrors",
+                        "head": "its docstring names head_fn, which the Keras file does not define"}
+
+
 @pytest.fixture(scope="module")
 def explained(tmp_path_factory):
     """The report's `twins explain all` (build_report's step, a subprocess) over a parity file of one row."""

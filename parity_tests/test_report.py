@@ -36,12 +36,14 @@ def test_parity_table_shows_the_first_diverging_layer_of_a_failure():
 
 def test_html_page_is_self_contained():
     png = b"\x89PNG\r\n\x1a\nfake"
-    page = markdown_to_html("# Title\n\n- a **bold** `code` item\n\n| a | b |\n|---|--:|\n| 1 | <2> |\n\n![chart](x.png)\n",
-                            "t", png)
+    page = markdown_to_html("# Title\n\n- a **bold** `code` item\n\n| a | b |\n|---|--:|\n| 1 | <lambda> |\n\n"
+                            "![chart](x.png)\n\nfailed: <img src=x onerror=alert(1)>\n", "t", png)
     flat = page.replace("\n", "")
     assert "<h1>Title</h1>" in page and "<strong>bold</strong>" in page and "<code>code</code>" in page
     assert "<th>a</th><th style=\"text-align: right;\">b</th>" in flat
-    assert "<td>1</td><td style=\"text-align: right;\">&lt;2&gt;</td>" in flat
+    # An error quoted in a row is text (the report must not drop "<lambda>" or run a tag in an error message).
+    assert "<td>1</td><td style=\"text-align: right;\">&lt;lambda&gt;</td>" in flat
+    assert "failed: &lt;img src=x onerror=alert(1)&gt;" in page
     assert f"data:image/png;base64,{base64.b64encode(png).decode()}" in page
     assert "src=\"http" not in page and "<link" not in page
 

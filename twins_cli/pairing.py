@@ -168,10 +168,18 @@ def pair(keras_units: list[Unit], torch_units: list[Unit]) -> list[Row]:
             target = candidates[0] if len(candidates) == 1 else None
         if target is None:
             problems[k.name] = f"its docstring names {ref}, which the torch file does not define"
-        elif target not in taken:
+        elif target in taken:
+            other = next(name for name, (t, _) in matches.items() if t == target)
+            problems[k.name] = f"its docstring names {ref}, which {other} already mirrors"
+        else:
             claim(k.name, target, "docstring")
+    torch_problems: dict[str, str] = {}
     for t in [*torch_units, *(m for u in torch_units for m in u.methods)]:  # a torch docstring naming its twin
-        if t.twin_ref in keras_by_name and t.twin_ref not in matches and t.name not in taken and t.kind != "header":
+        if t.twin_ref is None or t.kind == "header":
+            continue
+        if t.twin_ref not in keras_by_name:
+            torch_problems[t.name] = f"its docstring names {t.twin_ref}, which the Keras file does not define"
+        elif t.twin_ref not in matches and t.name not in taken:
             claim(t.twin_ref, t.name, "docstring")
     for k in keras_units:
         if k.name in matches:
@@ -191,7 +199,9 @@ def pair(keras_units: list[Unit], torch_units: list[Unit]) -> list[Row]:
     keras_of = {name: keras_by_name[k] for k, (name, _) in matches.items()}
     how_of = {name: how for _, (name, how) in matches.items()}
     rows = [Row(keras_of.get(t.name), t, how_of.get(t.name, ""),
-                problems.get(keras_of[t.name].name, "") if t.name in keras_of else "") for t in torch_rows]
+                "; ".join(filter(None, [problems.get(keras_of[t.name].name, "") if t.name in keras_of else "",
+                                        torch_problems.get(t.name, "")])))
+            for t in torch_rows]
     # Keras units without a twin, after the row of the Keras unit before them in the Keras file.
     placed = {r.keras.name for r in rows if r.keras is not None}
     for i, k in enumerate(keras_units):
@@ -199,8 +209,6 @@ def pair(keras_units: list[Unit], torch_units: list[Unit]) -> list[Row]:
             continue
         before = next((keras_units[j].name for j in range(i - 1, -1, -1) if keras_units[j].name in placed), None)
         at = next((n + 1 for n, r in enumerate(rows) if r.keras is not None and r.keras.name == before), 0)
-        while at < len(rows) and rows[at].keras is not None and rows[at].keras.name not in placed:
-            at += 1
         rows.insert(at, Row(k, None, "", problems.get(k.name, "")))
         placed.add(k.name)
     return rows

@@ -174,7 +174,11 @@ def markdown_to_html(text: str, title: str, image_png: bytes | None) -> str:
         text = re.sub(r"!\[chart\]\([^)]*\)", f"![throughput chart](data:image/png;base64,{data})", text)
     else:
         text = re.sub(r"!\[chart\]\([^)]*\)\n?", "", text)
-    body = markdown.markdown(text, extensions=["tables"], output_format="html")
+    converter = markdown.Markdown(extensions=["tables"], output_format="html")
+    # Text, never markup: an error quoted in a row ("<lambda>", "<unknown>") must show, not vanish or run.
+    converter.preprocessors.deregister("html_block")
+    converter.inlinePatterns.deregister("html")
+    body = converter.convert(text)
     style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;"
              "padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
@@ -186,10 +190,11 @@ def markdown_to_html(text: str, title: str, image_png: bytes | None) -> str:
 def explain_pages(out: Path, log) -> str:
     """`twins explain all` into `out/explain` with this run's parity rows (a subprocess: it builds every model in
     both frameworks), as the report's Markdown table of links."""
+    index = out / "explain" / "index.json"
+    index.unlink(missing_ok=True)  # a failed run must not leave an earlier run's pages looking current
     done = subprocess.run([sys.executable, "-m", "twins_cli.main", "explain", "all", "--out", str(out / "explain"),
                            "--parity", str(out / "parity.json")], capture_output=True, text=True)
-    index = out / "explain" / "index.json"
-    if not index.is_file():
+    if done.returncode not in (0, 1) or not index.is_file():
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])
         print(f"[report] twins explain failed (exit {done.returncode}): {tail}", file=log, flush=True)
         return f"`twins explain all` failed (exit {done.returncode}): {tail.splitlines()[-1] if tail else ''}"
