@@ -96,9 +96,11 @@ def test_docstrings_are_checked_from_both_sides(tmp_path):
                         "head": "its docstring names head_fn, which the Keras file does not define"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def explained(tmp_path_factory):
-    """The report's `twins explain all` (build_report's step, a subprocess) over a parity file of one row."""
+    """The report's `twins explain all` (build_report's step, a subprocess) over a parity file of one row. Once
+    per session: conftest moves the vgg19_slim-named page test to the end of the run, which would end a module
+    fixture and make it again (39 s)."""
     import io
 
     from twins_cli.report import explain_pages
