@@ -181,7 +181,7 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
         saved = torch.load(state["dir"] / RESUME_FILE, map_location=device, weights_only=True)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        rng = saved.get("rank_rng", [saved["rng"]])
+        rng = saved["rank_rng"] if "rank_rng" in saved else [saved["rng"]]  # "rng": written before the ranks' list
         if len(rng) == world.size:  # the same number of replicas: each continues its own masks
             torch.set_rng_state(rng[world.rank].cpu())  # map_location moved it to the device
             if saved.get("rank_cuda_rng") and device.type == "cuda":
@@ -203,7 +203,7 @@ def train_model(model: nn.Module, train_plan: BatchPlan, val_plan: BatchPlan, re
 
         def write_resume(folder):
             payload = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                       "rng": torch.get_rng_state(), "rank_rng": rank_rng, "rank_cuda_rng": rank_cuda_rng}
+                       "rank_rng": rank_rng, "rank_cuda_rng": rank_cuda_rng}
             # Dropout masks on a GPU come from its own generators (one process's: a single-process run's).
             if torch.cuda.is_available() and not world.distributed:
                 payload["cuda_rng"] = torch.cuda.get_rng_state_all()

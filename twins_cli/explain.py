@@ -14,6 +14,7 @@ The page has three parts, all generated from the code and the models:
 """
 from __future__ import annotations
 
+import functools
 import html
 import json
 from pathlib import Path
@@ -45,6 +46,7 @@ table.layers td.shape{font-family:monospace}tr.missing td{background:#fdecea}tr.
 """
 
 
+@functools.lru_cache(maxsize=1)
 def pygments_parts():
     from pygments.formatters import HtmlFormatter
     from pygments.lexers import PythonLexer
@@ -175,7 +177,7 @@ def page(name: str, parity_rows: list[dict] | None = None, parity_source: str | 
     alone = [r for r in rows if r.keras is None or r.torch is None]
     problems = [r for r in rows if r.problem]
     layers, counts = layer_table(name)
-    lexer, formatter = pygments_parts()
+    _, formatter = pygments_parts()
     style = formatter(cssclass="hl").get_style_defs(".hl")
     summary = (f"{len(pairs)} definitions paired ({sum(r.how == 'docstring' for r in pairs)} by docstring, "
                f"{sum(r.how == 'name' for r in pairs)} by name), {len(alone)} without a twin"
