@@ -6,7 +6,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PYTEST := $(PY) -m pytest parity_tests -q -p no:cacheprovider --durations=15
+PYTEST_ARGS := parity_tests -q -p no:cacheprovider --durations=15
+PYTEST := $(PY) -m pytest $(PYTEST_ARGS)
+# The passes of `make test`: everything under tensorflow, then the Keras tests (marker `keras`) under jax and torch.
+PASS_tensorflow :=
+PASS_jax := -m keras
+PASS_torch := -m keras
 BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
 # JAX compiles every op the first time a process runs it (a Keras model's first build on jax: ~10 s for
@@ -19,7 +24,7 @@ export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES := 0
 # The browser tests render the report and the `twins explain` pages in headless Chromium, a Debian package.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test test-backend parity bench clean chromium
+.PHONY: demo test test-backend test-profile print-passes parity bench clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,9 +39,22 @@ chromium:
 # The suite once per Keras backend: everything under tensorflow, then the Keras tests (marker
 # `keras`) under jax and torch. The backend is fixed when keras is first imported.
 test: $(STAMP) chromium
-	KERAS_BACKEND=tensorflow $(PYTEST)
-	KERAS_BACKEND=jax $(PYTEST) -m keras
-	KERAS_BACKEND=torch $(PYTEST) -m keras
+	KERAS_BACKEND=tensorflow $(PYTEST) $(PASS_tensorflow)
+	KERAS_BACKEND=jax $(PYTEST) $(PASS_jax)
+	KERAS_BACKEND=torch $(PYTEST) $(PASS_torch)
+
+# Where the time of `make test` goes: the same passes under py-spy, each test's time, written as
+# docs/test-profile.md beside the profile before the fast-feedback change (docs/profile/before.json).
+test-profile: $(STAMP) chromium
+	$(PY) -m pip install -q -c constraints.txt py-spy
+	$(PY) tools/test_profile.py run reports/test-profile
+	$(PY) tools/test_profile.py summarize reports/test-profile --label "$$(git rev-parse --short HEAD)"
+	$(PY) tools/test_profile.py render docs/profile/before.json reports/test-profile/summary.json
+
+print-passes:
+	@echo "tensorflow: $(PYTEST_ARGS) $(PASS_tensorflow)"
+	@echo "jax: $(PYTEST_ARGS) $(PASS_jax)"
+	@echo "torch: $(PYTEST_ARGS) $(PASS_torch)"
 
 # One backend only: make test-backend BACKEND=jax
 test-backend: $(STAMP) chromium
