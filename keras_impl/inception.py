@@ -23,7 +23,7 @@ from keras import layers, ops
 
 from twins import registry
 
-from .common import BatchNorm, Logits, conv2d, dense, image_input, max_pool
+from .common import BatchNorm, Logits, conv2d, dense, drawing_initial_values, image_input, max_pool
 
 # The smallest Mixed_6e map the aux head computes on: its 5x5/3 average pool then leaves 5x5.
 AUX_MIN_MAP = 17
@@ -222,6 +222,8 @@ def init_weights(model: keras.Model) -> None:
     stay as the common helpers made them. torchvision draws trunc_normal(std, a=-2, b=2), whose cut is
     absolute and 20 std or more away, i.e. a plain normal: Keras' TruncatedNormal cuts at 2 std, so
     RandomNormal is the mirror."""
+    if not drawing_initial_values():
+        return
     stddev = {"AuxLogits-fc": 0.001}
     for layer in model.layers:
         if isinstance(layer, (layers.Conv2D, layers.Dense)):

@@ -96,6 +96,10 @@ def use_keras_backend(backend: str | None) -> str:
                              "in the same process")
     os.environ["KERAS_BACKEND"] = wanted
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # Keras imports tensorflow for its data utilities
+    if wanted == "jax" and os.environ.get("TWINS_JAX_CACHE_LOG"):  # `make test-profile` counts the cache's hits
+        from twins_cli.compile_cache import JaxCacheCounter
+
+        JaxCacheCounter.install()
     return wanted
 
 

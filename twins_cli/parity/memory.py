@@ -1,0 +1,84 @@
+"""What a parity process holds between models, and how two processes share one memory budget.
+
+- `release_memory()`: drop what a model's checks left in the process, so that the next model starts from what the
+  imports left (the parity worker runs every model of a backend in one process; the test suite calls it after
+  every Keras test). `between_models=True` also drops JAX's compiled programs (see below).
+- `HeavyLock`: while one process of the test suite runs a task that holds several float64 copies of a big
+  network (pspnet: 49 M parameters, 0.37 GB a copy), another that wants to do the same waits. Both sides name
+  the same lock file in `TWINS_HEAVY_LOCK`; without it the lock is always free.
+
+Two things retained memory that no collection returns, measured in one worker running pspnet, the saliency U-Net,
+vgg19_slim, vgg11_bn, simclr_ssl, resnet50, densenet121, inception_v3, squeezenet1_0 and resnet18 in that order:
+- tensorflow's oneDNN build allocates through a pool that keeps its high-water mark: 2.9 GB held after pspnet's
+  checks (0.86 GB before), whatever came next. With `TF_ENABLE_ONEDNN_OPTS=0` (tensorflow's own Eigen kernels)
+  1.05 GB, and the ten models' peak 5.6 GB instead of 6.3 GB. The parity worker and the test process run
+  tensorflow that way (`PARITY_ENV`); the `twins` commands the tests start, the benchmarks and a user's runs
+  keep tensorflow's default.
+- JAX keeps every compiled program of a process: 4.2 GB after the ten models. `jax.clear_caches()` between models
+  keeps it at 1.4-2.1 GB and costs nothing measurable (138 s against 140 s for the ten): the persistent
+  compilation cache (`JAX_COMPILATION_CACHE_DIR`) serves the programs a later model compiles again.
+"""
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import gc
+import os
+
+HEAVY_LOCK_ENV = "TWINS_HEAVY_LOCK"
+# The environment of the processes that run the parity checks (see the module docstring).
+PARITY_ENV = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def release_memory(between_models: bool = False) -> None:
+    """Keras' global state, one garbage collection (Keras' `clear_session` would run one of its own: 0.2-0.5 s
+    each on jax in a process that has built a few models), and the heap pages glibc keeps mapped after they are
+    freed; `between_models`: JAX's compiled programs too."""
+    import keras
+
+    keras.backend.clear_session(free_memory=False)
+    if between_models and keras.backend.backend() == "jax":
+        import jax
+
+        jax.clear_caches()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """A garbage collection, then glibc's `malloc_trim`: the pages of freed tensors go back to the system (glibc
+    keeps them mapped otherwise; torch and numpy allocate through malloc)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class HeavyLock:
+    """The lock file named by `TWINS_HEAVY_LOCK` (an exclusive `flock`); without it every acquire succeeds."""
+
+    def __init__(self, path: str | None = None):
+        self.path = path if path is not None else os.environ.get(HEAVY_LOCK_ENV)
+        self.handle = None
+
+    @property
+    def held(self) -> bool:
+        return self.handle is not None
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if not self.path:
+            return True
+        handle = open(self.path, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self.handle = handle
+        return True
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None

@@ -1,0 +1,140 @@
+"""The parity worker: every job of a plan on one backend, in one process (`python -m twins_cli.parity`).
+
+A Keras backend is fixed when keras is first imported, so each backend gets a process of its own; within it the
+frameworks are imported once, and each model's checks run one after another on that model's twins
+(`run_model`). After each job the rows so far are written to `--json-out` (atomically), so a worker that dies
+keeps the rows of the jobs it finished, and a progress line goes to stderr: the job's rows, its seconds and the
+process's peak memory so far.
+
+`run_tasks` takes any task with `label`, `heavy` and `run(backend) -> list[dict]` (a parity `Job`, or the test
+suite's recipe-parity tasks, which share the process). A heavy task runs in the heavy section
+(`memory.HeavyLock`); while another process holds it, the worker runs its light tasks first.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+from twins import checkpoints
+from twins_cli.compile_cache import JaxCacheCounter
+
+from .bounds import ALL_CHECKS, BACKENDS, TORCH_TWIN
+from .memory import PARITY_ENV, HeavyLock
+from .plan import Job, jobs
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def prepare_process(backend: str) -> JaxCacheCounter | None:
+    """Import the frameworks once and keep what the imports made out of every later garbage collection (0.2 s a
+    collection on jax otherwise, after every model); on jax, count the persistent compile cache's hits."""
+    if backend != TORCH_TWIN:
+        import keras  # noqa: F401
+    import torch  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+    return JaxCacheCounter.install() if backend == "jax" else None
+
+
+def next_task(tasks, pending: list[int], lock: HeavyLock) -> int:
+    """The first pending heavy task if the heavy lock is free now (taken), else the first light one, else the
+    first heavy one once the lock is free (waited for)."""
+    for i in pending:
+        if tasks[i].heavy and lock.acquire(blocking=False):
+            return i
+    for i in pending:
+        if not tasks[i].heavy:
+            return i
+    lock.acquire()
+    return pending[0]
+
+
+def claim(claims: Path | None, index: int) -> bool:
+    """Take task `index` for this process: True unless another process sharing `claims` (a folder) took it
+    first. Without `claims` every task is this process's."""
+    if claims is None:
+        return True
+    try:
+        os.close(os.open(claims / str(index), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def run_tasks(backend: str, tasks: list, json_out: str, log=sys.stderr, claims: Path | None = None) -> list[dict]:
+    """Run `tasks` in this process (its Keras backend already `backend`); after each, write every row so far
+    (each with its task's index, `job`) and the indices done. With `claims`, a task another process claimed
+    (`claim`) is left to it: the test suite's pytest process computes a light task itself rather than wait."""
+    counter = prepare_process(backend)
+    lock = HeavyLock()
+    rows: list[dict] = []
+    pending, done = list(range(len(tasks))), []
+    start = time.time()
+    while pending:
+        index = next_task(tasks, pending, lock)
+        task = tasks[index]
+        pending.remove(index)
+        if not claim(claims, index):
+            if task.heavy:
+                lock.release()
+            continue
+        began = time.time()
+        try:
+            new = task.run(backend)
+        finally:
+            if task.heavy:
+                lock.release()
+        done.append(index)
+        rows += [{**row, "job": index} for row in new]
+        checkpoints.write_atomic(json_out, lambda tmp: tmp.write_text(json.dumps({"rows": rows, "done": done})))
+        failed = [r["check"] for r in new if "check" in r and not r["passed"] and r.get("supported", True)]
+        print(f"[parity] {backend}: {task.label}: {len(new)} rows" + (f", FAILED {', '.join(failed)}" if failed else "")
+              + f" in {time.time() - began:.1f} s (peak memory so far {peak_rss_gib():.2f} GiB)", file=log, flush=True)
+    summary = (f"[parity] {backend}: {len(done)} jobs" + (f" ({len(tasks) - len(done)} taken by another process)"
+                                                         if len(done) < len(tasks) else "")
+               + f", {len(rows)} rows in {time.time() - start:.0f} s")
+    if counter is not None:
+        summary += f"; {counter.describe()}"
+    print(summary, file=log, flush=True)
+    return rows
+
+
+def set_parity_env() -> None:
+    """The parity processes' environment (`memory.PARITY_ENV`), unless the user set it: before tensorflow is
+    imported, which reads it."""
+    for name, value in PARITY_ENV.items():
+        os.environ.setdefault(name, value)
+
+
+def worker_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m twins_cli.parity")
+    parser.add_argument("--backend", required=True, choices=BACKENDS + (TORCH_TWIN,))
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", action="append", help="a model or variant (repeat for several)")
+    what.add_argument("--plan", help="a JSON list of jobs (`twins_cli.parity.plan.Job`)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--checks", default=",".join(ALL_CHECKS))
+    parser.add_argument("--json-out", required=True)
+    parser.add_argument("--quick", action="store_true", help="each model's QUICK_SUITE plan")
+    args = parser.parse_args(argv)
+    if args.backend != TORCH_TWIN and os.environ.get("KERAS_BACKEND") != args.backend:
+        print(f"KERAS_BACKEND must be {args.backend!r} before keras is imported", file=sys.stderr)
+        return 2
+    set_parity_env()
+    if args.plan:
+        plan = [Job.from_json(j) for j in json.loads(Path(args.plan).read_text())]
+    else:
+        checks = tuple(c for c in args.checks.split(",") if c)
+        plan = jobs(args.model, checks, quick=args.quick, size=args.size, batch=args.batch)
+    run_tasks(args.backend, plan, args.json_out)
+    return 0
