@@ -9,8 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from twins_cli.parity.memory import HEAVY_LOCK_ENV, PARITY_ENV, HeavyLock
+
 BACKEND = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# tensorflow without its oneDNN pool, which keeps its high-water mark (`twins_cli.parity.memory`), in this process
+# and the parity workers: read when tensorflow is imported, before any test imports it.
+for _name, _value in PARITY_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 MODELS = RESNETS + ["alexnet", "vgg11_bn", "squeezenet1_0", "densenet121", "inception_v3", "vgg19_slim",
@@ -108,31 +114,115 @@ def release_framework_memory(request):
         release_memory()
 
 
-# Tests whose subprocesses are big (vgg19_slim trained at 224x224 from a 575 MB TensorFlow checkpoint:
-# ~3 GB each), run right after the parity tests while pytest is still small.
-BIG_SUBPROCESSES = ("test_vgg19_slim_fine_tunes_from_the_slim_checkpoint_on_food101",
-                    "test_twins_convert_turns_the_slim_checkpoint_into_a_torch_layout_file")
+# ----------------------------------------------------------------------------------------------
+# The session's parity workers (parity_tests/workers.py): started as soon as the tests are collected, so that
+# they compute beside the in-process tests; the tests that read their rows run after those.
+
+WORKERS = {"parity_worker": None, "torch_export_worker": None}
+
+
+def _start_workers(items) -> None:
+    from parity_tests.workers import Worker
+
+    wanted = {name for item in items for name in getattr(item, "fixturenames", ()) if name in WORKERS}
+    if "parity_worker" in wanted:
+        WORKERS["parity_worker"] = Worker.for_pass(BACKEND)
+    if "torch_export_worker" in wanted:
+        WORKERS["torch_export_worker"] = Worker.torch_exports()
+
+
+def _worker_fixture(name: str):
+    @pytest.fixture(scope="session", name=name)
+    def fixture():
+        worker = WORKERS[name]
+        assert worker is not None, f"{name} was not started at collection (conftest._start_workers)"
+        yield worker
+        worker.close()
+
+    return fixture
+
+
+parity_worker = _worker_fixture("parity_worker")
+torch_export_worker = _worker_fixture("torch_export_worker")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def frameworks_imported_once():
+    """Import the frameworks and move what the imports made out of every later garbage collection (`gc.freeze`):
+    the collection after each Keras test then scans what the tests made, not the frameworks' own objects (a
+    fixture, so that pytest captures what tensorflow prints when it loads)."""
+    import gc
+
+    import keras  # noqa: F401
+    import torch  # noqa: F401
+
+    if BACKEND == "jax" and os.environ.get("TWINS_JAX_CACHE_LOG"):  # `make test-profile` counts the cache's hits
+        from twins_cli.compile_cache import JaxCacheCounter
+
+        JaxCacheCounter.install()
+    gc.collect()
+    gc.freeze()
+
+
+# A test marked `heavy` (it holds several copies of a big network, or starts a process that does) runs while no
+# worker runs a heavy task, and the reverse: they share one lock file (`twins_cli.parity.memory.HeavyLock`). The
+# heavy tests run first (`rank`), and the session takes the lock before it starts the workers, so they run
+# beside the workers' light tasks.
+HEAVY = HeavyLock(None)
+
+
+def heavy(item) -> bool:
+    return item.get_closest_marker("heavy") is not None
+
+
+def pytest_sessionstart(session):
+    import tempfile
+
+    os.environ.setdefault(HEAVY_LOCK_ENV, os.path.join(tempfile.mkdtemp(prefix="twins-heavy-"), "lock"))
+    HEAVY.path = os.environ[HEAVY_LOCK_ENV]
 
 
 def big_in_process(item) -> bool:
     """A test that builds vgg19_slim in the pytest process: a Keras VGG-19 leaves ~1.4 GB behind on
-    tensorflow that neither `clear_session` nor `malloc_trim` returns, so these run last, after every
-    test that starts a subprocess."""
+    tensorflow that neither `clear_session` nor `malloc_trim` returns, so these run last, once the workers
+    have finished."""
     return "vgg19_slim" in item.name or "zoo_vgg19" in item.name
 
 
+def rank(item) -> int:
+    """0: the tests marked `heavy` (vgg19_slim trained from the slim checkpoint in a `twins` process, ~4 GB), first,
+    while the pytest process is small; 1: the tests that run while the workers compute; 2: those that read the
+    workers' results; 3: the ones that grow the pytest process the most, after the workers have finished."""
+    if heavy(item):
+        return 0
+    if big_in_process(item):
+        return 3
+    return 2 if any(name in WORKERS for name in getattr(item, "fixturenames", ())) else 1
+
+
 def pytest_collection_modifyitems(items):
-    """The parity tests first: their workers (one subprocess per model, up to ~5 GB while XLA compiles
-    a float64 resnet50 on jax) then run beside a small pytest process, before the in-process tests
-    have grown it (~3-4 GB on jax even with `release_framework_memory`). Together the two would pass
-    DESIGN.md's 8 GB budget. Then the tests with big subprocesses, for the same reason, and last the
-    ones that grow pytest the most (`big_in_process`)."""
-
-    def rank(item) -> int:
-        if item.module.__name__ == "parity_tests.test_parity":
-            return 0
-        if item.originalname in BIG_SUBPROCESSES:
-            return 1
-        return 3 if big_in_process(item) else 2
-
     items.sort(key=rank)
+
+
+def pytest_collection_finish(session):
+    """After `-k` / `-m` have deselected: a worker starts only for the tests that will run."""
+    if not session.config.option.collectonly:
+        if session.items and heavy(session.items[0]):
+            HEAVY.acquire()
+        _start_workers(session.items)
+
+
+def pytest_runtest_teardown(item, nextitem):
+    if HEAVY.held and (nextitem is None or not heavy(nextitem)):
+        HEAVY.release()
+
+
+def pytest_runtest_setup(item):
+    """A heavy test holds the heavy lock; the tests that grow pytest the most start once the workers have
+    finished: the two together would pass DESIGN.md's 8 GB."""
+    if heavy(item) and not HEAVY.held:
+        HEAVY.acquire()
+    if rank(item) >= 3:
+        for worker in WORKERS.values():
+            if worker is not None:
+                worker.wait()

@@ -22,7 +22,8 @@ from twins.distributed import World, split_problem
 ROOT = Path(__file__).resolve().parent.parent
 SIZE, BATCH = 32, 4
 
-pytestmark = pytest.mark.skipif(BACKEND != "tensorflow", reason="starts its own processes: the tensorflow pass only")
+pytestmark = [pytest.mark.skipif(BACKEND != "tensorflow", reason="starts its own processes: the tensorflow pass only"),
+              pytest.mark.heavy]  # torchrun's two ranks and their launcher, two-device jax processes
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ why (and `twins.exports.KERAS_LIMITS` names exactly those pairs); the comparison
 artifact and a batch size baked in; the files appear atomically; the command's errors say what was expected."""
 from __future__ import annotations
 
-import functools
-import io
 import json
 import os
 import subprocess
@@ -17,22 +15,15 @@ import pytest
 
 from parity_tests.conftest import BACKEND, model_params
 from twins import exports
+from parity_tests.workers import KERAS_EXPORTED, TORCH_EXPORTED
 from twins_cli.parity import EXPORT_CHECKS, TORCH_EXPORT_CHECKS, TORCH_TWIN, export_format
 
 ROOT = Path(__file__).resolve().parent.parent
-# Every format of resnet18 (the quick run's exports, QUICK_EXPORTS) on the current Keras backend; the torch twin's
-# exports of three models (simclr_ssl: two outputs; pspnet: the align-corners resize and adaptive pooling). `make
-# parity` exports every model from every backend (pspnet's Keras ONNX export alone takes 75 s in tf2onnx).
-KERAS_EXPORTED = ("resnet18",)
-TORCH_EXPORTED = ("resnet18", "simclr_ssl", "pspnet")
 
 
-@functools.lru_cache(maxsize=None)
-def export_rows(backend: str, models: tuple[str, ...]) -> dict:
-    from twins_cli.parity import run_parity
-
-    checks = TORCH_EXPORT_CHECKS if backend == TORCH_TWIN else EXPORT_CHECKS
-    rows = run_parity(list(models), [backend], checks=checks, log=io.StringIO())
+def export_rows(worker, models: tuple[str, ...]) -> dict:
+    """`{(model, check): row}` of the export jobs of the session's parity workers (`parity_tests/workers.py`)."""
+    rows = [row for model in models for row in worker.rows(worker.job(model, exports=True))]
     crashed = [r for r in rows if r["check"] == "run"]
     assert not crashed, crashed[0]["detail"]
     return {(r["model"], r["check"]): r for r in rows}
@@ -40,8 +31,8 @@ def export_rows(backend: str, models: tuple[str, ...]) -> dict:
 
 @pytest.mark.keras
 @model_params(list(KERAS_EXPORTED))
-def test_keras_exports_match_the_eager_twin_or_say_why(model_name):
-    rows = export_rows(BACKEND, KERAS_EXPORTED)
+def test_keras_exports_match_the_eager_twin_or_say_why(model_name, parity_worker):
+    rows = export_rows(parity_worker, KERAS_EXPORTED)
     assert {check for model, check in rows if model == model_name} == set(EXPORT_CHECKS)
     for check in EXPORT_CHECKS:
         row = rows[(model_name, check)]
@@ -56,8 +47,8 @@ def test_keras_exports_match_the_eager_twin_or_say_why(model_name):
 
 
 @model_params(list(TORCH_EXPORTED))
-def test_torch_twin_exports_match_the_eager_twin(model_name):
-    rows = export_rows(TORCH_TWIN, TORCH_EXPORTED)
+def test_torch_twin_exports_match_the_eager_twin(model_name, torch_export_worker):
+    rows = export_rows(torch_export_worker, TORCH_EXPORTED)
     for check in TORCH_EXPORT_CHECKS:
         row = rows[(model_name, check)]
         assert row["backend"] == TORCH_TWIN and row["supported"]
@@ -217,8 +208,10 @@ def test_twins_export_writes_checks_and_reports_a_trained_checkpoint(tmp_path):
      "below resnet18's smallest input size"),
 ])
 def test_twins_export_errors_say_what_was_expected(args, message, tmp_path):
+    from parity_tests.cli import refused
+
     args = [a if not a.startswith(("m.", "no/")) else str(tmp_path / a) for a in args]
-    proc = twins("export", "resnet18", *args, timeout=120)
+    proc = refused("export", "resnet18", *args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr.replace(str(tmp_path) + "/", ""), proc.stderr
     assert list(tmp_path.iterdir()) == []

@@ -4,7 +4,6 @@ failing row must name the tensor or layer that is wrong. The same engine on the 
 every row: the red comes from the mutation."""
 from __future__ import annotations
 
-import functools
 import os
 import re
 
@@ -17,13 +16,13 @@ from twins_cli.parity import CHECKS
 pytestmark = pytest.mark.keras
 
 
-@functools.lru_cache(maxsize=None)
-def control_rows(optimizer: str = "sgd"):
-    from twins_cli.parity import STEP_CHECKS, TRAIN_CHECKS, run_model
-
-    # Under Adam only the rows that differ from SGD's: the training checks, whose steps are Adam's.
-    checks = CHECKS if optimizer == "sgd" else tuple(c for c in TRAIN_CHECKS if c in STEP_CHECKS[optimizer])
-    return {row.check: row for row in run_model(MODEL, size=SIZE, checks=checks, optimizer=optimizer)}
+def control_rows(parity_worker, optimizer: str = "sgd") -> dict:
+    """The unbroken twins' rows at the mutation size, from the session's parity worker (its resnet18 job is this
+    control run: every check; under Adam only the rows that differ from SGD's, the training checks, whose steps
+    are Adam's)."""
+    rows = parity_worker.rows(parity_worker.job(MODEL, optimizer=None if optimizer == "sgd" else optimizer))
+    assert all(row["meta"].get("size") == SIZE for row in rows if row["check"] != "run"), rows
+    return {row["check"]: row for row in rows}
 
 
 def test_every_check_has_a_mutation_that_turns_it_red():
@@ -40,14 +39,14 @@ def skip_adam_off_tensorflow(optimizer: str) -> None:
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"], ids=[f"sgd-{BACKEND}", f"adam-{BACKEND}"])
-def test_the_unbroken_twins_pass_every_row_at_the_mutation_size(optimizer):
+def test_the_unbroken_twins_pass_every_row_at_the_mutation_size(optimizer, parity_worker):
     from twins_cli.parity import STEP_CHECKS
 
     skip_adam_off_tensorflow(optimizer)
-    rows = control_rows(optimizer)
+    rows = control_rows(parity_worker, optimizer)
     other = {c for name, pair in STEP_CHECKS.items() if name != optimizer for c in pair}
     assert set(rows) == (set(CHECKS) - other if optimizer == "sgd" else set(STEP_CHECKS[optimizer]))
-    failed = {check: (row.error, row.detail) for check, row in rows.items() if not row.passed}
+    failed = {check: (row["error"], row["detail"]) for check, row in rows.items() if not row["passed"]}
     assert not failed
 
 

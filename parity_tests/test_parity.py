@@ -1,23 +1,20 @@
 """The parity checks of DESIGN.md for every model and builder-option variant, on the current Keras
 backend.
 
-Each model's rows are computed once by the parity worker in a subprocess (`twins_cli.parity.run_parity`,
-what `twins parity` runs): the torch twin and the Keras twin, given the same weights through the bridge
-and the same batches, each compute their own result, and the tests assert on the measured errors against
-the bounds in `twins_cli.parity`. One process per model keeps the suite's memory at one model's peak
-instead of the sum of every compiled graph. resnet101 and resnet152 share every line of code with
-resnet50, so they get the eval-mode checks here and their full matrix from `make parity`
+Every model's rows are computed by the session's parity worker (`parity_tests/workers.py`: one process per
+backend runs the whole plan, `twins_cli.parity.run_model` for each model): the torch twin and the Keras twin,
+given the same weights through the bridge and the same batches, each compute their own result, and the tests
+assert on the measured errors against the bounds in `twins_cli.parity`. resnet101 and resnet152 share every
+line of code with resnet50, so they get the eval-mode checks here and their full matrix from `make parity`
 (DESIGN.md, test-time budget)."""
 from __future__ import annotations
-
-import functools
-import io
 
 import numpy as np
 import pytest
 
 from parity_tests.conftest import BACKEND, model_params
-from twins_cli.parity import CHECKS, QUICK_SUITE, VARIANTS
+from parity_tests.mutations import MODEL as MUTATION_MODEL
+from twins_cli.parity import QUICK_SUITE, VARIANTS
 
 pytestmark = pytest.mark.keras
 
@@ -42,89 +39,77 @@ def covered(check: str) -> list[str]:
     return [n for n, plan in SUITE.items() if applies(n) and (plan is None or check in plan[0])]
 
 
-# Models whose quick plans share one worker process (each still gets its own plan, `--quick`): a worker
-# start costs 5-8 s (imports, and on jax the first compilations), 6 fewer a backend keep `make test` in
-# DESIGN.md's budget. Only eval-mode and bridge checks are grouped; a model with float64 training checks
-# has a worker of its own, so one model's peak is the worker's, and so has vgg19_slim (its Keras graph
-# leaves ~1.4 GB in a tensorflow process: grouped with vgg11_bn the suite peaked at 8.4 GB).
-WORKER_GROUPS = (("resnet18", "resnet34", "resnet101", "resnet152"),
-                 ("resnet50", "resnet18-cifar", "resnet18-features", "resnet50-deep-dilated", "simclr_sl"),
-                 ("alexnet", "vgg11_bn"), ("densenet121", "inception_v3"))
+@pytest.fixture(scope="module")
+def results(parity_worker):
+    """`results(model) -> {check: row}`: the model's rows of its quick plan from the session's worker (resnet18's
+    come from the mutation suite's control run, every check at the mutation size: its quick plan's among them)."""
+
+    def rows_of(name: str) -> dict:
+        rows = parity_worker.rows(parity_worker.job(name))
+        crashed = [r for r in rows if r["check"] == "run"]
+        assert not crashed, crashed[0]["detail"]
+        if name == MUTATION_MODEL:
+            rows = [r for r in rows if r["check"] in SUITE[name][0]]
+        return {r["check"]: r for r in rows}
+
+    return rows_of
 
 
-def worker_group(name: str) -> tuple[str, ...]:
-    return next((group for group in WORKER_GROUPS if name in group), (name,))
-
-
-@functools.lru_cache(maxsize=None)
-def group_results(group: tuple[str, ...]) -> dict:
-    from twins_cli.parity import run_parity
-
-    rows = run_parity(list(group), [BACKEND], checks=CHECKS, quick=True, log=io.StringIO())  # exports: test_export.py
-    crashed = [r for r in rows if r["check"] == "run"]
-    assert not crashed, crashed[0]["detail"]
-    return {(row["model"], row["check"]): row for row in rows}
-
-
-def results(name: str) -> dict:
-    return {check: row for (model, check), row in group_results(worker_group(name)).items() if model == name}
-
-
-def assert_row(name, check):
+def assert_row(results, name, check):
     row = results(name)[check]
     assert row["backend"] == BACKEND
     assert row["passed"], f"{name} {check} on {BACKEND}: error {row['error']} > bound {row['bound']}; {row['detail']}"
 
 
 @model_params(covered("eval_output"))
-def test_eval_outputs_match(model_name):
-    assert_row(model_name, "eval_output")
+def test_eval_outputs_match(model_name, results):
+    assert_row(results, model_name, "eval_output")
 
 
 @model_params(covered("stage_outputs"))
-def test_every_stage_tap_matches_by_name(model_name):
-    assert_row(model_name, "stage_outputs")
+def test_every_stage_tap_matches_by_name(model_name, results):
+    assert_row(results, model_name, "stage_outputs")
     assert "5 taps: stem, layer1, layer2, layer3, layer4" in results(model_name)["stage_outputs"]["detail"]
 
 
 @model_params(covered("train_loss"))
-def test_train_losses_match(model_name):
-    assert_row(model_name, "train_loss")
+def test_train_losses_match(model_name, results):
+    assert_row(results, model_name, "train_loss")
 
 
 @model_params(covered("gradients"))
-def test_gradients_match(model_name):
-    assert_row(model_name, "gradients")
+def test_gradients_match(model_name, results):
+    assert_row(results, model_name, "gradients")
 
 
 @model_params(covered("sgd_step_params"))
-def test_two_sgd_momentum_steps_match(model_name):
-    assert_row(model_name, "sgd_step_params")
+def test_two_sgd_momentum_steps_match(model_name, results):
+    assert_row(results, model_name, "sgd_step_params")
     if model_name in covered("sgd_step_bn_stats"):
-        assert_row(model_name, "sgd_step_bn_stats")
+        assert_row(results, model_name, "sgd_step_bn_stats")
     else:
         assert "sgd_step_bn_stats" not in results(model_name)  # no BatchNorm, no row
 
 
 @model_params(covered("adam_step_params"))
-def test_two_adam_steps_match(model_name):
+def test_two_adam_steps_match(model_name, results):
     """The saliency recipe's optimiser, torch's Adam (lr 1e-3, betas 0.9/0.99), against `TorchAdam`."""
-    assert_row(model_name, "adam_step_params")
-    assert_row(model_name, "adam_step_bn_stats")
+    assert_row(results, model_name, "adam_step_params")
+    assert_row(results, model_name, "adam_step_bn_stats")
     assert "sgd_step_params" not in results(model_name)  # one optimiser's rows per model: the recipe's
 
 
 @model_params(covered("round_trip"))
-def test_bridge_round_trip_is_bit_exact(model_name):
-    assert_row(model_name, "round_trip")
+def test_bridge_round_trip_is_bit_exact(model_name, results):
+    assert_row(results, model_name, "round_trip")
     assert results(model_name)["round_trip"]["error"] == 0.0
 
 
 @model_params(covered("exclude_restore"))
-def test_exclude_final_layer_restore(model_name):
+def test_exclude_final_layer_restore(model_name, results):
     from twins import registry
 
-    assert_row(model_name, "exclude_restore")
+    assert_row(results, model_name, "exclude_restore")
     heads = registry.get(model_name.split("-")[0]).classifier
     detail = results(model_name)["exclude_restore"]["detail"]
     # A classifier's head is one layer; the saliency U-Net's, the output block conv_0 (conv and its BatchNorm).
@@ -134,7 +119,7 @@ def test_exclude_final_layer_restore(model_name):
 
 
 @model_params(HEADLESS)
-def test_headless_variants_have_no_head_to_restore(model_name):
+def test_headless_variants_have_no_head_to_restore(model_name, results):
     assert "exclude_restore" not in results(model_name)
 
 
@@ -194,14 +179,23 @@ def test_float64_switches_are_undone_after_a_run():
     assert settings() == before
 
 
-def test_worker_groups_hold_eval_and_bridge_checks_only():
-    """A grouped worker keeps every model's compiled graphs until it exits: no float64 training there."""
-    from twins_cli.parity import TRAIN_CHECKS
+def test_the_session_plan_holds_every_models_quick_plan_heavy_models_first():
+    """One worker per backend runs every model's quick plan (resnet18's inside the mutation suite's control run,
+    every check at the mutation size), the models whose float64 training holds the most memory first."""
+    from parity_tests.mutations import SIZE
+    from parity_tests.workers import session_plan
+    from twins_cli.parity import CHECKS, jobs, names
+    from twins_cli.parity.plan import HEAVY_MODELS
 
-    training = set(TRAIN_CHECKS)
-    for group in WORKER_GROUPS:
-        for name in group:
-            assert SUITE[name] is not None and not training & set(SUITE[name][0]), name
+    plan = [job for job in session_plan(BACKEND) if job.optimizer is None and "export_onnx" not in job.checks]
+    assert [job.model for job in plan[:len(HEAVY_MODELS)]] == list(HEAVY_MODELS)
+    assert [job.model for job in plan if job.heavy] == list(HEAVY_MODELS)
+    by_model = {job.model: job for job in plan}
+    assert len(by_model) == len(plan) and set(by_model) == set(names())
+    for quick in jobs(names(), CHECKS, quick=True):
+        job = by_model[quick.model]
+        assert set(quick.checks) <= set(job.checks), quick.model
+        assert job.size == (SIZE if quick.model == MUTATION_MODEL else quick.size)
 
 
 def test_the_suite_names_every_registered_model_and_variant():
@@ -211,8 +205,8 @@ def test_the_suite_names_every_registered_model_and_variant():
     assert set(SUITE) == set(registry.names()) | set(VARIANTS)
 
 
-def test_the_quick_run_computes_each_models_plan():
-    """`twins report --quick` (make demo) runs QUICK_SUITE through the worker, as the groups above do: resnet34
+def test_the_quick_run_computes_each_models_plan(results):
+    """`twins report --quick` (make demo) runs QUICK_SUITE through the worker, as the session's worker does: resnet34
     gets its eval and stage rows only, saliency_unet every row that applies to it."""
     assert sorted(results("resnet34")) == ["eval_output", "stage_outputs"]
     assert sorted(results("saliency_unet")) == sorted(["eval_output", "stage_outputs", "train_loss", "gradients",

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import torch_impl
 from parity_tests.conftest import BACKEND
 from twins import checkpoints, optim
 from twins_cli.parity import rel_err
@@ -35,54 +34,18 @@ def test_the_poly_schedule_is_torchs_polynomial_lr():
 
 
 @pytest.mark.keras
-def test_segmentation_recipe_parity_torch_loop_against_keras_fit(tmp_path):
+def test_segmentation_recipe_parity_torch_loop_against_keras_fit(parity_worker):
     """PSPNet's recipe (SGD momentum 0.9, rate 0.01 with the poly decay, L2 1e-4 on conv kernels, main + 0.4 aux
     cross-entropy with 255 ignored) in the torch loop and in Keras' fit from the same weights on the same VOC
     batches: per-step losses, the weights after the steps and the val phase's mIoU agree (float64, dropout off,
     as the other recipe parity tests). The same recipe with Keras' aux weight at 0.5 is shown to break the
     comparison (tensorflow pass)."""
-    import keras_impl
-    from keras_impl import train as ktrain
-    from keras_impl.weights import load_torch_state_dict
-    from torch_impl import train as ttrain
-    from twins.data import BatchPlan, Voc, voc_train_transform, voc_val_transform
-    from twins.runs import Recipe, RunDir, recipe_defaults
-    from twins.shapes import make_voc
-    from twins_cli.parity import keras_dtype
-
-    data = make_voc(tmp_path / "voc", train=5, val=3, size=24, seed=5)  # 2 steps of 2, drop_last
-    train, val = Voc(data, "train"), Voc(data, "val")
-    plan = BatchPlan(train, 2, voc_train_transform(SIZE), shuffle=True, seed=0, drop_last=True)
-    val_plan = BatchPlan(val, 3, voc_val_transform(SIZE), shuffle=False)
-    recipe = {**recipe_defaults("pspnet"), "epochs": 1, "batch_size": 2, "workers": 0, "input_size": SIZE,
-              "classes": train.classes}
-    options = {"num_classes": len(train.classes), "dropout": 0.0}
-    torch.manual_seed(0)
-    initial = torch_impl.build("pspnet", **options).state_dict()
-    runs = {}
-    variants = [("torch", "torch", 0.4), ("keras", "keras", 0.4)]
-    if BACKEND == "tensorflow":
-        variants.append(("keras-aux-off", "keras", 0.5))
-    with keras_dtype("float64"):
-        for name, framework, aux_weight in variants:
-            if framework == "torch":
-                model = torch_impl.build("pspnet", **options)
-                model.load_state_dict(initial)
-                model, trainer = model.double(), ttrain
-            else:
-                model, trainer = keras_impl.build("pspnet", **options), ktrain
-                load_torch_state_dict(model, initial)
-            run = RunDir(tmp_path / name)
-            config = Recipe(**{**recipe, "model": "pspnet", "framework": framework, "data": str(data),
-                               "aux_heads": ("aux",), "aux_weight": aux_weight,
-                               "backend": BACKEND if framework == "keras" else None})
-            run.start(config)
-            runs[name] = trainer.train_model(model, plan, val_plan, config, run, log=lambda *_: None)
+    runs, out = parity_worker.recipe("segmentation")  # computed by the session's worker (parity_tests/recipes.py)
     t, k = runs["torch"]["epochs"][0], runs["keras"]["epochs"][0]
     assert len(t["train"]["step_losses"]) == 2 and t["train"]["step_lrs"] == k["train"]["step_lrs"]
     assert t["train"]["step_lrs"][1] == pytest.approx(0.01 * 0.5 ** 0.9, rel=1e-6)  # poly: half-way at step 2 of 2
     steps = np.abs(np.subtract(t["train"]["step_losses"], k["train"]["step_losses"])).max()
-    a, b = (checkpoints.read(tmp_path / f / "best.safetensors") for f in ("torch", "keras"))
+    a, b = (checkpoints.read(out / f / "best.safetensors") for f in ("torch", "keras"))
     weights = max(rel_err(b[key], a[key]) for key in b)
     print(f"segmentation recipe parity on {BACKEND}: step losses {steps:.2g}, weights {weights:.2g}, val mIoU "
           f"{t['val']['miou']} / {k['val']['miou']}, val loss {t['val']['loss']} / {k['val']['loss']}")
@@ -99,13 +62,15 @@ def test_segmentation_recipe_parity_torch_loop_against_keras_fit(tmp_path):
         assert off.min() > 1e-3, off
 
 
+@pytest.mark.heavy  # `twins train pspnet` in both frameworks: ~2 GB processes
 def test_twins_train_evaluate_and_predict_pspnet_across_the_frameworks(tmp_path):
     """`twins shapes --layout voc`, a torch and a Keras run of one epoch each (one history schema, mIoU the
     score), the torch run's best weights scored by the Keras twin to the mIoU its own history recorded, and
     `twins predict` writing palette masks at each image's size (class indices `read_label` reads back) and
     overlays, with each image's mIoU against its label; then what a user gets wrong first."""
-    from parity_tests.test_train import twins_cli
+    from parity_tests.cli import refused, twins_cli
     from twins.data import read_image, read_label
+    from twins.shapes import make_shapes
 
     if BACKEND != "tensorflow":
         pytest.skip("the CLI's PSPNet path is backend-free; the segmentation recipe is compared per backend above")
@@ -141,22 +106,22 @@ def test_twins_train_evaluate_and_predict_pspnet_across_the_frameworks(tmp_path)
         assert read_image(out / f"{image.stem}.overlay.png").shape == read_image(image).shape
         assert f"{image}: " in done.stdout and "(mIoU " in done.stdout
     # What a user gets wrong first.
-    bad = twins_cli("train", "pspnet", "--out", str(tmp_path / "x"), *common[:6], "--img-size", "64")
+    bad = refused("train", "pspnet", "--out", str(tmp_path / "x"), *common[:6], "--img-size", "64")
     assert bad.returncode != 0 and "the nearest sizes that work are 57x57 and 65x65" in bad.stderr
     shapes = tmp_path / "shapes"
-    twins_cli("shapes", str(shapes), "--train", "2", "--val", "1")
-    bad = twins_cli("train", "pspnet", "--out", str(tmp_path / "x"), "--data", str(shapes), "--img-size", str(SIZE))
+    make_shapes(shapes, train=2, val=1)
+    bad = refused("train", "pspnet", "--out", str(tmp_path / "x"), "--data", str(shapes), "--img-size", str(SIZE))
     assert bad.returncode != 0 and "expected the PASCAL VOC layout" in bad.stderr
-    bad = twins_cli("train", "resnet18", "--out", str(tmp_path / "x"), "--data", str(data))
+    bad = refused("train", "resnet18", "--out", str(tmp_path / "x"), "--data", str(data))
     assert bad.returncode != 0 and "PASCAL VOC segmentation folder" in bad.stderr
-    bad = twins_cli("predict", "pspnet", str(images[0]), "--weights", str(runs["torch"] / "best.safetensors"))
+    bad = refused("predict", "pspnet", str(images[0]), "--weights", str(runs["torch"] / "best.safetensors"))
     assert bad.returncode != 0 and "give --out DIR" in bad.stderr
-    bad = twins_cli("train", "pspnet", "--out", str(tmp_path / "x"), *common[:4], "--batch-size", "1", *common[6:])
+    bad = refused("train", "pspnet", "--out", str(tmp_path / "x"), *common[:4], "--batch-size", "1", *common[6:])
     assert bad.returncode != 0 and "pspnet trains with batches of 2 images or more" in bad.stderr
-    bad = twins_cli("train", "pspnet", "--out", str(tmp_path / "x"), *common[:4], "--batch-size", "5", "--no-drop-last",
+    bad = refused("train", "pspnet", "--out", str(tmp_path / "x"), *common[:4], "--batch-size", "5", "--no-drop-last",
                     *common[6:])
     assert bad.returncode != 0 and "6 train images in batches of 5 leave a last batch of one image" in bad.stderr
     (data / "classes.txt").write_text("background\ndisc\nsquare\ntriangle\nstar\n")
-    bad = twins_cli("evaluate", "pspnet", "--weights", str(runs["torch"] / "best.safetensors"), "--data", str(data),
+    bad = refused("evaluate", "pspnet", "--weights", str(runs["torch"] / "best.safetensors"), "--data", str(data),
                     "--img-size", str(SIZE))
     assert bad.returncode != 0 and "was trained for 4 classes" in bad.stderr and "has 5" in bad.stderr

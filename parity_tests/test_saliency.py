@@ -233,60 +233,27 @@ def test_the_transposed_conv_is_torchs_for_any_kernel_stride_and_padding(kernel,
 
 
 @pytest.mark.keras
-def test_saliency_recipe_parity_torch_loop_against_keras_fit(tmp_path):
+def test_saliency_recipe_parity_torch_loop_against_keras_fit(parity_worker):
     """The seed's recipe (Adam 1e-3 with betas 0.9/0.99, MSE on the sigmoid map, conv1/bn1/layer1/layer2
     frozen, gradients zeroed every step) through the torch loop and through Keras' fit, from the same weights
     on the same batches of a generated SALICON folder: the per-step losses, the val scores and the weights
     after the steps agree (float64, as the resnet18 recipe parity in test_train.py)."""
-    import keras_impl
-    from keras_impl import train as ktrain
-    from keras_impl.weights import load_torch_state_dict
-    from torch_impl import train as ttrain
-    from twins.data import BatchPlan, Salicon
-    from twins.runs import Recipe, RunDir, recipe_defaults
-    from twins.shapes import make_salicon
-    from twins_cli.parity import keras_dtype
-
-    size = SIZE  # at 32 px layer4's BatchNorms see two values a channel: Adam turns their rounding into 0.9
-    data = make_salicon(tmp_path / "sal", train=4, val=2, size=size, seed=4)
-    recipe = {**recipe_defaults("saliency_unet"), "epochs": 1, "batch_size": 2, "workers": 0, "input_size": size,
-              "frozen": registry.SALIENCY_FROZEN}
-    train, val = Salicon(data, "train"), Salicon(data, "val")
-    from twins.data import salicon_train_transform, salicon_val_transform
-
-    plans = (BatchPlan(train, 2, salicon_train_transform(size), shuffle=True, seed=0, drop_last=True),
-             BatchPlan(val, 2, salicon_val_transform(size), shuffle=False))
-    torch.manual_seed(0)
-    initial = torch_impl.build("saliency_unet").state_dict()
     if BACKEND == "torch":
         pytest.skip("Keras' fit on the torch backend runs eagerly, TorchAdam's steps as the parity rows take them "
                     "(adam_step_params); compared here on tensorflow's tf.function and jax's compiled fit")
-    runs = {}
-    with keras_dtype("float64"):
-        for name, framework, trainer in [("torch", "torch", ttrain), ("keras", "keras", ktrain)]:
-            if framework == "torch":
-                model = torch_impl.build("saliency_unet")
-                model.load_state_dict(initial)
-                model = model.double()
-            else:
-                model = keras_impl.build("saliency_unet")
-                load_torch_state_dict(model, initial)
-            run = RunDir(tmp_path / name)
-            config = Recipe(**{**recipe, "model": "saliency_unet", "framework": framework, "data": str(data),
-                               "backend": BACKEND if framework == "keras" else None})
-            run.start(config)
-            runs[name] = trainer.train_model(model, *plans, config, run, log=lambda *_: None)
+    runs, out = parity_worker.recipe("saliency")  # computed by the session's worker (parity_tests/recipes.py)
     t, k = runs["torch"]["epochs"][0], runs["keras"]["epochs"][0]
     assert len(t["train"]["step_losses"]) == 2 and "acc" not in t["train"]
     steps = np.abs(np.subtract(t["train"]["step_losses"], k["train"]["step_losses"])).max()
     val = max(abs(t["val"][key] - k["val"][key]) for key in ("loss", "cc", "kld", "sim"))
-    a, b = (checkpoints.read(tmp_path / f / "best.safetensors") for f in ("torch", "keras"))
+    a, b = (checkpoints.read(out / f / "best.safetensors") for f in ("torch", "keras"))
     weights = max(rel_err(b[key], a[key]) for key in b)
     print(f"saliency recipe parity on {BACKEND}: step losses {steps:.2g}, val scores {val:.2g}, weights {weights:.2g}")
     # The same comparison as the resnet18 recipe parity's, which test_train.py shows failing on a rate 10% off.
     assert steps < 2e-5 and val < 2e-5 and weights < 1e-4
 
 
+@pytest.mark.heavy  # `twins train saliency_unet` from a ResNet-50 checkpoint
 def test_twins_train_evaluate_and_predict_a_saliency_run(tmp_path):
     """The CLI end to end on a generated SALICON folder: a torch run from an ImageNet-style ResNet-50 checkpoint
     (the encoder restored, the decoder fresh), its best weights scored by the Keras twin to the run's own val
@@ -295,7 +262,7 @@ def test_twins_train_evaluate_and_predict_a_saliency_run(tmp_path):
 
     import cv2
 
-    from parity_tests.test_train import twins_cli
+    from parity_tests.cli import refused, twins_cli
     from twins.shapes import make_salicon
 
     if BACKEND != "tensorflow":
@@ -333,15 +300,15 @@ def test_twins_train_evaluate_and_predict_a_saliency_run(tmp_path):
     saliency = cv2.imread(str(tmp_path / "pred" / "val_00000.saliency.png"), cv2.IMREAD_UNCHANGED)
     assert panel.shape == (SIZE, 3 * SIZE, 3) and saliency.shape == cv2.imread(str(image)).shape[:2]
     # What a user gets wrong first, refused with what would work.
-    bad = twins_cli("train", "saliency_unet", "--data", str(data), "--out", str(tmp_path / "r"), "--img-size", "100")
+    bad = refused("train", "saliency_unet", "--data", str(data), "--out", str(tmp_path / "r"), "--img-size", "100")
     assert bad.returncode != 0 and "multiples of 32" in bad.stderr and "96x96 and 128x128" in bad.stderr
-    bad = twins_cli("train", "saliency_unet", "--data", str(data), "--out", str(tmp_path / "r"), "--freeze", "maxpool")
+    bad = refused("train", "saliency_unet", "--data", str(data), "--out", str(tmp_path / "r"), "--freeze", "maxpool")
     assert bad.returncode != 0 and "cannot freeze 'maxpool'" in bad.stderr
-    bad = twins_cli("train", "resnet18", "--data", str(data), "--out", str(tmp_path / "r"), "--freeze", "layer1")
+    bad = refused("train", "resnet18", "--data", str(data), "--out", str(tmp_path / "r"), "--freeze", "layer1")
     assert bad.returncode != 0 and "freezes with --feature-extract" in bad.stderr
-    bad = twins_cli("train", "resnet18", "--data", str(data), "--out", str(tmp_path / "r"))
+    bad = refused("train", "resnet18", "--data", str(data), "--out", str(tmp_path / "r"))
     assert bad.returncode == 2 and "is a SALICON-layout folder of saliency maps" in bad.stderr
-    bad = twins_cli("predict", "saliency_unet", str(image), "--weights", best, "--img-size", str(SIZE))
+    bad = refused("predict", "saliency_unet", str(image), "--weights", best, "--img-size", str(SIZE))
     assert bad.returncode != 0 and "give --out DIR" in bad.stderr
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import torch_impl
 from parity_tests.conftest import BACKEND
 from twins import checkpoints, metrics, optim
 from twins_cli.parity import rel_err
@@ -94,57 +93,18 @@ def test_the_supervised_cifar_augmentation_is_a_padded_crop_and_a_flip():
 
 
 @pytest.mark.keras
-def test_contrastive_recipe_parity_torch_loop_against_keras_fit(tmp_path):
+def test_contrastive_recipe_parity_torch_loop_against_keras_fit(parity_worker):
     """The SSL recipe (SGD momentum 0.9, rate 0.3 with cosine decay, NT-Xent at t 0.5 on interleaved views) in
     the torch loop and in Keras' fit from the same weights on the same two-view batches: per-step losses, the
     kNN monitor and the weights after the steps agree (float64, as the other recipe parity tests). The same
     recipe with Keras' temperature at 0.55 is shown to break the comparison (tensorflow pass)."""
-    import keras_impl
-    from keras_impl import train as ktrain
-    from keras_impl.weights import load_torch_state_dict
-    from torch_impl import train as ttrain
-    from twins import tasks
-    from twins.data import BatchPlan, Cifar10, cifar_test_transform, simclr_view_transform, two_views
-    from twins.runs import Recipe, RunDir, recipe_defaults
-    from twins.shapes import make_cifar10
-    from twins_cli.parity import keras_dtype
-
-    data = make_cifar10(tmp_path / "cifar", train=2, test=0, seed=7)  # 10 images: 2 steps of 4, drop_last
-    train = Cifar10(data, "train")
-    plan = BatchPlan(train, 4, two_views(simclr_view_transform()), shuffle=True, seed=0, drop_last=True)
-    # The monitor on a folder of its own, large enough for the vote to beat chance (5 per class).
-    shown = make_cifar10(tmp_path / "monitor", train=5, test=20, seed=8)
-    monitor = tasks.KnnPlans(BatchPlan(Cifar10(shown, "train"), 25, cifar_test_transform(), shuffle=False),
-                             BatchPlan(Cifar10(shown, "val"), 20, cifar_test_transform(), shuffle=False), 10, k=5,
-                             t=0.1)
-    recipe = {**recipe_defaults("simclr_ssl"), "epochs": 1, "batch_size": 4, "workers": 0, "input_size": 32,
-              "knn_k": 5}
-    torch.manual_seed(0)
-    initial = torch_impl.build("simclr_ssl").state_dict()
-    runs = {}
-    variants = [("torch", "torch", 0.5), ("keras", "keras", 0.5)]
-    if BACKEND == "tensorflow":
-        variants.append(("keras-t-off", "keras", 0.55))
-    with keras_dtype("float64"):
-        for name, framework, temperature in variants:
-            if framework == "torch":
-                model = torch_impl.build("simclr_ssl")
-                model.load_state_dict(initial)
-                model, trainer = model.double(), ttrain
-            else:
-                model, trainer = keras_impl.build("simclr_ssl"), ktrain
-                load_torch_state_dict(model, initial)
-            run = RunDir(tmp_path / name)
-            config = Recipe(**{**recipe, "model": "simclr_ssl", "framework": framework, "data": str(data),
-                               "temperature": temperature, "backend": BACKEND if framework == "keras" else None})
-            run.start(config)
-            runs[name] = trainer.train_model(model, plan, monitor, config, run, log=lambda *_: None)
+    runs, out = parity_worker.recipe("contrastive")  # computed by the session's worker (parity_tests/recipes.py)
     t, k = runs["torch"]["epochs"][0], runs["keras"]["epochs"][0]
     assert len(t["train"]["step_losses"]) == 2 and t["train"]["step_lrs"] == k["train"]["step_lrs"]
     assert t["train"]["step_lrs"][1] == pytest.approx(0.15, rel=1e-6)  # cosine: half-way at the second of two
     assert t["train"]["samples"] == k["train"]["samples"] == 8  # images, each two views
     steps = np.abs(np.subtract(t["train"]["step_losses"], k["train"]["step_losses"])).max()
-    a, b = (checkpoints.read(tmp_path / f / "best.safetensors") for f in ("torch", "keras"))
+    a, b = (checkpoints.read(out / f / "best.safetensors") for f in ("torch", "keras"))
     weights = max(rel_err(b[key], a[key]) for key in b)
     print(f"contrastive recipe parity on {BACKEND}: step losses {steps:.2g}, weights {weights:.2g}, kNN "
           f"{t['val']['knn']} / {k['val']['knn']}")
@@ -158,11 +118,12 @@ def test_contrastive_recipe_parity_torch_loop_against_keras_fit(tmp_path):
 # -------------------------------------------------------------------------------- the CLI, end to end
 
 
+@pytest.mark.heavy  # five `twins train` processes
 def test_twins_train_ssl_then_sl_across_the_frameworks(tmp_path):
     """A Keras SSL run fine-tuned by torch, a torch SSL run probed linearly by Keras (its encoder frozen, so its
     conv kernels come out as the SSL run left them), the kNN monitor in history.json, the log and TensorBoard,
     the Keras run's kNN accuracy recomputed by the torch twin, and the errors of --init-from."""
-    from parity_tests.test_train import twins_cli
+    from parity_tests.cli import refused, twins_cli
     from twins.shapes import make_cifar10
 
     if BACKEND != "tensorflow":
@@ -204,16 +165,16 @@ def test_twins_train_ssl_then_sl_across_the_frameworks(tmp_path):
     history = json.loads((probe / "history.json").read_text())
     assert history["score"] == "acc" and json.loads((probe / "config.json").read_text())["init_from"] == str(ssl["torch"])
     # What a user gets wrong first.
-    bad = twins_cli("train", "resnet18", "--init-from", str(ssl["torch"]), "--out", str(tmp_path / "x"), *common)
+    bad = refused("train", "resnet18", "--init-from", str(ssl["torch"]), "--out", str(tmp_path / "x"), *common)
     assert bad.returncode != 0 and "is a simclr_ssl run; resnet18 starts from a run of resnet18" in bad.stderr
-    bad = twins_cli("train", "simclr_sl", "--init-from", str(tmp_path), "--out", str(tmp_path / "x"), *common)
+    bad = refused("train", "simclr_sl", "--init-from", str(tmp_path), "--out", str(tmp_path / "x"), *common)
     assert bad.returncode != 0 and "not a run directory (no config.json)" in bad.stderr
-    bad = twins_cli("train", "simclr_sl", "--init-from", str(ssl["torch"]), "--weights", "w.pth",
+    bad = refused("train", "simclr_sl", "--init-from", str(ssl["torch"]), "--weights", "w.pth",
                     "--out", str(tmp_path / "x"), *common)
     assert bad.returncode != 0 and "give one" in bad.stderr
-    bad = twins_cli("train", "simclr_ssl", "--preprocess", "cifar", "--out", str(tmp_path / "x"), *common)
+    bad = refused("train", "simclr_ssl", "--preprocess", "cifar", "--out", str(tmp_path / "x"), *common)
     assert bad.returncode != 0 and "it learns from two augmented views of each image (simclr)" in bad.stderr
-    bad = twins_cli("predict", "simclr_ssl", "x.png", "--weights", str(ssl["torch"] / "best.safetensors"))
+    bad = refused("predict", "simclr_ssl", "x.png", "--weights", str(ssl["torch"] / "best.safetensors"))
     assert bad.returncode != 0 and "twins evaluate simclr_ssl reports its kNN accuracy" in bad.stderr
 
 

@@ -276,23 +276,24 @@ def food(tmp_path_factory):
 @pytest.mark.parametrize("framework", ["torch", pytest.param("keras", marks=pytest.mark.keras)],
                          ids=["torch", f"keras-{BACKEND}"])
 @TENSORFLOW_PASS
+@pytest.mark.heavy
 def test_vgg19_slim_fine_tunes_from_the_slim_checkpoint_on_food101(zoo_checkpoint, food, tmp_path, framework):
     """The seed's job end to end on a generated Food-101 folder: `twins train vgg19_slim` from the
     1000-class slim checkpoint (fc8 fresh for 2 classes), killed at its first checkpoint half-way
     through the epoch and resumed, then `twins predict` in the other framework prints top-k names.
     In the tensorflow pass (143 M parameters at 224x224); the resume arithmetic is the same code as the
     alexnet test in test_train.py, which runs on jax too."""
-    from parity_tests.test_train import run_killed, twins_cli
+    from parity_tests.cli import run_killed, twins_cli
 
     run = tmp_path / "run"
     args = ["train", "vgg19_slim", "--framework", framework, "--data", str(food), "--out", str(run), "--weights",
             str(zoo_checkpoint), "--epochs", "1", "--batch-size", "1", "--val-batch-size", "2", "--checkpoint-every",
             "1", "--log-every", "1", "--val-every", "0", "--workers", "0"]
-    killed = run_killed(args, run)
+    killed = run_killed(args, run, lean=True)
     assert "has 1000 classes, the data 2: the classifier (fc8) starts fresh" in killed
     assert "loaded 36, skipped 2, missing 0, unexpected 0, mismatched 0" in killed
     assert "SGD lr 0.001 -> 1e-07 (linear decay) momentum 0.9, L2 0.0005 on conv kernels; 2 steps per epoch" in killed
-    resumed = twins_cli("train", "--resume", "--out", str(run))
+    resumed = twins_cli("train", "--resume", "--out", str(run), lean=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming in epoch 1/1 after batch 1/2 (step 1)" in resumed.stdout
     history = json.loads((run / "history.json").read_text())
@@ -305,7 +306,7 @@ def test_vgg19_slim_fine_tunes_from_the_slim_checkpoint_on_food101(zoo_checkpoin
     images = sorted((food / "images").rglob("*.jpg"))
     predicted = twins_cli("predict", "vgg19_slim", "--framework", other, "--backend", "tensorflow", "--weights",
                           str(run / "best.safetensors"), "--classes", str(run / "classes.txt"), "--top-k", "2",
-                          *map(str, images))
+                          *map(str, images), lean=True)
     assert predicted.returncode == 0, predicted.stdout + predicted.stderr
     lines = [line for line in predicted.stdout.splitlines() if line.startswith(str(images[0].parent.parent))]
     assert len(lines) == len(images) == 4
@@ -315,11 +316,13 @@ def test_vgg19_slim_fine_tunes_from_the_slim_checkpoint_on_food101(zoo_checkpoin
         assert sum(float(p) for _, p in names) == pytest.approx(1.0, abs=2e-3)
 
 
+@pytest.mark.heavy
 def test_twins_convert_turns_the_slim_checkpoint_into_a_torch_layout_file(zoo_checkpoint, tmp_path):
-    from parity_tests.test_train import twins_cli
+    from parity_tests.cli import twins_cli
 
     out = tmp_path / "vgg19-food.safetensors"
-    done = twins_cli("convert", str(zoo_checkpoint), str(out), "--model", "vgg19_slim", "--num-classes", "101")
+    done = twins_cli("convert", str(zoo_checkpoint), str(out), "--model", "vgg19_slim", "--num-classes", "101",
+                     lean=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "loaded 36, skipped 2" in done.stdout and "fresh: fc8.weight, fc8.bias" in done.stdout
     state = checkpoints.read(out)

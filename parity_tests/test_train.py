@@ -5,23 +5,17 @@ and evaluate / predict / plot-history across frameworks. On tiny generated data 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from parity_tests.cli import refused, run_killed, twins_cli
 from parity_tests.conftest import BACKEND
 from twins import checkpoints
 from twins.runs import RunDir
 from twins.shapes import make_shapes
 
-ROOT = Path(__file__).resolve().parent.parent
 SIZE, BATCH = 32, 4
 # Recipe parity runs in float64, as the parity engine's training checks do: on resnet18 with batch 4 at
 # 32x32 (BatchNorm over 4 values per channel in layer4), float32 training is chaotic: torch float32
@@ -38,12 +32,6 @@ def shapes(tmp_path_factory):
     return make_shapes(tmp_path_factory.mktemp("shapes"), train=8, val=4, size=SIZE, seed=3)
 
 
-def twins_cli(*args, timeout=600, **kwargs):
-    env = {**os.environ, "KERAS_BACKEND": BACKEND, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "twins_cli.main", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
-
-
 def recipe_for(framework, shapes, out, **kw):
     from twins.runs import Recipe
 
@@ -53,40 +41,12 @@ def recipe_for(framework, shapes, out, **kw):
 
 
 @pytest.mark.keras
-def test_recipe_parity_torch_loop_against_keras_fit(shapes, tmp_path):
+def test_recipe_parity_torch_loop_against_keras_fit(parity_worker):
     """Same initial weights (through the bridge), same batches: the per-step training losses of the torch
     loop and of Keras' fit, and the val phase, agree. With seed 002's additions: the rate decays
     linearly (to 1e-5 over the 4 steps, so the momentum form matters) and the L2 term on the conv
     kernels is in the loss."""
-    import keras_impl
-    import torch_impl
-    from keras_impl import train as ktrain
-    from keras_impl.weights import load_torch_state_dict
-    from torch_impl import train as ttrain
-    from twins.data import BatchPlan, ImageFolder, train_transform, val_transform
-
-    from twins_cli.parity import keras_dtype
-
-    train, val = ImageFolder(shapes, "train"), ImageFolder(shapes, "val")
-    plans = (BatchPlan(train, BATCH, train_transform(SIZE), shuffle=True, seed=0),
-             BatchPlan(val, BATCH, val_transform(SIZE), shuffle=False))
-    torch.manual_seed(0)
-    tmodel = torch_impl.build("resnet18", num_classes=2)
-    initial = {k: v.clone() for k, v in tmodel.state_dict().items()}
-    runs = {}
-    with keras_dtype("float64"):
-        tmodel = tmodel.double()
-        for name, framework, trainer, lr in (("torch", "torch", ttrain, 0.001), ("keras", "keras", ktrain, 0.001),
-                                             ("keras-lr-off", "keras", ktrain, 0.0011)):
-            if framework == "torch":
-                model = tmodel
-            else:
-                model = keras_impl.build("resnet18", num_classes=2)
-                load_torch_state_dict(model, initial)
-            run = RunDir(tmp_path / name)
-            recipe = recipe_for(framework, shapes, run.path, lr=lr, lr_end=1e-5, weight_decay=5e-4)
-            run.start(recipe)
-            runs[name] = trainer.train_model(model, *plans, recipe, run, log=lambda *_: None)
+    runs, out = parity_worker.recipe("classification")  # computed by the session's worker (parity_tests/recipes.py)
     t, k = runs["torch"]["epochs"][0], runs["keras"]["epochs"][0]
     assert len(t["train"]["step_losses"]) == len(k["train"]["step_losses"]) == 4
     assert t["train"]["step_lrs"] == k["train"]["step_lrs"] and t["train"]["step_lrs"][0] > t["train"]["step_lrs"][3]
@@ -97,27 +57,12 @@ def test_recipe_parity_torch_loop_against_keras_fit(shapes, tmp_path):
     assert off[0] < RECIPE_BOUND < off[1:].min(), off
     assert abs(t["val"]["loss"] - k["val"]["loss"]) < RECIPE_BOUND and t["val"]["acc"] == k["val"]["acc"]
     # Both best.safetensors hold the same weights, in torch layout, loadable on either side.
-    a, b = checkpoints.read(tmp_path / "torch" / "best.safetensors"), checkpoints.read(tmp_path / "keras" / "best.safetensors")
+    a, b = checkpoints.read(out / "torch" / "best.safetensors"), checkpoints.read(out / "keras" / "best.safetensors")
     assert {k for k in a if not k.endswith("num_batches_tracked")} == set(b)
     weights_err = max(np.abs(a[k] - b[k]).max() / max(np.abs(a[k]).max(), 1e-6) for k in b)
     print(f"recipe parity on {BACKEND}: step losses {diff.max():.2g}, val loss "
           f"{abs(t['val']['loss'] - k['val']['loss']):.2g}, weights {weights_err:.2g}, lr off {off[1:].min():.2g}")
     assert weights_err < 1e-4
-
-
-def run_killed(args, run: Path):
-    """Start `twins train ARGS`, SIGKILL it as soon as its first resume state exists, and return its
-    output."""
-    env = {**os.environ, "KERAS_BACKEND": BACKEND, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.Popen([sys.executable, "-m", "twins_cli.main", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 600
-    while not (run / "resume.json").is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    output = proc.communicate()[0]
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{output}"
-    return output
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +72,7 @@ def food(tmp_path_factory):
     return make_food101(tmp_path_factory.mktemp("food"), train=4, test=2, size=40, seed=1)
 
 
+@pytest.mark.heavy  # three `twins train` processes, Keras on jax compiling its fit
 @pytest.mark.parametrize("framework", ["torch", pytest.param("keras", marks=pytest.mark.keras)],
                          ids=["torch", f"keras-{BACKEND}"])
 def test_a_killed_run_resumes_with_the_losses_of_an_uninterrupted_one(food, tmp_path, framework):
@@ -139,7 +85,7 @@ def test_a_killed_run_resumes_with_the_losses_of_an_uninterrupted_one(food, tmp_
     if framework == "keras" and BACKEND != "jax":
         pytest.skip("Keras: on jax, where fit keeps the weights outside the variables mid-epoch (the checkpoint "
                     "must sync them); tensorflow's mid-epoch resume is vgg19_slim's end-to-end test")
-    base = ["train", "alexnet", "--framework", framework, "--data", str(food), "--epochs", "2", "--img-size", "96",
+    base = ["train", "alexnet", "--framework", framework, "--data", str(food), "--epochs", "2", "--img-size", "64",
             "--batch-size", "2", "--lr", "0.01", "--lr-end", "0.001", "--weight-decay", "5e-4", "--checkpoint-every", "2",
             "--val-every", "3", "--preprocess", "food101", "--margin", "4", "--drop-last", "--workers", "0"]
     whole = twins_cli(*base, "--out", str(tmp_path / "whole"))
@@ -222,28 +168,28 @@ def test_evaluate_predict_and_plot_across_frameworks(shapes, tmp_path):
 
 
 def test_training_errors_say_what_is_wrong(shapes, tmp_path):
-    done = twins_cli("train", "resnet18", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"))
+    done = refused("train", "resnet18", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"))
     assert done.returncode == 2 and "no 'train' folder" in done.stderr
-    done = twins_cli("train", "resnet18", "--data", str(shapes), "--out", str(tmp_path / "r"), "--img-size", "16")
+    done = refused("train", "resnet18", "--data", str(shapes), "--out", str(tmp_path / "r"), "--img-size", "16")
     assert done.returncode != 0 and "below resnet18's smallest input size 32" in done.stderr
-    done = twins_cli("train", "--resume", "--out", str(tmp_path / "none"))
+    done = refused("train", "--resume", "--out", str(tmp_path / "none"))
     assert done.returncode == 2 and "holds no run" in done.stderr
-    done = twins_cli("train", "vgg19_slim", "--data", str(shapes), "--out", str(tmp_path / "r"), "--lr-end", "0.1",
+    done = refused("train", "vgg19_slim", "--data", str(shapes), "--out", str(tmp_path / "r"), "--lr-end", "0.1",
                      "--log-every", "-1")
     assert done.returncode != 0 and "--log-every must be at least 0, got -1" in done.stderr
     assert "--lr-end must be between 0 and --lr (0.001), got 0.1" in done.stderr
-    done = twins_cli("train", "resnet18", "--data", str(shapes), "--out", str(tmp_path / "r"), "--constant-lr",
+    done = refused("train", "resnet18", "--data", str(shapes), "--out", str(tmp_path / "r"), "--constant-lr",
                      "--lr-end", "0.0001")
     assert done.returncode != 0 and "--constant-lr and --lr-end contradict each other" in done.stderr
-    done = twins_cli("train", "vgg19_slim", "--data", str(shapes), "--out", str(tmp_path / "r"), "--img-size", "256")
+    done = refused("train", "vgg19_slim", "--data", str(shapes), "--out", str(tmp_path / "r"), "--img-size", "256")
     assert done.returncode != 0 and "above vgg19_slim's largest input size 255" in done.stderr
     # An option the run's optimiser has no use for is refused, not ignored.
-    done = twins_cli("train", "resnet18", "--data", str(shapes), "--out", str(tmp_path / "r"), "--betas", "0.9", "0.99")
+    done = refused("train", "resnet18", "--data", str(shapes), "--out", str(tmp_path / "r"), "--betas", "0.9", "0.99")
     assert done.returncode != 0 and "--betas are Adam's; this run trains with SGD" in done.stderr
-    done = twins_cli("train", "resnet18", "--data", str(shapes), "--out", str(tmp_path / "r"), "--optimizer", "adam",
+    done = refused("train", "resnet18", "--data", str(shapes), "--out", str(tmp_path / "r"), "--optimizer", "adam",
                      "--momentum", "0.5")
     assert done.returncode != 0 and "--momentum is SGD's; this run trains with Adam" in done.stderr
-    done = twins_cli("train", "resnet18", "--data", str(shapes), "--out", str(tmp_path / "r"), "--feature-extract",
+    done = refused("train", "resnet18", "--data", str(shapes), "--out", str(tmp_path / "r"), "--feature-extract",
                      "--freeze", "layer1")
     assert done.returncode != 0 and "--feature-extract (train the new classifier only) and --freeze contradict" \
         in done.stderr

@@ -1,0 +1,67 @@
+"""The test session's worker for one Keras backend: the parity engine's worker loop (`twins_cli.parity.worker`)
+over the pass's parity jobs and its recipe-parity runs (`parity_tests/recipes.py`), in one process.
+
+    python -m parity_tests.session_worker --backend B --plan PLAN.json --json-out ROWS.json --recipes DIR
+
+PLAN.json lists `{"kind": "parity", ...a Job}` and `{"kind": "recipe", "task": NAME}` entries; a recipe's row is
+`{"task": NAME, "runs": {run name: history}}`, its run folders under DIR/NAME.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from twins_cli.parity import Job
+from twins_cli.parity.memory import release_memory
+from twins_cli.parity.worker import run_tasks, set_parity_env
+
+
+def tasks_of(plan: list[dict], recipes: Path) -> list:
+    """The tasks of a session plan: parity `Job`s and `RecipeTask`s."""
+    tasks = []
+    for entry in plan:
+        entry = dict(entry)
+        if entry.pop("kind") == "recipe":
+            tasks.append(RecipeTask(entry["task"], recipes / entry["task"]))
+        else:
+            tasks.append(Job.from_json(entry))
+    return tasks
+
+
+class RecipeTask:
+    def __init__(self, name: str, out: Path):
+        from parity_tests.recipes import TASKS
+
+        self.name, self.out = name, out
+        self.fn, self.heavy = TASKS[name]
+        self.label = f"recipe parity, {name}"
+
+    def run(self, backend: str) -> list[dict]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        runs = self.fn(self.out)
+        release_memory(between_models=True)
+        return [{"task": self.name, "runs": json.loads(json.dumps(runs, default=float))}]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m parity_tests.session_worker")
+    parser.add_argument("--backend", required=True)
+    parser.add_argument("--plan", required=True)
+    parser.add_argument("--json-out", required=True)
+    parser.add_argument("--recipes", required=True, help="folder for the recipe runs")
+    parser.add_argument("--claims", help="a folder shared with the pytest process, which may take a light task")
+    args = parser.parse_args(argv)
+    if os.environ.get("KERAS_BACKEND") != args.backend:
+        print(f"KERAS_BACKEND must be {args.backend!r} before keras is imported", file=sys.stderr)
+        return 2
+    set_parity_env()
+    tasks = tasks_of(json.loads(Path(args.plan).read_text()), Path(args.recipes))
+    run_tasks(args.backend, tasks, args.json_out, claims=Path(args.claims) if args.claims else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
