@@ -56,3 +56,31 @@ def test_float64_bounds_sit_above_their_measured_errors_and_below_float32_ones()
         assert measured < bound <= FLOAT32_BOUNDS[check], check
         assert bound_for("resnet50", check, "float64") == bound
         assert bound_for("resnet50", check, "float32") == FLOAT32_BOUNDS[check]
+
+
+def test_the_tensor_store_reads_back_what_it_wrote_and_leaves_nothing():
+    """The training checks' states, gradients and updates go to disk (`twins_cli.parity.store`): what comes back
+    is bit for bit what went in, a missing key reads as no value (which `worst` names), and nothing is left."""
+    from twins_cli.parity.store import TensorStore
+
+    rng = np.random.RandomState(0)
+    written = {"a": rng.randn(3, 4), "b": rng.randn(5).astype(np.float32)}
+    with TensorStore() as store:
+        for key, value in written.items():
+            store.put("update 1", key, value)
+        folder = store.dir
+        view = store.view("update 1")
+        assert all(np.array_equal(view.get(k), v) and view.get(k).dtype == v.dtype for k, v in written.items())
+        assert store.keys("update 1") == ["a", "b"] and store.get("update 2", "a") is None
+        err, detail = worst(view, {"a": written["a"], "c": written["a"]}, ["a", "c"])
+        assert err == math.inf and "no value for c" in detail
+        store.put("before", "a", written["b"])
+        store.drop("update 1")  # what comes after a drop does not overwrite another kind's tensors
+        store.put("update 2", "a", written["a"])
+        store.put("update 2", "a", written["a"] * 2)  # a second put replaces the first
+        assert np.array_equal(store.get("before", "a"), written["b"])
+        assert np.array_equal(store.get("update 2", "a"), written["a"] * 2) and len(list(folder.iterdir())) == 2
+        store.drop("update 2")
+        store.drop("before")
+        assert store.get("update 1", "a") is None and list(folder.iterdir()) == []
+    assert not folder.exists()

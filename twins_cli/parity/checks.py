@@ -22,6 +22,7 @@ from .memory import release_memory, trim_heap
 from .rows import Row, check_row
 from .sides import (disable_tf32, keras_device, keras_dtype, keras_labels, keras_values, labels_for,
                     randomize_keras_batchnorm, reference_twin)
+from .store import TensorStore
 from .variants import resolve
 
 
@@ -152,12 +153,13 @@ class ParityRun:
 
     def _train_both(self) -> dict:
         """Both twins take the same two optimiser steps on the same batches, one twin after the other: the torch
-        twin's steps first, recorded in float64 numpy (its losses, its step-1 gradients, and each step's update of
-        every parameter and running statistic: the state after the step minus the state before it, both read off
-        the torch twin), then the Keras twin's, compared with that recording key by key as each of its steps is
-        taken (its updates read off the Keras twin the same way). One twin's model, gradients and optimiser state
-        are alive at a time: pspnet (49 M parameters, 0.37 GB a float64 copy) peaked at 5.8 GB with both twins
-        stepping side by side."""
+        twin's steps first, recorded (its losses, its step-1 gradients, and each step's update of every parameter
+        and running statistic: the state after the step minus the state before it, both read off the torch twin),
+        then the Keras twin's, compared with that recording key by key as each of its steps is taken (its updates
+        read off the Keras twin the same way). One twin's model, gradients and optimiser state are alive at a
+        time, and the states before a step, the gradients and the updates go to disk as they are made
+        (`store.TensorStore`), read back one tensor at a time: pspnet (49 M parameters, 0.37 GB a float64 copy)
+        peaked at 5.8 GB with both twins stepping side by side and every copy in memory."""
         import keras
         import torch
 
@@ -166,100 +168,106 @@ class ParityRun:
         from keras_impl.train import set_weight_decay as keras_weight_decay
         from torch_impl import training as ttrain
         from torch_impl.train import set_weight_decay as torch_weight_decay
-        from torch_impl.weights import state_dict_numpy
         from twins import optim
 
         dtype = self.train_dtype
         options, aux_weight, task = self.info.parity_train_options, self.info.aux_weight, self.info.task
         # The recipe's L2 term is part of the training loss (vgg19_slim's 5e-4 on its conv kernels).
         weight_decay = self.recipe["weight_decay"]
-
-        # -- the torch twin's two steps, recorded
-        tmodel = self.torch_twin(**options).to(getattr(torch, dtype))
-        if self.optimizer == "adam":
-            t_opt = ttrain.adam(tmodel.parameters(), self.recipe["lr"], self.recipe["betas"])
-        else:
-            t_opt = ttrain.sgd(tmodel.parameters(), SGD_LR, SGD_MOMENTUM)
-        parameters = dict(tmodel.named_parameters())
-        decayed = [parameters[k] for k in torch_weight_decay(tmodel, weight_decay)]
-        t_task_loss = ttrain.loss_for(task, aux_weight)
-
-        def t_loss(outputs, labels):
-            loss = t_task_loss(outputs, labels)
-            return loss + optim.l2_penalty(decayed, weight_decay) if decayed else loss
-
-        t_keys = [k for k, p in tmodel.named_parameters() if p.requires_grad]
-        stat_keys = [k for k in tmodel.state_dict() if k.endswith(("running_mean", "running_var"))]
-        compared = t_keys + stat_keys
-        out = {"t_param_keys": t_keys, "t_losses": [], "k_losses": [], "params": [], "stats": []}
-        t_grads, t_updates = {}, []
-        for s, (x, y) in enumerate(zip(self.batches, self.labels), 1):
-            before = state_dict_numpy(tmodel)
-            t_y = torch.from_numpy(y)
-            loss, grads = ttrain.value_and_grad(tmodel, t_loss, torch.from_numpy(x).to(getattr(torch, dtype)),
-                                                t_y.to(getattr(torch, dtype)) if t_y.is_floating_point() else t_y)
-            out["t_losses"].append(float(loss.detach()))
-            if s == 1:
-                t_grads = {k: None if g is None else g.detach().cpu().numpy().copy() for k, g in grads.items()}
-            t_opt.step()
-            del grads
-            now = tmodel.state_dict()
-            for k in compared:  # the update, written over the copy of the state before it
-                np.subtract(now[k].detach().cpu().numpy(), before[k], out=before[k])
-            t_updates.append({k: before[k] for k in compared})
-            del before, now
-        decayed.clear()
-        del tmodel, t_opt, parameters, loss  # the loss holds the last step's graph
-        trim_heap()
-
-        # -- the Keras twin's two steps, each compared with the recording
-        with keras_dtype(dtype):
-            kmodel = self.keras_twin(dtype, **options)
-            keras_weight_decay(kmodel, weight_decay)
-            view = ktrain.training_view(kmodel, self.info.aux_heads)
-            step = ktrain.value_and_grad_fn(view, ktrain.loss_for(task, aux_weight))
+        store = TensorStore()
+        try:
+            # -- the torch twin's two steps, recorded
+            tmodel = self.torch_twin(**options).to(getattr(torch, dtype))
             if self.optimizer == "adam":
-                k_opt = ktrain.adam(self.recipe["lr"], self.recipe["betas"])
+                t_opt = ttrain.adam(tmodel.parameters(), self.recipe["lr"], self.recipe["betas"])
             else:
-                k_opt = ktrain.sgd(SGD_LR, SGD_MOMENTUM)
-            k_slots = {slot.key: slot for slot in kweights.slots(kmodel)}
+                t_opt = ttrain.sgd(tmodel.parameters(), SGD_LR, SGD_MOMENTUM)
+            parameters = dict(tmodel.named_parameters())
+            decayed = [parameters[k] for k in torch_weight_decay(tmodel, weight_decay)]
+            t_task_loss = ttrain.loss_for(task, aux_weight)
 
-            def keras_delta(key):
-                slot = k_slots.get(key)
-                if slot is None or key not in k_before:
-                    return None
-                return slot.to_torch(keras.ops.convert_to_numpy(slot.variable)) - k_before[key]
+            def t_loss(outputs, labels):
+                loss = t_task_loss(outputs, labels)
+                return loss + optim.l2_penalty(decayed, weight_decay) if decayed else loss
 
+            t_keys = [k for k, p in tmodel.named_parameters() if p.requires_grad]
+            stat_keys = [k for k in tmodel.state_dict() if k.endswith(("running_mean", "running_var"))]
+            out = {"t_param_keys": t_keys, "t_losses": [], "k_losses": [], "params": [], "stats": []}
             for s, (x, y) in enumerate(zip(self.batches, self.labels), 1):
-                k_before = kweights.torch_state_dict(kmodel)
-                k_loss, k_grads = step(nchw_to_nhwc(x).astype(dtype), keras_labels(y, dtype))
-                k_loss = keras.ops.convert_to_numpy(k_loss)
-                if k_loss.dtype.itemsize < np.dtype(dtype).itemsize:  # e.g. JAX without x64
-                    raise RuntimeError(f"Keras computed the loss in {k_loss.dtype}, asked for {dtype}")
-                out["k_losses"].append(float(k_loss))
+                for k, v in tmodel.state_dict().items():
+                    store.put("before", k, v.detach().cpu().numpy())
+                t_y = torch.from_numpy(y)
+                loss, grads = ttrain.value_and_grad(tmodel, t_loss, torch.from_numpy(x).to(getattr(torch, dtype)),
+                                                    t_y.to(getattr(torch, dtype)) if t_y.is_floating_point() else t_y)
+                out["t_losses"].append(float(loss.detach()))
                 if s == 1:
-                    by_path = {v.path: g for v, g in zip(view.trainable_variables, k_grads)}
-                    k_keys = {key for key, slot in k_slots.items() if slot.variable.path in by_path}
+                    for k, g in grads.items():
+                        if g is not None:
+                            store.put("torch gradient", k, g.detach().cpu().numpy())
+                t_opt.step()
+                del grads
+                now = tmodel.state_dict()
+                for k in t_keys + stat_keys:
+                    store.put(f"torch update {s}", k, now[k].detach().cpu().numpy() - store.get("before", k))
+                store.drop("before")
+                del now
+            decayed.clear()
+            del tmodel, t_opt, parameters, loss  # the loss holds the last step's graph
+            trim_heap()
 
-                    def keras_grad(key):
-                        grad = by_path[k_slots[key].variable.path]
-                        return None if grad is None else k_slots[key].to_torch(keras.ops.convert_to_numpy(grad))
+            # -- the Keras twin's two steps, each compared with the recording
+            with keras_dtype(dtype):
+                kmodel = self.keras_twin(dtype, **options)
+                keras_weight_decay(kmodel, weight_decay)
+                view = ktrain.training_view(kmodel, self.info.aux_heads)
+                step = ktrain.value_and_grad_fn(view, ktrain.loss_for(task, aux_weight))
+                if self.optimizer == "adam":
+                    k_opt = ktrain.adam(self.recipe["lr"], self.recipe["betas"])
+                else:
+                    k_opt = ktrain.sgd(SGD_LR, SGD_MOMENTUM)
+                k_slots = {slot.key: slot for slot in kweights.slots(kmodel)}
 
-                    problem = key_set_problem(k_keys, t_keys, "trainable tensors")
-                    if problem:
-                        out["gradients"] = (float("inf"), problem)
-                    else:
-                        err, key = worst(LazyMap(keras_grad, k_keys), t_grads, t_keys)
-                        out["gradients"] = (err, f"worst: {key}")
-                    del by_path, t_grads
-                k_opt.apply_gradients(zip(k_grads, view.trainable_variables))
-                del k_grads
-                t_delta, k_delta = t_updates[s - 1], LazyMap(keras_delta, k_before)
-                out["params"].append(worst(k_delta, t_delta, t_keys))
-                if stat_keys:
-                    out["stats"].append(worst(k_delta, t_delta, stat_keys))
-                t_updates[s - 1] = None
-                del k_before, t_delta, k_delta  # the next step's copy replaces it
+                def keras_now(key):
+                    return k_slots[key].to_torch(keras.ops.convert_to_numpy(k_slots[key].variable))
+
+                def keras_delta(key):
+                    before = store.get("before", key)
+                    return None if key not in k_slots or before is None else keras_now(key) - before
+
+                for s, (x, y) in enumerate(zip(self.batches, self.labels), 1):
+                    for key in k_slots:
+                        store.put("before", key, keras_now(key))
+                    k_loss, k_grads = step(nchw_to_nhwc(x).astype(dtype), keras_labels(y, dtype))
+                    k_loss = keras.ops.convert_to_numpy(k_loss)
+                    if k_loss.dtype.itemsize < np.dtype(dtype).itemsize:  # e.g. JAX without x64
+                        raise RuntimeError(f"Keras computed the loss in {k_loss.dtype}, asked for {dtype}")
+                    out["k_losses"].append(float(k_loss))
+                    if s == 1:
+                        by_path = {v.path: g for v, g in zip(view.trainable_variables, k_grads)}
+                        k_keys = {key for key, slot in k_slots.items() if slot.variable.path in by_path}
+
+                        def keras_grad(key):
+                            grad = by_path[k_slots[key].variable.path]
+                            return None if grad is None else k_slots[key].to_torch(keras.ops.convert_to_numpy(grad))
+
+                        problem = key_set_problem(k_keys, t_keys, "trainable tensors")
+                        if problem:
+                            out["gradients"] = (float("inf"), problem)
+                        else:
+                            err, key = worst(LazyMap(keras_grad, k_keys), store.view("torch gradient"), t_keys)
+                            out["gradients"] = (err, f"worst: {key}")
+                        del by_path
+                        store.drop("torch gradient")
+                    k_opt.apply_gradients(zip(k_grads, view.trainable_variables))
+                    del k_grads
+                    t_delta, k_delta = store.view(f"torch update {s}"), LazyMap(keras_delta, set(k_slots))
+                    out["params"].append(worst(k_delta, t_delta, t_keys))
+                    if stat_keys:
+                        out["stats"].append(worst(k_delta, t_delta, stat_keys))
+                    store.drop("before")
+                    store.drop(f"torch update {s}")
+        finally:
+            store.close()
         return out
 
     def train_loss(self, run: dict):
