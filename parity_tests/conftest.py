@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -178,7 +179,9 @@ def heavy(item) -> bool:
 def pytest_sessionstart(session):
     import tempfile
 
-    os.environ.setdefault(HEAVY_LOCK_ENV, os.path.join(tempfile.mkdtemp(prefix="twins-heavy-"), "lock"))
+    if HEAVY_LOCK_ENV not in os.environ:
+        os.environ[HEAVY_LOCK_ENV] = os.path.join(tempfile.mkdtemp(prefix="twins-heavy-"), "lock")
+        session.config.add_cleanup(lambda: shutil.rmtree(os.path.dirname(os.environ.pop(HEAVY_LOCK_ENV)), True))
     HEAVY.path = os.environ[HEAVY_LOCK_ENV]
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -178,3 +179,4 @@ class Worker:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
