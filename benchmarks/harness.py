@@ -362,6 +362,7 @@ def run(
     timeout_s=DEFAULT_TIMEOUT_S,
     verbose=True,
     latency_calls=None,
+    skip=None,
 ) -> dict:
     """Benchmark `models` x `backends` x `modes` x `batch_sizes`; returns {"meta": ..., "rows": [...]}.
 
@@ -373,6 +374,8 @@ def run(
     Mode `latency` measures batch 1 only, `latency_calls` timed calls (CPU 50, CUDA 200 by default) after the
     warm-up, and reports their p50 / p90 / p99. The export backends (`deploy`) run `infer` and `latency`; their
     `train` rows say "not applicable".
+    `skip` maps `(backend, mode)` to why that pair is left out of this sweep: its rows say so (status "not
+    measured") instead of being measured.
     `out_dir` None = return the results without writing files; otherwise writes benchmark.json,
     benchmark.md, benchmark.png and logs/<backend>.log there (atomically). `verbose` False silences
     the progress lines on stderr (warnings still print).
@@ -410,6 +413,10 @@ def run(
         repeats = _positive_int(repeats, "repeats")
     if latency_calls is not None:
         latency_calls = _positive_int(latency_calls, "latency_calls", minimum=10)
+    for backend, mode in skip or {}:
+        if backend not in schema.BACKENDS or mode not in schema.MODES:
+            raise ValueError(f"skip: ({backend!r}, {mode!r}) is not a (backend, mode) pair; backends: "
+                             f"{', '.join(schema.BACKENDS)}; modes: {', '.join(schema.MODES)}")
     timeout_s = float(timeout_s)
     if not timeout_s > 0:
         raise ValueError(f"timeout_s: expected a positive number of seconds, got {timeout_s!r}")
@@ -463,6 +470,10 @@ def run(
                         "model": name, "backend": backend, "mode": mode, "batch": batch,
                         "img_size": sizes_for(peer_of or name), "peer_of": peer_of,
                     })
+        left_out = [c for c in configs if (backend, c["mode"]) in (skip or {})]
+        for c in left_out:
+            not_applicable.append(schema.failed_row(c, options, schema.STATUS_NOT_MEASURED, skip[(backend, c["mode"])]))
+        configs = [c for c in configs if c not in left_out]
         if backend in schema.EXPORT_BACKENDS:
             skipped = [c for c in configs if c["mode"] == "train" or resolved_device == "cuda"]
             for c in skipped:
@@ -471,8 +482,8 @@ def run(
                        "OpenVINO's CPU device); run with --device cpu")
                 not_applicable.append(schema.failed_row(c, options, schema.STATUS_NOT_APPLICABLE, why))
             configs = [c for c in configs if c not in skipped]
-            if not configs:
-                continue
+        if not configs:
+            continue
         if backend == "keras-jax" and resolved_device == "cuda":
             jobs += [(backend, [c], f"{backend}-{i}") for i, c in enumerate(configs)]
         else:

@@ -81,6 +81,7 @@ STATUS_ERROR = "error"
 STATUS_TIMEOUT = "timeout"
 STATUS_CRASHED = "worker crashed"
 STATUS_NOT_APPLICABLE = "not applicable"
+STATUS_NOT_MEASURED = "not measured"  # left out of a smaller sweep on purpose; the row says why
 
 # Lines a worker writes to stderr with this prefix are progress messages the harness echoes; every
 # other line (framework warnings, tracebacks) only goes to the worker's log and its failure tail.

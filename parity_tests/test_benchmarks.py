@@ -142,6 +142,22 @@ def test_backend_without_a_gpu_says_so_in_its_row(tmp_path):
     assert (tmp_path / "benchmark.png").stat().st_size > 0
 
 
+def test_a_pair_left_out_of_a_sweep_is_a_row_that_says_why(tmp_path):
+    """`skip` (what `make demo`'s quick sweep does with torch-compile's training step): the pair's rows are
+    written with status "not measured" and the reason, no worker starts for them, and a pair that names no
+    backend or mode is refused."""
+    why = "left out of this sweep: compiling takes long"
+    result = benchmarks.run(backends=["torch-compile"], device="cpu", out_dir=str(tmp_path),
+                            skip={("torch-compile", "infer"): why}, **TINY)
+    (row,) = result["rows"]
+    assert row["status"] == schema.STATUS_NOT_MEASURED and row["error"] == why and row["samples_per_sec"] is None
+    assert list(row) == list(schema.COLUMNS)
+    assert "**not measured**: left out of this sweep" in (tmp_path / "benchmark.md").read_text()
+    assert not (tmp_path / "logs" / "torch-compile.log").exists()  # no worker ran
+    with pytest.raises(ValueError, match=r"skip: \('torch-compile', 'fit'\) is not a \(backend, mode\) pair"):
+        benchmarks.run(backends=["torch"], device="cpu", skip={("torch-compile", "fit"): why}, **TINY)
+
+
 def test_torch_worker_imports_no_keras_and_the_harness_no_framework():
     script = (
         "import sys\n"
