@@ -212,3 +212,37 @@ def test_the_quick_run_computes_each_models_plan(results):
     assert sorted(results("saliency_unet")) == sorted(["eval_output", "stage_outputs", "train_loss", "gradients",
                                                        "adam_step_params", "adam_step_bn_stats", "round_trip",
                                                        "exclude_restore"])
+
+
+def test_the_reports_parity_workers_run_side_by_side_under_one_heavy_lock(monkeypatch):
+    """`twins report` runs two backends' workers at once (`run_parity(parallel=2)`): they overlap, every one
+    gets the same heavy-lock file (so one heavy model's float64 copies are in memory at a time), and the rows
+    come back in the order of the backends, as they do one after the other."""
+    import threading
+    import time
+
+    from twins_cli.parity import launch
+    from twins_cli.parity.memory import HEAVY_LOCK_ENV
+
+    monkeypatch.delenv(HEAVY_LOCK_ENV, raising=False)
+    running, seen, locks = set(), [], []
+    guard = threading.Lock()
+
+    def fake_worker(backend, plan, *, timeout, log, env=None):
+        with guard:
+            running.add(backend)
+            seen.append(set(running))
+            locks.append((env or {}).get(HEAVY_LOCK_ENV))
+        time.sleep(0.3 if backend == "tensorflow" else 0.1)  # the first backend finishes last
+        with guard:
+            running.discard(backend)
+        return [{"backend": backend, "model": job.model} for job in plan]
+
+    monkeypatch.setattr(launch, "run_worker", fake_worker)
+    backends = ["tensorflow", "jax", "torch"]
+    rows = launch.run_parity(["alexnet", "resnet18"], backends, checks=["round_trip"], parallel=2)
+    assert [(r["backend"], r["model"]) for r in rows] == [(b, m) for b in backends for m in ("alexnet", "resnet18")]
+    assert max(len(s) for s in seen) == 2, seen  # two at once, never three
+    assert len(set(locks)) == 1 and locks[0] is not None
+    serial = launch.run_parity(["alexnet"], backends, checks=["round_trip"])
+    assert [r["backend"] for r in serial] == backends

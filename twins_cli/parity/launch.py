@@ -23,11 +23,11 @@ def installed_backends() -> list[str]:
     return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
 
 
-def worker_command(backend: str, plan_file: Path, json_out: Path) -> tuple[list[str], dict]:
+def worker_command(backend: str, plan_file: Path, json_out: Path, env: dict | None = None) -> tuple[list[str], dict]:
     """The worker's command line and environment for `backend` (the torch twin's exports: no KERAS_BACKEND)."""
     cmd = [sys.executable, "-m", "twins_cli.parity", "--backend", backend, "--plan", str(plan_file),
            "--json-out", str(json_out)]
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, **(env or {}), "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
     if backend == TORCH_TWIN:
         env.pop("KERAS_BACKEND")
     return cmd, env
@@ -45,14 +45,15 @@ def collect(backend: str, plan: list[Job], json_out: Path, reason: str | None) -
     return rows
 
 
-def run_worker(backend: str, plan: list[Job], *, timeout=1800, log=sys.stderr) -> list[dict]:
-    """Run `plan` on `backend` in a worker subprocess and return its rows (its progress lines go to `log`)."""
+def run_worker(backend: str, plan: list[Job], *, timeout=1800, log=sys.stderr, env: dict | None = None) -> list[dict]:
+    """Run `plan` on `backend` in a worker subprocess (`env`: added to its environment) and return its rows (its
+    progress lines go to `log`)."""
     if backend not in installed_backends() + [TORCH_TWIN]:
         return [failed_row(job.model, backend, f"{backend} is not installed") for job in plan]
     with tempfile.TemporaryDirectory() as tmp:
         plan_file, out = Path(tmp) / "plan.json", Path(tmp) / "rows.json"
         plan_file.write_text(json.dumps([job.to_json() for job in plan]))
-        cmd, env = worker_command(backend, plan_file, out)
+        cmd, env = worker_command(backend, plan_file, out, env)
         print(f"[parity] {backend}: {', '.join(job.model for job in plan)} ...", file=log, flush=True)
         start = time.time()
         reason = None
@@ -74,13 +75,22 @@ def run_worker(backend: str, plan: list[Job], *, timeout=1800, log=sys.stderr) -
 
 
 def run_parity(models, backends, *, batch=2, size=None, checks=None, quick=False, timeout=1800,
-               log=sys.stderr) -> list[dict]:
+               log=sys.stderr, parallel: int = 1) -> list[dict]:
     """Run the parity worker for `models` once per backend. `quick`: each model's QUICK_SUITE plan (and
-    QUICK_EXPORTS). `backends` may hold `torch_impl`, the torch twin's export rows."""
+    QUICK_EXPORTS). `backends` may hold `torch_impl`, the torch twin's export rows. `parallel`: how many
+    backends' workers run at once (each mostly keeps one core busy); they share one `HeavyLock`, so at most one
+    of them runs a heavy job at a time. The rows come back in the order of `backends` either way."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .bounds import ALL_CHECKS
+    from .memory import HEAVY_LOCK_ENV
 
     plan = jobs(models, tuple(checks) if checks else ALL_CHECKS, quick=quick, size=size, batch=batch)
-    rows = []
-    for backend in backends:
-        rows += run_worker(backend, plan, timeout=timeout, log=log)
-    return rows
+    if parallel <= 1:
+        return [row for backend in backends for row in run_worker(backend, plan, timeout=timeout, log=log)]
+    with tempfile.TemporaryDirectory() as tmp:
+        lock = os.environ.get(HEAVY_LOCK_ENV) or str(Path(tmp) / "heavy.lock")
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            futures = [pool.submit(run_worker, backend, plan, timeout=timeout, log=log, env={HEAVY_LOCK_ENV: lock})
+                       for backend in backends]
+            return [row for future in futures for row in future.result()]
