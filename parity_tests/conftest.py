@@ -106,13 +106,15 @@ def rng():
 
 @pytest.fixture(autouse=True)
 def release_framework_memory(request):
-    """After every Keras test, drop what it left in the process (`twins_cli.parity.release_memory`).
-    Without this the pytest process of the jax pass grows past 5 GB over the in-process tests."""
+    """After every Keras test, drop what it left in the process (`twins_cli.parity.release_memory`), and JAX's
+    compiled programs once the process holds more than 2 GiB. Without this the pytest process of the jax pass
+    grows past 5 GB over the in-process tests; with all but the compiled programs released, to 3.9 GB (and the
+    session worker's heavy tasks beside it took the pass to 8.3 GiB)."""
     yield
     if request.node.get_closest_marker("keras") is not None:
         from twins_cli.parity import release_memory
 
-        release_memory()
+        release_memory(compiled_above_gib=2.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,6 +122,19 @@ def release_framework_memory(request):
 # they compute beside the in-process tests; the tests that read their rows run after those.
 
 WORKERS = {"parity_worker": None, "torch_export_worker": None}
+SUMMARY: dict = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    """What the session's workers did (jobs, rows, seconds, and on jax the persistent compile cache's hits), and
+    the pytest process's own cache hits, at the end of the pass."""
+    lines = [line for worker in WORKERS.values() if worker is not None for line in worker.summary]
+    if "jax_cache" in SUMMARY:
+        lines.append(f"[parity] the pytest process: {SUMMARY['jax_cache'].describe()}")
+    if lines:
+        terminalreporter.write_sep("-", "session workers")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def _start_workers(items) -> None:
@@ -157,10 +172,10 @@ def frameworks_imported_once():
     import keras  # noqa: F401
     import torch  # noqa: F401
 
-    if BACKEND == "jax" and os.environ.get("TWINS_JAX_CACHE_LOG"):  # `make test-profile` counts the cache's hits
+    if BACKEND == "jax":  # the pass's summary says how often JAX's persistent cache served a compilation
         from twins_cli.compile_cache import JaxCacheCounter
 
-        JaxCacheCounter.install()
+        SUMMARY["jax_cache"] = JaxCacheCounter.install()
     gc.collect()
     gc.freeze()
 

@@ -1,8 +1,9 @@
 """Deliberately broken Keras twins and bridges: one per way a twin goes wrong, each paired with the
 parity rows it must turn red and the tensor or layer those rows must name.
 
-`test_mutations.py` applies each one (pytest's monkeypatch: the parity engine looks the twin packages
-up at call time) and runs the parity engine on resnet18. A check that no mutation turns red is not a
+`run_mutated` applies each one (pytest's monkeypatch, undone after the run: the parity engine looks the
+twin packages up at call time) and runs the parity engine on resnet18; the session's worker does that
+(`parity_tests/session_worker.py`), and `test_mutations.py` asserts on the rows. A check that no mutation turns red is not a
 check: every check in `twins_cli.parity.CHECKS` is the target of at least one mutation here, and a
 test asserts that.
 """
@@ -202,3 +203,24 @@ MUTATIONS = [
              {"adam_step_bn_stats": r"step 1 over the bound: \S+ \(\S+\.running_(mean|var)\)"}, bn_momentum,
              optimizer="adam"),
 ]
+
+
+def by_name(name: str) -> Mutation:
+    return next(m for m in MUTATIONS if m.name == name)
+
+
+def run_mutated(mutation: Mutation) -> list[dict]:
+    """The parity engine's rows of `mutation.red`'s checks on resnet18 at SIZE with the mutation applied (in the
+    session worker, or in the pytest process when it takes the task), the twins restored afterwards."""
+    from dataclasses import asdict
+
+    import pytest
+
+    from twins_cli.parity import release_memory, run_model
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        mutation.apply(monkeypatch)
+        rows = [asdict(row) for row in run_model(MODEL, size=SIZE, checks=tuple(mutation.red),
+                                                 optimizer=mutation.optimizer)]
+    release_memory(between_models=True)
+    return rows

@@ -3,8 +3,9 @@ over the pass's parity jobs and its recipe-parity runs (`parity_tests/recipes.py
 
     python -m parity_tests.session_worker --backend B --plan PLAN.json --json-out ROWS.json --recipes DIR
 
-PLAN.json lists `{"kind": "parity", ...a Job}` and `{"kind": "recipe", "task": NAME}` entries; a recipe's row is
-`{"task": NAME, "runs": {run name: history}}`, its run folders under DIR/NAME.
+PLAN.json lists `{"kind": "parity", ...a Job}`, `{"kind": "recipe", "task": NAME}` and `{"kind": "mutation",
+"mutation": NAME}` entries; a recipe's row is `{"task": NAME, "runs": {run name: history}}`, its run folders under
+DIR/NAME; a mutation's rows are the parity rows of the broken twin (`parity_tests/mutations.py`).
 """
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ from twins_cli.parity.worker import run_tasks, set_parity_env
 
 
 def tasks_of(plan: list[dict], recipes: Path) -> list:
-    """The tasks of a session plan: parity `Job`s and `RecipeTask`s."""
+    """The tasks of a session plan: parity `Job`s, `RecipeTask`s and `MutationTask`s."""
     tasks = []
     for entry in plan:
         entry = dict(entry)
-        if entry.pop("kind") == "recipe":
+        kind = entry.pop("kind")
+        if kind == "recipe":
             tasks.append(RecipeTask(entry["task"], recipes / entry["task"]))
+        elif kind == "mutation":
+            tasks.append(MutationTask(entry["mutation"]))
         else:
             tasks.append(Job.from_json(entry))
     return tasks
@@ -44,6 +48,21 @@ class RecipeTask:
         runs = self.fn(self.out)
         release_memory(between_models=True)
         return [{"task": self.name, "runs": json.loads(json.dumps(runs, default=float))}]
+
+
+class MutationTask:
+    heavy = False
+
+    def __init__(self, name: str):
+        from parity_tests.mutations import by_name
+
+        self.mutation = by_name(name)
+        self.label = f"mutation {name}"
+
+    def run(self, backend: str) -> list[dict]:
+        from parity_tests.mutations import run_mutated
+
+        return run_mutated(self.mutation)
 
 
 def main(argv=None) -> int:

@@ -51,20 +51,17 @@ def test_the_unbroken_twins_pass_every_row_at_the_mutation_size(optimizer, parit
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=[f"{m.name}-{BACKEND}" for m in MUTATIONS])
-def test_mutation_turns_its_rows_red(mutation, monkeypatch):
+def test_mutation_turns_its_rows_red(mutation, parity_worker):
     """In the tensorflow pass (DESIGN.md's test budget: 90 s on jax, 45 s on torch). What turns a row red is
     the engine's comparison, numpy code that is the same on every backend, and every mutation is a Keras
     layer, loader or optimiser written once for all backends; the control runs above show every row green
-    on each backend at this size."""
-    from twins_cli.parity import run_model
-
+    on each backend at this size. The broken twins run in the session's worker (`mutations.run_mutated`)."""
     if BACKEND != "tensorflow" and not os.environ.get("TWINS_MUTATIONS_EVERY_BACKEND"):
         pytest.skip("the mutations run in the tensorflow pass (TWINS_MUTATIONS_EVERY_BACKEND=1 runs them here)")
-    mutation.apply(monkeypatch)
-    rows = {row.check: row for row in run_model(MODEL, size=SIZE, checks=tuple(mutation.red),
-                                                 optimizer=mutation.optimizer)}
+    rows = {row["check"]: row for row in parity_worker.mutation(mutation.name)}
+    assert set(rows) == set(mutation.red), [f"{check}: {row['detail']}" for check, row in rows.items()]
     for check, named in mutation.red.items():
         row = rows[check]
-        assert not row.passed, f"{mutation.bug}: {check} stayed green (error {row.error}, bound {row.bound})"
-        assert row.error is not None, f"{check} crashed instead of measuring: {row.detail}"
-        assert re.search(named, row.detail), f"{check} should match {named!r}: {row.detail}"
+        assert not row["passed"], f"{mutation.bug}: {check} stayed green (error {row['error']}, bound {row['bound']})"
+        assert row["error"] is not None, f"{check} crashed instead of measuring: {row['detail']}"
+        assert re.search(named, row["detail"]), f"{check} should match {named!r}: {row['detail']}"

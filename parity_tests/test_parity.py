@@ -149,7 +149,7 @@ def test_a_broken_weight_is_named_as_the_first_diverging_layer():
 
 def test_float32_training_checks_also_run():
     """The float32 variant of the training checks, against DESIGN.md's float32 bounds, on the
-    well-conditioned resnet18 (the deep Bottleneck ResNets need float64, see twins_cli/parity.py)."""
+    well-conditioned resnet18 (the deep Bottleneck ResNets need float64, see twins_cli/parity/bounds.py)."""
     from twins_cli.parity import FLOAT32_BOUNDS, run_model
 
     rows = {r.check: r for r in run_model("resnet18", checks=("train_loss", "gradients"), train_dtype="float32")}

@@ -8,6 +8,8 @@ whole plan (`session_plan`):
 - every model's quick plan (`QUICK_SUITE`, what `make demo` computes too), resnet18's being every check at the
   mutation size (the mutation suite's control run, a superset of its quick rows); the Adam control run in the
   tensorflow pass; resnet18's Keras exports;
+- the mutation suite's broken twins (`parity_tests/mutations.py`, tensorflow pass): 72 s of the pytest process's
+  800 s in the tensorflow pass, while the worker finished its plan at 650 s;
 - the four recipe-parity runs (`parity_tests/recipes.py`).
 The torch twin's exports run in a second worker (backend `torch_impl`, no Keras), in the tensorflow pass.
 
@@ -34,7 +36,7 @@ from twins_cli.parity import (CHECKS, EXPORT_CHECKS, STEP_CHECKS, TORCH_EXPORT_C
 from twins_cli.parity.plan import HEAVY_MODELS
 from twins_cli.parity.launch import worker_command
 
-from parity_tests.mutations import MODEL as MUTATION_MODEL, SIZE as MUTATION_SIZE
+from parity_tests.mutations import MODEL as MUTATION_MODEL, MUTATIONS, SIZE as MUTATION_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every format of resnet18 (the quick run's exports, QUICK_EXPORTS) on the current Keras backend; the torch twin's
@@ -50,7 +52,9 @@ RECIPES = {"tensorflow": ("segmentation", "saliency", "classification", "contras
 TIMEOUT_S = 3600
 
 
-def adam_control_everywhere() -> bool:
+def mutations_everywhere() -> bool:
+    """The mutation suite (and its Adam control run) runs in the tensorflow pass; TWINS_MUTATIONS_EVERY_BACKEND=1
+    runs it in every pass."""
     return bool(os.environ.get("TWINS_MUTATIONS_EVERY_BACKEND"))
 
 
@@ -64,7 +68,7 @@ def session_plan(backend: str) -> list[Job]:
     # The heavy models first: they run in a process that holds nothing else yet (the recipe runs, which leave
     # tensorflow's traced graphs behind, come after every parity job).
     plan.sort(key=lambda job: HEAVY_MODELS.index(job.model) if job.model in HEAVY_MODELS else len(HEAVY_MODELS))
-    if backend == "tensorflow" or adam_control_everywhere():
+    if backend == "tensorflow" or mutations_everywhere():
         plan.append(Job(MUTATION_MODEL, tuple(c for c in TRAIN_CHECKS if c in STEP_CHECKS["adam"]), MUTATION_SIZE,
                         "adam"))
     plan += [Job(model, EXPORT_CHECKS) for model in KERAS_EXPORTED]
@@ -90,6 +94,7 @@ class Worker:
             self.claims.mkdir()
             cmd = [sys.executable, "-m", module, *cmd[3:], "--recipes", str(self.dir / "recipes"),
                    "--claims", str(self.claims)]
+        self.summary: list[str] = []  # the worker's last line, once it is closed
         self.taken: dict[int, list[dict]] = {}  # the light parity jobs this process computed itself
         self.log = open(self.dir / "worker.log", "w")
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log)
@@ -98,8 +103,10 @@ class Worker:
     @classmethod
     def for_pass(cls, backend: str) -> "Worker":
         plan = [{"kind": "parity", **job.to_json()} for job in session_plan(backend)]
+        mutations = [{"kind": "mutation", "mutation": m.name} for m in MUTATIONS
+                     if backend == "tensorflow" or mutations_everywhere()]
         recipes = [{"kind": "recipe", "task": name} for name in RECIPES[backend]]
-        return cls(backend, plan + recipes, "parity_tests.session_worker")
+        return cls(backend, plan + mutations + recipes, "parity_tests.session_worker")
 
     @classmethod
     def torch_exports(cls) -> "Worker":
@@ -113,6 +120,13 @@ class Worker:
                     exports == any(c in EXPORT_CHECKS for c in entry["checks"]):
                 return i
         raise KeyError(f"no parity job for {model} (optimizer {optimizer}, exports {exports}) in this session's plan")
+
+    def mutation(self, name: str) -> list[dict]:
+        """The rows of the broken twin of mutation `name` (`parity_tests/mutations.py`)."""
+        index = next((i for i, entry in enumerate(self.plan) if entry.get("mutation") == name), None)
+        if index is None:
+            raise KeyError(f"no mutation {name!r} in this session's plan")
+        return self.rows(index)
 
     def recipe(self, task: str) -> tuple[dict, Path]:
         """`({run name: history}, the folder of the runs)` of a recipe-parity task."""
@@ -152,16 +166,20 @@ class Worker:
         return [failed_row(entry.get("model") or entry.get("task"), self.backend, reason)]
 
     def take(self, index: int) -> bool:
-        """Compute light parity job `index` here if the worker has not claimed it (`twins_cli.parity.worker.claim`):
-        the tests that read the workers' rows run last, and the pytest process would only wait for them. The
-        job's memory is released after it (`Job.run`); heavy jobs and the recipe runs stay with the worker."""
+        """Compute light task `index` here if the worker has not claimed it (`twins_cli.parity.worker.claim`): the
+        tests that read the workers' rows run last, and the pytest process would only wait for them. What a task
+        made is released after it. Heavy tasks stay with the worker, and so do the recipe runs on tensorflow,
+        whose fit leaves traced graphs behind in the process that runs it."""
+        from parity_tests.session_worker import tasks_of
         from twins_cli.parity.worker import claim
 
         entry = self.plan[index]
-        if self.claims is None or entry.get("kind") != "parity" or entry.get("heavy") or not claim(self.claims, index):
+        if self.claims is None or (entry["kind"] == "recipe" and self.backend == "tensorflow"):
             return False
-        job = Job.from_json({k: v for k, v in entry.items() if k != "kind"})
-        self.taken[index] = [{**row, "job": index} for row in job.run(self.backend)]
+        (task,) = tasks_of([entry], self.dir / "recipes")
+        if task.heavy or not claim(self.claims, index):
+            return False
+        self.taken[index] = [{**row, "job": index} for row in task.run(self.backend)]
         return True
 
     def wait(self) -> None:
@@ -179,4 +197,6 @@ class Worker:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+        lines = (self.dir / "worker.log").read_text().splitlines()
+        self.summary = [line for line in lines if line.startswith("[parity]") and " jobs" in line]
         shutil.rmtree(self.dir, ignore_errors=True)
