@@ -259,6 +259,20 @@ def value_and_grad_fn(model: keras.Model, loss_fn, training: bool = True):
     return step
 
 
+def inference_fn(model: keras.Model):
+    """`f(x) -> outputs` in eval mode, the model's state untouched. On jax the whole forward is traced and
+    compiled as one program (`stateless_call` under `jax.jit`): calling the model eagerly compiles each op on its
+    own, and for one call that is several times slower (densenet121 at 64x64: 15.3 s against 2.2 s); tensorflow
+    and torch run it eagerly, which for one call is fastest."""
+    if keras.backend.backend() != "jax":
+        return lambda x: model(x, training=False)
+    import jax
+
+    compiled = jax.jit(lambda trainable, state, x: model.stateless_call(trainable, state, x, training=False)[0])
+    return lambda x: compiled([v.value for v in model.trainable_variables],
+                              [v.value for v in model.non_trainable_variables], x)
+
+
 def value_and_grad(model: keras.Model, loss_fn, x, y, training: bool = True):
     """`(loss, grads)` for one batch; see `value_and_grad_fn` to compute many."""
     return value_and_grad_fn(model, loss_fn, training)(x, y)

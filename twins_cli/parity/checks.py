@@ -104,7 +104,10 @@ class ParityRun:
     def keras_eval(self, model, x: np.ndarray) -> list[np.ndarray]:
         import keras
 
-        return [nhwc_to_nchw(keras.ops.convert_to_numpy(t)) for t in output_list(model(nchw_to_nhwc(x), training=False))]
+        from keras_impl.training import inference_fn
+
+        outputs = inference_fn(model)(nchw_to_nhwc(x))
+        return [nhwc_to_nchw(keras.ops.convert_to_numpy(t)) for t in output_list(outputs)]
 
     def diagnose(self, training: bool) -> str:
         options = self.info.parity_train_options if training else {}
@@ -125,6 +128,8 @@ class ParityRun:
         import keras
         import torch
 
+        from keras_impl.training import inference_fn
+
         kmodel = self.keras_twin()
         with torch.no_grad():
             expected = {k: v.numpy() for k, v in self.reference.forward_stages(torch.from_numpy(self.x)).items()}
@@ -133,7 +138,7 @@ class ParityRun:
         if problem:
             return float("inf"), f"torch forward_stages and stage_info disagree: {problem}"
         taps = keras.Model(kmodel.inputs, [kmodel.get_layer(n).output for n in names])
-        outs = taps(nchw_to_nhwc(self.x), training=False)
+        outs = inference_fn(taps)(nchw_to_nhwc(self.x))
         got = {n: nhwc_to_nchw(keras.ops.convert_to_numpy(v)) for n, v in zip(names, outs)}
         err, key = worst(got, expected, names)
         return err, f"worst: {key} ({len(names)} taps: {', '.join(names)})"
