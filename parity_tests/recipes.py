@@ -45,6 +45,27 @@ def train_all(variants, out: Path, build, fit) -> dict:
     return runs
 
 
+def twins_from(name: str, initial: dict, **options):
+    """`build(framework, _) -> (model, the framework's train module)`: the twin of `name` holding `initial` (a torch
+    state dict), the torch one in float64 (Keras' dtype is `train_all`'s)."""
+    import keras_impl
+    import torch_impl
+    from keras_impl import train as ktrain
+    from keras_impl.weights import load_torch_state_dict
+    from torch_impl import train as ttrain
+
+    def build(framework, _):
+        if framework == "torch":
+            model = torch_impl.build(name, **options)
+            model.load_state_dict(initial)
+            return model.double(), ttrain
+        model = keras_impl.build(name, **options)
+        load_torch_state_dict(model, initial)
+        return model, ktrain
+
+    return build
+
+
 @task()
 def classification(out: Path) -> dict:
     """resnet18 on discs and squares (test_train.py): the rate decays linearly to 1e-5 over the 4 steps, the L2
@@ -93,11 +114,7 @@ def saliency(out: Path) -> dict:
     conv1/bn1/layer1/layer2 frozen, on a generated SALICON folder at 64 px."""
     import torch
 
-    import keras_impl
     import torch_impl
-    from keras_impl import train as ktrain
-    from keras_impl.weights import load_torch_state_dict
-    from torch_impl import train as ttrain
     from twins import registry
     from twins.data import BatchPlan, Salicon, salicon_train_transform, salicon_val_transform
     from twins.runs import Recipe, recipe_defaults
@@ -113,14 +130,7 @@ def saliency(out: Path) -> dict:
     torch.manual_seed(0)
     initial = torch_impl.build("saliency_unet").state_dict()
 
-    def build(framework, _):
-        if framework == "torch":
-            model = torch_impl.build("saliency_unet")
-            model.load_state_dict(initial)
-            return model.double(), ttrain
-        model = keras_impl.build("saliency_unet")
-        load_torch_state_dict(model, initial)
-        return model, ktrain
+    build = twins_from("saliency_unet", initial)
 
     def fit(name, framework, _, model, trainer, run):
         config = Recipe(**{**recipe, "model": "saliency_unet", "framework": framework, "data": str(data),
@@ -137,11 +147,7 @@ def contrastive(out: Path) -> dict:
     on interleaved views, the kNN monitor; Keras' temperature at 0.55 is the broken run (tensorflow)."""
     import torch
 
-    import keras_impl
     import torch_impl
-    from keras_impl import train as ktrain
-    from keras_impl.weights import load_torch_state_dict
-    from torch_impl import train as ttrain
     from twins import tasks
     from twins.data import BatchPlan, Cifar10, cifar_test_transform, simclr_view_transform, two_views
     from twins.runs import Recipe, recipe_defaults
@@ -160,14 +166,7 @@ def contrastive(out: Path) -> dict:
     torch.manual_seed(0)
     initial = torch_impl.build("simclr_ssl").state_dict()
 
-    def build(framework, _):
-        if framework == "torch":
-            model = torch_impl.build("simclr_ssl")
-            model.load_state_dict(initial)
-            return model.double(), ttrain
-        model = keras_impl.build("simclr_ssl")
-        load_torch_state_dict(model, initial)
-        return model, ktrain
+    build = twins_from("simclr_ssl", initial)
 
     def fit(name, framework, temperature, model, trainer, run):
         config = Recipe(**{**recipe, "model": "simclr_ssl", "framework": framework, "data": str(data),
@@ -188,11 +187,7 @@ def segmentation(out: Path) -> dict:
     (tensorflow)."""
     import torch
 
-    import keras_impl
     import torch_impl
-    from keras_impl import train as ktrain
-    from keras_impl.weights import load_torch_state_dict
-    from torch_impl import train as ttrain
     from twins.data import BatchPlan, Voc, voc_train_transform, voc_val_transform
     from twins.runs import Recipe, recipe_defaults
     from twins.shapes import make_voc
@@ -208,14 +203,7 @@ def segmentation(out: Path) -> dict:
     torch.manual_seed(0)
     initial = torch_impl.build("pspnet", **options).state_dict()
 
-    def build(framework, _):
-        if framework == "torch":
-            model = torch_impl.build("pspnet", **options)
-            model.load_state_dict(initial)
-            return model.double(), ttrain
-        model = keras_impl.build("pspnet", **options)
-        load_torch_state_dict(model, initial)
-        return model, ktrain
+    build = twins_from("pspnet", initial, **options)
 
     def fit(name, framework, aux_weight, model, trainer, run):
         config = Recipe(**{**recipe, "model": "pspnet", "framework": framework, "data": str(data),
