@@ -51,6 +51,76 @@ def initial_values_not_drawn():
         _DRAWING[0] = True
 
 
+class NumpyDrawn(keras.initializers.Initializer):
+    """The distribution `original` draws from, drawn by numpy (`rng`): on jax, no program compiled per variable
+    shape (a `jax.random` draw compiles one for each new shape: 20 s of a cold-cache jax parity worker), and no
+    slow draw of a big kernel on tensorflow. Zeros, ones and constants stay themselves; the variance-scaling
+    family (He, Glorot, LeCun, ours), random normal, truncated normal and random uniform are drawn with their own
+    parameters; any other initializer draws on the backend as it would. A builder that re-initialises a variable
+    itself goes through `resolved` to be drawn the same way."""
+
+    def __init__(self, original, rng: np.random.Generator):
+        self.original, self.rng = original, rng
+
+    def _normal(self, shape, std, truncated=False):
+        values = self.rng.standard_normal(shape)
+        while truncated and (out := np.abs(values) > 2.0).any():  # Keras truncates at two standard deviations
+            values[out] = self.rng.standard_normal(int(out.sum()))
+        return values * std
+
+    def __call__(self, shape, dtype=None):
+        from keras.src.initializers import constant_initializers as const
+        from keras.src.initializers import random_initializers as rand
+
+        dtype = keras.backend.standardize_dtype(dtype or keras.config.floatx())
+        o, shape = self.original, tuple(shape)
+        if isinstance(o, (const.Zeros, const.Ones, const.Constant)):
+            value = 0.0 if isinstance(o, const.Zeros) else 1.0 if isinstance(o, const.Ones) else o.value
+            return np.full(shape, np.asarray(value), dtype=dtype)
+        if isinstance(o, rand.VarianceScaling):
+            fan_in, fan_out = rand.compute_fans(shape)
+            fan = {"fan_in": fan_in, "fan_out": fan_out}.get(o.mode, (fan_in + fan_out) / 2.0)
+            scale = o.scale / max(1.0, fan)
+            if o.distribution == "uniform":
+                limit = math.sqrt(3.0 * scale)
+                values = self.rng.uniform(-limit, limit, shape)
+            else:
+                truncated = o.distribution == "truncated_normal"
+                values = self._normal(shape, math.sqrt(scale) / (0.87962566103423978 if truncated else 1.0), truncated)
+        elif isinstance(o, rand.RandomNormal):
+            values = o.mean + self._normal(shape, o.stddev)
+        elif isinstance(o, rand.TruncatedNormal):
+            values = o.mean + self._normal(shape, o.stddev, truncated=True)
+        elif isinstance(o, rand.RandomUniform):
+            values = self.rng.uniform(o.minval, o.maxval, shape)
+        else:
+            return o(shape, dtype=dtype)
+        return values.astype(dtype)
+
+
+@contextlib.contextmanager
+def initial_values_drawn_by_numpy(seed: int):
+    """Build twins whose initial values are drawn as their initializers would draw them, by numpy from `seed`
+    (`NumpyDrawn`): for a twin whose values only need to be random and realistic (the parity engine's round trip
+    and head restore), the builders' own re-initialisations (inception's, through `resolved`) too."""
+    from keras.src import initializers
+
+    original, rng = initializers.get, np.random.default_rng(seed)
+    initializers.get = lambda identifier: None if identifier is None else NumpyDrawn(original(identifier), rng)
+    try:
+        yield
+    finally:
+        initializers.get = original
+
+
+def resolved(initializer):
+    """`initializer` as a layer would resolve it (`keras.src.initializers.get`): inside
+    `initial_values_drawn_by_numpy` drawn by numpy, as the layers' own are; for a builder's own re-initialisation."""
+    from keras.src import initializers
+
+    return initializers.get(initializer)
+
+
 def he_fan_out():
     """torchvision's conv init: kaiming_normal_(mode="fan_out", nonlinearity="relu")."""
     return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")

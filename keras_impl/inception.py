@@ -23,7 +23,8 @@ from keras import layers, ops
 
 from twins import registry
 
-from .common import BatchNorm, Logits, conv2d, dense, drawing_initial_values, image_input, max_pool
+from .common import (BatchNorm, Logits, conv2d, dense, drawing_initial_values, image_input, max_pool,
+                     resolved)
 
 # The smallest Mixed_6e map the aux head computes on: its 5x5/3 average pool then leaves 5x5.
 AUX_MIN_MAP = 17
@@ -227,7 +228,7 @@ def init_weights(model: keras.Model) -> None:
     stddev = {"AuxLogits-fc": 0.001}
     for layer in model.layers:
         if isinstance(layer, (layers.Conv2D, layers.Dense)):
-            initializer = keras.initializers.RandomNormal(0.0, stddev.get(layer.name, 0.1))
+            initializer = resolved(keras.initializers.RandomNormal(0.0, stddev.get(layer.name, 0.1)))
             layer.kernel.assign(initializer(layer.kernel.shape, dtype=layer.kernel.dtype))
 
 

@@ -183,3 +183,49 @@ def test_convert_from_a_bad_source_writes_nothing(tmp_path, run_twins):
     done = run_twins("convert", str(tmp_path / "r18.safetensors"), str(tmp_path / "out.weights.h5"), "--model", "resnet51")
     assert done.returncode == 2 and "unknown model name 'resnet51'" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.pth", "r18.safetensors"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda k: k.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal"),
+    lambda k: k.initializers.VarianceScaling(2.0, mode="fan_in", distribution="uniform"),
+    lambda k: k.initializers.GlorotUniform(),
+    lambda k: k.initializers.HeNormal(),  # truncated
+    lambda k: k.initializers.RandomNormal(0.0, 0.01),
+    lambda k: k.initializers.TruncatedNormal(0.5, 0.2),
+    lambda k: k.initializers.RandomUniform(-0.3, 0.3),
+], ids=["he-fan-out", "he-uniform", "glorot-uniform", "he-truncated", "normal", "truncated", "uniform"])
+def test_numpy_drawn_initial_values_follow_the_initializers_distribution(make):
+    """The parity engine's drawn twins (`initial_values_drawn_by_numpy`): numpy draws what the Keras initializer
+    would, same mean, spread and range (checked against the initializer's own draw on this backend)."""
+    import keras
+
+    from keras_impl.common import NumpyDrawn
+
+    shape = (3, 3, 64, 96)
+    own = keras.ops.convert_to_numpy(make(keras)(shape, dtype="float32")).astype(np.float64)
+    ours = NumpyDrawn(make(keras), np.random.default_rng(0))(shape, dtype="float32")
+    assert ours.dtype == np.float32 and ours.shape == shape
+    assert abs(ours.mean() - own.mean()) < 0.05 * own.std() + 1e-6
+    assert abs(ours.std() / own.std() - 1) < 0.03
+    assert abs(np.abs(ours).max() / np.abs(own).max() - 1) < 0.25  # the range: truncation and uniform limits
+
+
+def test_numpy_drawn_keeps_constants_and_leaves_other_initializers_to_the_backend():
+    import keras
+
+    from keras_impl.common import NumpyDrawn, initial_values_drawn_by_numpy
+
+    rng = np.random.default_rng(0)
+    assert (NumpyDrawn(keras.initializers.get("ones"), rng)((4,)) == 1).all()
+    assert (NumpyDrawn(keras.initializers.get("zeros"), rng)((2, 3), dtype="float64") == 0).all()
+    assert (NumpyDrawn(keras.initializers.Constant(0.25), rng)((3,)) == 0.25).all()
+    q = keras.ops.convert_to_numpy(NumpyDrawn(keras.initializers.Orthogonal(), rng)((8, 8)))
+    np.testing.assert_allclose(q.T @ q, np.eye(8), atol=1e-5)  # drawn by the backend, still orthogonal
+    with initial_values_drawn_by_numpy(3):
+        a = keras.layers.Dense(5)
+        a.build((None, 4))
+    with initial_values_drawn_by_numpy(3):
+        b = keras.layers.Dense(5)
+        b.build((None, 4))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(a.kernel), keras.ops.convert_to_numpy(b.kernel))
+    assert keras.ops.convert_to_numpy(a.kernel).std() > 0 and (keras.ops.convert_to_numpy(a.bias) == 0).all()

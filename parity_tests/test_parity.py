@@ -9,6 +9,8 @@ line of code with resnet50, so they get the eval-mode checks here and their full
 (DESIGN.md, test-time budget)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -214,35 +216,118 @@ def test_the_quick_run_computes_each_models_plan(results):
                                                        "exclude_restore"])
 
 
-def test_the_reports_parity_workers_run_side_by_side_under_one_heavy_lock(monkeypatch):
-    """`twins report` runs two backends' workers at once (`run_parity(parallel=2)`): they overlap, every one
-    gets the same heavy-lock file (so one heavy model's float64 copies are in memory at a time), and the rows
-    come back in the order of the backends, as they do one after the other."""
+def _fake_spawn(monkeypatch, seconds: dict, log: list):
+    """`launch.spawn` replaced by a worker that runs in a thread: it takes the plan's jobs in order through the
+    claims folder (`worker.claim`), as the real worker does, each job taking `seconds[backend]`, and writes its
+    rows as the real worker does. `log` gets (event, backend, label, running labels, heavy-lock file)."""
+    import json
     import threading
     import time
 
     from twins_cli.parity import launch
     from twins_cli.parity.memory import HEAVY_LOCK_ENV
+    from twins_cli.parity.worker import claim
+
+    running, guard = set(), threading.Lock()
+
+    def spawn(backend, plan_file, json_out, *, timeout, log_, env=None, claims=None, label=None):
+        plan = json.loads(plan_file.read_text())
+        with guard:
+            running.add(label)
+            log.append(("start", backend, label, set(running), (env or {}).get(HEAVY_LOCK_ENV),
+                        (env or {}).get("OMP_NUM_THREADS")))
+        rows, done = [], []
+        for index, job in enumerate(plan):
+            if claim(claims, index):
+                time.sleep(seconds[backend])
+                rows.append({"backend": backend, "model": job["model"], "worker": label, "job": index})
+                done.append(index)
+        json_out.write_text(json.dumps({"rows": rows, "done": done}))
+        with guard:
+            running.discard(label)
+        return None
+
+    monkeypatch.setattr(launch, "spawn", lambda *a, log=None, **k: spawn(*a, log_=log, **k))
+
+
+def test_the_reports_parity_workers_run_side_by_side_under_one_heavy_lock(monkeypatch):
+    """`twins report` runs two worker processes at once (`run_parity(parallel=2)`): they overlap, every one gets
+    the same heavy-lock file (so one heavy model's float64 copies are in memory at a time), and the rows come
+    back in the order of the backends, as they do one after the other."""
+    from twins_cli.parity import launch
+    from twins_cli.parity.memory import HEAVY_LOCK_ENV
 
     monkeypatch.delenv(HEAVY_LOCK_ENV, raising=False)
-    running, seen, locks = set(), [], []
-    guard = threading.Lock()
-
-    def fake_worker(backend, plan, *, timeout, log, env=None):
-        with guard:
-            running.add(backend)
-            seen.append(set(running))
-            locks.append((env or {}).get(HEAVY_LOCK_ENV))
-        time.sleep(0.3 if backend == "tensorflow" else 0.1)  # the first backend finishes last
-        with guard:
-            running.discard(backend)
-        return [{"backend": backend, "model": job.model} for job in plan]
-
-    monkeypatch.setattr(launch, "run_worker", fake_worker)
+    log = []
+    _fake_spawn(monkeypatch, {"tensorflow": 0.15, "jax": 0.05, "torch": 0.05}, log)
     backends = ["tensorflow", "jax", "torch"]
     rows = launch.run_parity(["alexnet", "resnet18"], backends, checks=["round_trip"], parallel=2)
     assert [(r["backend"], r["model"]) for r in rows] == [(b, m) for b in backends for m in ("alexnet", "resnet18")]
-    assert max(len(s) for s in seen) == 2, seen  # two at once, never three
-    assert len(set(locks)) == 1 and locks[0] is not None
+    assert max(len(event[3]) for event in log) == 2, log  # two at once, never three
+    assert len({event[4] for event in log}) == 1 and log[0][4] is not None
+    assert {event[5] for event in log} == {str(max(1, (os.cpu_count() or 1) // 2))}  # each its share of the cores
+    monkeypatch.setattr(launch, "run_worker", lambda backend, plan, **_: [{"backend": backend}])
     serial = launch.run_parity(["alexnet"], backends, checks=["round_trip"])
     assert [r["backend"] for r in serial] == backends
+
+
+def test_workers_sharing_the_cores_get_their_share_of_threads():
+    """`thread_env`: every framework's pools sized to the worker's share (torch checked in a process of its own);
+    what the user set stays theirs, and XLA's flags are added to theirs."""
+    import subprocess
+    import sys
+
+    from twins_cli.parity.launch import thread_env
+
+    env = thread_env(1, {})
+    assert {env[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                             "TF_NUM_INTEROP_THREADS")} == {"1"}
+    assert env["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    mine = thread_env(4, {"OMP_NUM_THREADS": "3", "XLA_FLAGS": "--xla_dump_to=/tmp/x"})
+    assert mine["OMP_NUM_THREADS"] == "3" and mine["MKL_NUM_THREADS"] == "4"
+    assert mine["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=4"
+    assert thread_env(2, {"XLA_FLAGS": "intra_op_parallelism_threads=8"})["XLA_FLAGS"] == "intra_op_parallelism_threads=8"
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], text=True,
+                         capture_output=True, env={**os.environ, **thread_env(1)}, check=True).stdout
+    assert out.strip() == "1"
+
+
+def test_a_free_slot_helps_the_backend_still_running(monkeypatch):
+    """When no backend waits for a slot, a second worker joins the backend with the most jobs not started; the
+    two share the claims folder, so each job runs once, and the rows come back in the plan's order. Without
+    helpers (`HELP_MIN_JOBS` out of reach) the slow backend's jobs all run in its one worker."""
+    from twins_cli.parity import launch
+
+    models = ["resnet18", "resnet34", "resnet50", "alexnet", "vgg11_bn", "squeezenet1_0", "densenet121", "simclr_sl"]
+    for min_jobs, helped in ((launch.HELP_MIN_JOBS, True), (len(models) + 1, False)):
+        monkeypatch.setattr(launch, "HELP_MIN_JOBS", min_jobs)
+        log = []
+        _fake_spawn(monkeypatch, {"tensorflow": 0.1, "jax": 0.01}, log)
+        rows = launch.run_parity(models, ["tensorflow", "jax"], checks=["round_trip"], parallel=2)
+        tf_rows = [r for r in rows if r["backend"] == "tensorflow"]
+        assert [r["model"] for r in tf_rows] == models  # each job once, in the plan's order
+        workers = {r["worker"] for r in tf_rows}
+        if helped:
+            assert workers == {"tensorflow", "tensorflow (helper)"}, workers
+            starts = [e[2] for e in log if e[0] == "start"]
+            assert sorted(starts[:2]) == ["jax", "tensorflow"] and starts[2:] == ["tensorflow (helper)"], starts
+        else:
+            assert workers == {"tensorflow"}, workers
+
+
+def test_a_helper_that_fails_leaves_failed_rows_for_the_jobs_it_took(tmp_path):
+    """Two workers' files merged: the jobs neither finished get a failed row naming the reason."""
+    import json
+
+    from twins_cli.parity import launch
+    from twins_cli.parity.plan import jobs
+
+    plan = jobs(["resnet18", "resnet34", "alexnet"], ["round_trip"])
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"rows": [{"model": "alexnet", "check": "round_trip", "passed": True, "job": 2}],
+                                 "done": [2]}))
+    second.write_text(json.dumps({"rows": [{"model": "resnet18", "check": "round_trip", "passed": True, "job": 0}],
+                                  "done": [0]}))
+    rows = launch.collect("jax", plan, [first, second], [None, "worker exited -9: Killed"])
+    assert [(r["model"], r["passed"]) for r in rows] == [("resnet18", True), ("alexnet", True), ("resnet34", False)]
+    assert "worker exited -9" in rows[-1]["detail"]

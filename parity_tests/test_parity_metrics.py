@@ -24,6 +24,26 @@ def test_a_non_finite_value_on_either_side_is_an_infinite_error(bad):
     assert abs_err(a, b) == math.inf
 
 
+def test_the_same_infinity_on_both_sides_is_still_an_infinite_error():
+    """inf - inf is NaN, not 0: two twins that both overflow at one place do not agree there."""
+    a = np.array([1.0, np.inf, 2.0])
+    assert abs_err(a, a.copy()) == math.inf and rel_err(a, a.copy()) == math.inf
+    assert abs_err(-a, -a) == math.inf
+
+
+def test_errors_are_computed_in_float64_whatever_the_inputs_hold():
+    """float32, int64 and bool inputs: the difference is taken in float64 (numpy has no bool subtraction)."""
+    one = np.float32(1.0)
+    a, b = np.array([one, one]), np.array([one, np.nextafter(one, np.float32(2))])
+    assert abs_err(a, b) == 2.0 ** -23
+    assert abs_err(np.array([16_777_217], np.int64), np.array([16_777_216], np.int64)) == 1.0
+    assert abs_err(np.array([True, False]), np.array([True, True])) == 1.0
+    assert abs_err(np.array([1e308]), np.array([-1e308])) == math.inf  # the float64 difference overflows
+    # relative to the torch side's largest magnitude, a negative value included
+    assert rel_err(np.array([0.0, -4.0]), np.array([0.0, -2.0])) == 1.0
+    assert abs_err(np.zeros((0, 3)), np.zeros((0, 3))) == 0.0
+
+
 def test_worst_does_not_hide_a_nan_behind_the_first_tensor():
     """`max` over (error, key) tuples keeps a NaN only when it comes first; ours keeps it anywhere."""
     b = {"first": np.ones(3), "second": np.ones(3), "third": np.ones(3)}

@@ -35,7 +35,8 @@ QUICK_BENCH = {"models": ["resnet18"], "batch_sizes": [32], "img_size": 64, "war
                                                      "~45 s on 2 CPU cores; `make bench` measures it"}}
 FULL_BENCH = {"models": "all", "batch_sizes": [8, 32], "img_size": None, "warmup": None, "repeats": None,
               "latency_calls": None, "skip": None}
-# Parity workers running at once (one per backend): each keeps about one core busy, and they share the heavy lock
+# Parity worker processes running at once (each backend's, then helpers for the backends still running:
+# `parity.launch.run_shared`): each keeps about one core busy, and they share the heavy lock
 # (`twins_cli.parity.memory.HeavyLock`), so the float64 copies of one heavy model are in memory at a time.
 PARITY_WORKERS = 2
 

@@ -26,6 +26,10 @@ from .store import TensorStore
 from .variants import resolve
 
 
+# The checks that read `ParityRun.loaded_twin` (one float32 Keras twin per model, built once).
+TWIN_CHECKS = ("eval_output", "stage_outputs", "round_trip")
+
+
 class ParityRun:
     """Both twins of one model on one Keras backend: the shared reference weights and batches, and one
     method per check returning `(error, detail)`. The twin packages are looked up at call time, so a
@@ -74,13 +78,13 @@ class ParityRun:
         return torch_impl.build(self.model, **{**self.options, **overrides})
 
     def build_keras(self, dtype: str = "float32", drawn: bool = True, **overrides):
-        """A fresh Keras twin with its own initial values (`drawn=False`: zeros, for a twin that is loaded next)."""
-        import contextlib
-
+        """A fresh Keras twin with its own initial values, drawn by numpy from its initializers' distributions
+        (`keras_impl.common.NumpyDrawn`: on jax no program compiled per variable shape), or with `drawn=False`
+        zeros, for a twin that is loaded next."""
         import keras_impl
-        from keras_impl.common import initial_values_not_drawn
+        from keras_impl.common import initial_values_drawn_by_numpy, initial_values_not_drawn
 
-        with keras_dtype(dtype), (contextlib.nullcontext() if drawn else initial_values_not_drawn()):
+        with keras_dtype(dtype), (initial_values_drawn_by_numpy(self.seed) if drawn else initial_values_not_drawn()):
             return keras_impl.build(self.model, **{**self.options, **overrides})
 
     def keras_twin(self, dtype: str = "float32", **overrides):
@@ -91,6 +95,20 @@ class ParityRun:
         model = self.build_keras(dtype, drawn=False, **overrides)
         weights.load_torch_state_dict(model, self.state, strict=True)
         return model
+
+    def loaded_twin(self):
+        """The float32 Keras twin holding the reference weights that the eval-mode checks and the round trip's
+        first half read (none of them changes it): built and loaded once for the three instead of once each
+        (resnet152 on tensorflow: 3 s a build and load). `drop_twin` lets it go (`run_model`: before the float64
+        training checks, and after its last use)."""
+        if getattr(self, "_twin", None) is None:
+            self._twin = self.keras_twin()
+        return self._twin
+
+    def drop_twin(self) -> bool:
+        """Forget the cached `loaded_twin`; True if there was one."""
+        had, self._twin = getattr(self, "_twin", None) is not None, None
+        return had
 
     def torch_twin(self, **overrides):
         """A fresh torch twin holding the reference weights (the reference itself is built with the
@@ -118,7 +136,7 @@ class ParityRun:
     # -- eval mode -------------------------------------------------------------------------------
 
     def eval_output(self):
-        err, which = outputs_err(self.keras_eval(self.keras_twin(), self.x), self.expected)
+        err, which = outputs_err(self.keras_eval(self.loaded_twin(), self.x), self.expected)
         return err, which if err <= self.bound("eval_output") else "; ".join(filter(None, [which, self.diagnose(False)]))
 
     def has_stage_taps(self) -> bool:
@@ -130,7 +148,7 @@ class ParityRun:
 
         from keras_impl.training import inference_fn
 
-        kmodel = self.keras_twin()
+        kmodel = self.loaded_twin()
         with torch.no_grad():
             expected = {k: v.numpy() for k, v in self.reference.forward_stages(torch.from_numpy(self.x)).items()}
         names = list(self.reference.stage_info)
@@ -315,7 +333,7 @@ class ParityRun:
 
         # torch -> Keras -> torch, by key against the torch twin's own state.
         expected = {k: v for k, v in self.state.items() if not checkpoints.is_counter(k)}
-        back = kweights.torch_state_dict(self.keras_twin())
+        back = kweights.torch_state_dict(self.loaded_twin())
         problem = key_set_problem(back, expected, "tensors")
         if problem:
             return float("inf"), f"torch -> Keras -> torch: {problem}"
@@ -459,13 +477,22 @@ def run_model(
         wanted = [c for c in wanted if not c.endswith("_step_bn_stats")]
     other_steps = [c for name, pair in STEP_CHECKS.items() if name != run.optimizer for c in pair]
     wanted = [c for c in wanted if c not in other_steps]
-    for check in wanted:
+    last_twin_use = max((i for i, c in enumerate(wanted) if c in TWIN_CHECKS), default=-1)
+    for i, check in enumerate(wanted):
         if check in TRAIN_CHECKS:
+            if run.drop_twin():  # the float64 twins' peak is the job's (vgg11_bn: 1.06 GB a copy)
+                release_memory()
             add(check, lambda check=check: getattr(run, check)(run.training()))
         elif check in EXPORT_CHECKS:
             add(check, lambda check=check: run.exported(export_format(check, "keras")))
         else:
             add(check, getattr(run, check))
-        if check == STEP_CHECKS[run.optimizer][1] or check not in TRAIN_CHECKS:
-            release_memory()  # each check builds its own twins; the big ones (vgg11_bn) are 0.5 GB a copy
+        if i == last_twin_use:
+            run.drop_twin()
+        # What a check built goes before the next check builds its own (the big twins: vgg11_bn 0.5 GB a float32
+        # copy); the eval-mode checks that only read the cached twin leave it to the next release (a collection
+        # is 0.1-0.2 s on jax).
+        if check == STEP_CHECKS[run.optimizer][1] or (check not in TRAIN_CHECKS and (check not in TWIN_CHECKS
+                                                                                     or i == last_twin_use)):
+            release_memory()
     return rows

@@ -23,6 +23,22 @@ def installed_backends() -> list[str]:
     return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
 
 
+def thread_env(threads: int, environ=os.environ) -> dict:
+    """The environment that gives each framework of a worker `threads` compute threads (torch and numpy's OpenMP
+    and BLAS pools, tensorflow's intra- and inter-op pools, XLA's CPU pool), for workers sharing the cores. Each
+    framework sizes its pools to every core otherwise: two parity workers on 2 cores ran 4 busy threads (the
+    quick plan's tensorflow and jax workers side by side: 236 and 252 s; one thread each: 187 and 191 s; two
+    torch workers side by side spent 233 s on what one alone did in 141 s). The user's own settings win (the
+    XLA flags are added to theirs)."""
+    n = str(threads)
+    env = {name: environ.get(name, n) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                  "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
+    xla = f"--xla_cpu_multi_thread_eigen={'false' if threads == 1 else 'true'} intra_op_parallelism_threads={n}"
+    user = environ.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = user if "intra_op_parallelism_threads" in user else f"{user} {xla}".strip()
+    return env
+
+
 def worker_command(backend: str, plan_file: Path, json_out: Path, env: dict | None = None) -> tuple[list[str], dict]:
     """The worker's command line and environment for `backend` (the torch twin's exports: no KERAS_BACKEND)."""
     cmd = [sys.executable, "-m", "twins_cli.parity", "--backend", backend, "--plan", str(plan_file),
@@ -33,16 +49,52 @@ def worker_command(backend: str, plan_file: Path, json_out: Path, env: dict | No
     return cmd, env
 
 
-def collect(backend: str, plan: list[Job], json_out: Path, reason: str | None) -> list[dict]:
-    """The rows a worker wrote, and a failed row (saying `reason`) for each job it did not finish."""
-    written = json.loads(json_out.read_text()) if json_out.is_file() else {"rows": [], "done": []}
-    rows = sorted(written["rows"], key=lambda row: row["job"])  # in the plan's order, whichever ran first
+def collect(backend: str, plan: list[Job], outputs: list[Path], reasons: list[str | None]) -> list[dict]:
+    """The rows the workers of `backend` wrote (one worker's file, or a worker's and its helper's, each job in one
+    of them), in the plan's order, and a failed row (saying why) for each job none of them finished."""
+    rows, done = [], set()
+    for out in outputs:
+        written = json.loads(out.read_text()) if out.is_file() else {"rows": [], "done": []}
+        rows += written["rows"]
+        done |= set(written["done"])
+    rows = sorted(rows, key=lambda row: row["job"])  # in the plan's order, whichever ran first
     rows = [{k: v for k, v in row.items() if k != "job"} for row in rows]
-    missing = [job for i, job in enumerate(plan) if i not in written["done"]]
+    missing = [job for i, job in enumerate(plan) if i not in done]
     if missing:
-        reason = reason or f"the worker stopped after {len(written['done'])} of {len(plan)} jobs"
+        reason = "; ".join(r for r in reasons if r) or f"the worker stopped after {len(done)} of {len(plan)} jobs"
         rows += [failed_row(job.model, backend, reason) for job in missing]
     return rows
+
+
+def spawn(backend: str, plan_file: Path, json_out: Path, *, timeout, log, env: dict | None = None,
+          claims: Path | None = None, label: str | None = None) -> str | None:
+    """One worker process for `backend` on the plan in `plan_file` (with `claims`: taking only the jobs no other
+    worker sharing the folder took); its progress lines go to `log`. Returns why it failed, or None."""
+    label = label or backend
+    cmd, env = worker_command(backend, plan_file, json_out, env)
+    if claims is not None:
+        cmd += ["--claims", str(claims)]
+    start = time.time()
+    reason = None
+    try:
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout)
+        progress = [line for line in proc.stderr.splitlines() if line.startswith("[parity]")]
+        print("\n".join(progress), file=log, flush=True)
+        if proc.returncode != 0:
+            reason = f"worker exited {proc.returncode}: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
+    except subprocess.TimeoutExpired:
+        reason = f"worker timed out after {timeout} s"
+    if reason is None:
+        print(f"[parity] {label}: done in {time.time() - start:.0f} s", file=log, flush=True)
+    else:
+        print(f"[parity] {label}: FAILED: {reason}", file=log, flush=True)
+    return reason
+
+
+def write_plan(plan: list[Job], path: Path) -> Path:
+    path.write_text(json.dumps([job.to_json() for job in plan]))
+    return path
 
 
 def run_worker(backend: str, plan: list[Job], *, timeout=1800, log=sys.stderr, env: dict | None = None) -> list[dict]:
@@ -51,46 +103,91 @@ def run_worker(backend: str, plan: list[Job], *, timeout=1800, log=sys.stderr, e
     if backend not in installed_backends() + [TORCH_TWIN]:
         return [failed_row(job.model, backend, f"{backend} is not installed") for job in plan]
     with tempfile.TemporaryDirectory() as tmp:
-        plan_file, out = Path(tmp) / "plan.json", Path(tmp) / "rows.json"
-        plan_file.write_text(json.dumps([job.to_json() for job in plan]))
-        cmd, env = worker_command(backend, plan_file, out, env)
+        plan_file, out = write_plan(plan, Path(tmp) / "plan.json"), Path(tmp) / "rows.json"
         print(f"[parity] {backend}: {', '.join(job.model for job in plan)} ...", file=log, flush=True)
-        start = time.time()
-        reason = None
-        try:
-            proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                  timeout=timeout)
-            progress = [line for line in proc.stderr.splitlines() if line.startswith("[parity]")]
-            print("\n".join(progress), file=log, flush=True)
-            if proc.returncode != 0:
-                reason = f"worker exited {proc.returncode}: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
-        except subprocess.TimeoutExpired:
-            reason = f"worker timed out after {timeout} s"
-        rows = collect(backend, plan, out, reason)
-    if reason is None:
-        print(f"[parity] {backend}: done in {time.time() - start:.0f} s", file=log, flush=True)
-    else:
-        print(f"[parity] {backend}: FAILED: {reason}", file=log, flush=True)
-    return rows
+        reason = spawn(backend, plan_file, out, timeout=timeout, log=log, env=env)
+        return collect(backend, plan, [out], [reason])
+
+
+# A worker whose backend has at least this many jobs no worker has started gets a helper when a slot frees up
+# (`run_shared`); fewer would not repay the helper's start (importing the frameworks: 5-10 s).
+HELP_MIN_JOBS = 3
+
+
+def run_shared(plan: list[Job], backends, *, parallel: int, timeout=1800, log=sys.stderr) -> list[dict]:
+    """Run `plan` on each of `backends` with `parallel` worker processes at a time: the backends' workers in
+    order, and once none is waiting, a second worker (a helper) for a backend still running, which takes the
+    jobs its first worker has not started (the two share a claims folder, `worker.claim`). The slots stay busy
+    until the last backend's jobs are done: `make demo`'s four workers took 267 + 168 s on one slot against
+    347 + 31 s on the other when each backend had one. Every worker gets the same `HeavyLock` file, so at most
+    one of them runs a heavy job at a time, and its share of the cores (`thread_env`). The rows come back in
+    the order of `backends`, each backend's in the plan's order."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from .memory import HEAVY_LOCK_ENV
+
+    present = set(installed_backends() + [TORCH_TWIN])
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        env = {HEAVY_LOCK_ENV: os.environ.get(HEAVY_LOCK_ENV) or str(tmp / "heavy.lock"),
+               **thread_env(max(1, (os.cpu_count() or 1) // parallel))}
+        plan_file = write_plan(plan, tmp / "plan.json")
+        queue = [b for b in backends if b in present]
+        outputs: dict[str, list[Path]] = {b: [] for b in queue}
+        reasons: dict[str, list[str | None]] = {b: [] for b in queue}
+        running: dict = {}  # future -> backend
+
+        def unstarted(backend: str) -> int:
+            return len(plan) - len(list((tmp / f"claims-{backend}").iterdir()))
+
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+
+            def start(backend: str) -> None:
+                claims = tmp / f"claims-{backend}"
+                claims.mkdir(exist_ok=True)
+                out = tmp / f"rows-{backend}-{len(outputs[backend])}.json"
+                label = backend if not outputs[backend] else f"{backend} (helper)"
+                if outputs[backend]:
+                    print(f"[parity] {label}: a second worker takes the {unstarted(backend)} jobs not started yet",
+                          file=log, flush=True)
+                else:
+                    print(f"[parity] {backend}: {', '.join(job.model for job in plan)} ...", file=log, flush=True)
+                outputs[backend].append(out)
+                running[pool.submit(spawn, backend, plan_file, out, timeout=timeout, log=log, env=env,
+                                    claims=claims, label=label)] = backend
+
+            while queue and len(running) < parallel:
+                start(queue.pop(0))
+            while running:
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    reasons[running.pop(future)].append(future.result())
+                while queue and len(running) < parallel:
+                    start(queue.pop(0))
+                # a free slot and nothing waiting: help the running backend with the most jobs not started (the
+                # torch twin's export worker is not helped: its jobs are a few export rows and many empty ones)
+                candidates = [b for b in set(running.values()) if b != TORCH_TWIN and len(outputs[b]) == 1
+                              and unstarted(b) >= HELP_MIN_JOBS]
+                if len(running) < parallel and candidates:
+                    start(max(candidates, key=unstarted))
+        rows = []
+        for backend in backends:
+            if backend in outputs:
+                rows += collect(backend, plan, outputs[backend], reasons[backend])
+            else:
+                rows += [failed_row(job.model, backend, f"{backend} is not installed") for job in plan]
+        return rows
 
 
 def run_parity(models, backends, *, batch=2, size=None, checks=None, quick=False, timeout=1800,
                log=sys.stderr, parallel: int = 1) -> list[dict]:
     """Run the parity worker for `models` once per backend. `quick`: each model's QUICK_SUITE plan (and
-    QUICK_EXPORTS). `backends` may hold `torch_impl`, the torch twin's export rows. `parallel`: how many
-    backends' workers run at once (each mostly keeps one core busy); they share one `HeavyLock`, so at most one
-    of them runs a heavy job at a time. The rows come back in the order of `backends` either way."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    QUICK_EXPORTS). `backends` may hold `torch_impl`, the torch twin's export rows. `parallel`: how many worker
+    processes run at once (each mostly keeps one core busy; `run_shared`). The rows come back in the order of
+    `backends` either way."""
     from .bounds import ALL_CHECKS
-    from .memory import HEAVY_LOCK_ENV
 
     plan = jobs(models, tuple(checks) if checks else ALL_CHECKS, quick=quick, size=size, batch=batch)
     if parallel <= 1:
         return [row for backend in backends for row in run_worker(backend, plan, timeout=timeout, log=log)]
-    with tempfile.TemporaryDirectory() as tmp:
-        lock = os.environ.get(HEAVY_LOCK_ENV) or str(Path(tmp) / "heavy.lock")
-        with ThreadPoolExecutor(max_workers=parallel) as pool:
-            futures = [pool.submit(run_worker, backend, plan, timeout=timeout, log=log, env={HEAVY_LOCK_ENV: lock})
-                       for backend in backends]
-            return [row for future in futures for row in future.result()]
+    return run_shared(plan, backends, parallel=parallel, timeout=timeout, log=log)

@@ -126,6 +126,8 @@ def worker_main(argv=None) -> int:
     parser.add_argument("--checks", default=",".join(ALL_CHECKS))
     parser.add_argument("--json-out", required=True)
     parser.add_argument("--quick", action="store_true", help="each model's QUICK_SUITE plan")
+    parser.add_argument("--claims", help="a folder shared with other workers of this backend and plan: each job "
+                                         "runs in the worker that claims it first (`claim`)")
     args = parser.parse_args(argv)
     if args.backend != TORCH_TWIN and os.environ.get("KERAS_BACKEND") != args.backend:
         print(f"KERAS_BACKEND must be {args.backend!r} before keras is imported", file=sys.stderr)
@@ -136,5 +138,5 @@ def worker_main(argv=None) -> int:
     else:
         checks = tuple(c for c in args.checks.split(",") if c)
         plan = jobs(args.model, checks, quick=args.quick, size=args.size, batch=args.batch)
-    run_tasks(args.backend, plan, args.json_out)
+    run_tasks(args.backend, plan, args.json_out, claims=Path(args.claims) if args.claims else None)
     return 0
