@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from twins_cli.parity.launch import thread_env
 from twins_cli.parity.memory import HEAVY_LOCK_ENV, PARITY_ENV, HeavyLock
 
 BACKEND = os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -18,6 +19,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # and the parity workers: read when tensorflow is imported, before any test imports it.
 for _name, _value in PARITY_ENV.items():
     os.environ.setdefault(_name, _value)
+# Two processes share the cores through a pass, this one and the session worker (`parity_tests/workers.py`), and
+# every framework sizes its thread pools to all of them: each process gets its share instead (`thread_env`; the
+# report's parity workers side by side ran 20-24 % faster so), the `twins` processes the tests start inherit it,
+# and jax's compilations keep one set of XLA flags, so the persistent cache serves both processes. A user's own
+# settings are kept.
+os.environ.update(thread_env(max(1, (os.cpu_count() or 1) // 2)))
 
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 MODELS = RESNETS + ["alexnet", "vgg11_bn", "squeezenet1_0", "densenet121", "inception_v3", "vgg19_slim",

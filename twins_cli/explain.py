@@ -95,8 +95,8 @@ def layer_table(name: str) -> tuple[str, dict]:
     from keras_impl.common import initial_values_not_drawn
     from keras_impl.weights import slots
 
-    torch.manual_seed(0)
-    tmodel = torch_impl.build(name)
+    with torch.device("meta"):  # names and shapes only: no memory, no initial values drawn
+        tmodel = torch_impl.build(name)
     state = {k: tuple(v.shape) for k, v in tmodel.state_dict().items()}
     del tmodel
     with initial_values_not_drawn():  # the table reads names and shapes only

@@ -249,6 +249,7 @@ class ParityRun:
                 else:
                     k_opt = ktrain.sgd(SGD_LR, SGD_MOMENTUM)
                 k_slots = {slot.key: slot for slot in kweights.slots(kmodel)}
+                k_apply = ktrain.apply_fn(k_opt, view.trainable_variables)
 
                 def keras_now(key):
                     return k_slots[key].to_torch(keras.ops.convert_to_numpy(k_slots[key].variable))
@@ -281,7 +282,7 @@ class ParityRun:
                             out["gradients"] = (err, f"worst: {key}")
                         del by_path
                         store.drop("torch gradient")
-                    k_opt.apply_gradients(zip(k_grads, view.trainable_variables))
+                    k_apply(k_grads)
                     del k_grads
                     t_delta, k_delta = store.view(f"torch update {s}"), LazyMap(keras_delta, set(k_slots))
                     out["params"].append(worst(k_delta, t_delta, t_keys))

@@ -43,6 +43,9 @@ def export_row(side, model, name: str, fmt: str, size: int, seed: int) -> tuple[
 
 def run_torch_exports(name: str, *, size: int | None = None, seed: int = 0, checks=TORCH_EXPORT_CHECKS) -> list[Row]:
     """The torch twin's export rows (backend `torch_impl`): the reference weights of `ParityRun`, no Keras."""
+    wanted = [check for check in TORCH_EXPORT_CHECKS if check in checks]
+    if not wanted:  # a job of the plan with no export of the torch twin: nothing to build
+        return []
     import torch
 
     from twins_cli.train import Side
@@ -55,4 +58,4 @@ def run_torch_exports(name: str, *, size: int | None = None, seed: int = 0, chec
     return [check_row(name, TORCH_TWIN, check, bound_for(name, check),
                       lambda check=check: export_row(Side("torch"), reference, model, export_format(check, "torch"),
                                                      size, seed), meta)
-            for check in TORCH_EXPORT_CHECKS if check in checks]
+            for check in wanted]
