@@ -42,6 +42,9 @@ def test_errors_are_computed_in_float64_whatever_the_inputs_hold():
     # relative to the torch side's largest magnitude, a negative value included
     assert rel_err(np.array([0.0, -4.0]), np.array([0.0, -2.0])) == 1.0
     assert abs_err(np.zeros((0, 3)), np.zeros((0, 3))) == 0.0
+    # scalars (a mean loss against the reference's): 0-d on both sides, numpy's or Python's
+    assert abs_err(np.float64(1.5), 1.25) == 0.25 and rel_err(np.mean([1.0, 2.0]), np.float32(1.0)) == 0.5
+    assert abs_err(np.array(2.0), np.array(np.nan)) == math.inf
 
 
 def test_worst_does_not_hide_a_nan_behind_the_first_tensor():

@@ -23,7 +23,7 @@ def abs_err(a, b) -> float:
         raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
     if not b.size:
         return 0.0
-    diff = np.subtract(a, b, dtype=np.float64)
+    diff = np.atleast_1d(np.subtract(a, b, dtype=np.float64))  # a 0-d difference is a numpy scalar, not an array
     err = float(np.abs(diff, out=diff).max())
     return err if np.isfinite(err) else float("inf")
 
