@@ -331,3 +331,29 @@ def test_a_helper_that_fails_leaves_failed_rows_for_the_jobs_it_took(tmp_path):
     rows = launch.collect("jax", plan, [first, second], [None, "worker exited -9: Killed"])
     assert [(r["model"], r["passed"]) for r in rows] == [("resnet18", True), ("alexnet", True), ("resnet34", False)]
     assert "worker exited -9" in rows[-1]["detail"]
+
+
+def test_a_killed_worker_leaves_its_progress_and_says_it_was_killed(monkeypatch, tmp_path):
+    """`spawn` passes the worker's progress lines on as they come, so a worker the kernel kills (out of memory)
+    leaves in the log the jobs it finished; the reason says it was killed, and a worker that fails says its last
+    line; one that runs past the timeout is stopped."""
+    import io
+    import sys
+
+    from twins_cli.parity import launch
+
+    def fake(script):
+        monkeypatch.setattr(launch, "worker_command", lambda *a, **k: ([sys.executable, "-c", script], dict(os.environ)))
+
+    fake("import os, signal, sys; print('[parity] jax: resnet18: 9 rows', file=sys.stderr, flush=True); "
+         "print('noise', file=sys.stderr, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    log = io.StringIO()
+    reason = launch.spawn("jax", tmp_path / "plan.json", tmp_path / "rows.json", timeout=60, log=log)
+    assert reason == "worker killed (SIGKILL; out of memory?)"
+    assert log.getvalue().splitlines() == ["[parity] jax: resnet18: 9 rows", f"[parity] jax: FAILED: {reason}"]
+    fake("import sys; print('ValueError: bad plan', file=sys.stderr); sys.exit(3)")
+    assert launch.spawn("jax", tmp_path / "p", tmp_path / "r", timeout=60, log=io.StringIO()) == \
+        "worker exited 3: ValueError: bad plan"
+    fake("import time; time.sleep(30)")
+    assert launch.spawn("jax", tmp_path / "p", tmp_path / "r", timeout=1, log=io.StringIO()) == \
+        "worker timed out after 1 s"

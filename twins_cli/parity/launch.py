@@ -69,22 +69,40 @@ def collect(backend: str, plan: list[Job], outputs: list[Path], reasons: list[st
 def spawn(backend: str, plan_file: Path, json_out: Path, *, timeout, log, env: dict | None = None,
           claims: Path | None = None, label: str | None = None) -> str | None:
     """One worker process for `backend` on the plan in `plan_file` (with `claims`: taking only the jobs no other
-    worker sharing the folder took); its progress lines go to `log`. Returns why it failed, or None."""
+    worker sharing the folder took); its progress lines go to `log` as the worker prints them, so a worker that
+    is killed (by the kernel's out-of-memory killer, say) leaves the log saying which job it had started. Returns
+    why it failed, or None."""
+    import collections
+    import signal
+    import threading
+
     label = label or backend
     cmd, env = worker_command(backend, plan_file, json_out, env)
     if claims is not None:
         cmd += ["--claims", str(claims)]
     start = time.time()
-    reason = None
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    other = collections.deque(maxlen=1)  # the last line that is not progress: the error, if it fails
     try:
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              timeout=timeout)
-        progress = [line for line in proc.stderr.splitlines() if line.startswith("[parity]")]
-        print("\n".join(progress), file=log, flush=True)
-        if proc.returncode != 0:
-            reason = f"worker exited {proc.returncode}: " + (proc.stderr.strip().splitlines() or ["?"])[-1]
-    except subprocess.TimeoutExpired:
+        for line in proc.stderr:
+            line = line.rstrip("\n")
+            if line.startswith("[parity]"):
+                print(line, file=log, flush=True)
+            elif line.strip():
+                other.append(line.strip())
+        code = proc.wait()
+    finally:
+        timed_out = not timer.is_alive() and proc.returncode not in (0, None) and time.time() - start >= timeout
+        timer.cancel()
+    reason = None
+    if timed_out:
         reason = f"worker timed out after {timeout} s"
+    elif code == -signal.SIGKILL:
+        reason = "worker killed (SIGKILL; out of memory?)"
+    elif code != 0:
+        reason = f"worker exited {code}: " + (other[-1] if other else "?")
     if reason is None:
         print(f"[parity] {label}: done in {time.time() - start:.0f} s", file=log, flush=True)
     else:
