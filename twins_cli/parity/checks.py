@@ -45,6 +45,7 @@ class ParityRun:
         from twins.runs import recipe_defaults
 
         self.name = name
+        self._twin = None  # `loaded_twin`, once built
         self.model, self.options, default_size = resolve(name)
         self.info = registry.get(self.model)
         self.size = size or default_size
@@ -101,13 +102,13 @@ class ParityRun:
         first half read (none of them changes it): built and loaded once for the three instead of once each
         (resnet152 on tensorflow: 3 s a build and load). `drop_twin` lets it go (`run_model`: before the float64
         training checks, and after its last use)."""
-        if getattr(self, "_twin", None) is None:
+        if self._twin is None:
             self._twin = self.keras_twin()
         return self._twin
 
     def drop_twin(self) -> bool:
         """Forget the cached `loaded_twin`; True if there was one."""
-        had, self._twin = getattr(self, "_twin", None) is not None, None
+        had, self._twin = self._twin is not None, None
         return had
 
     def torch_twin(self, **overrides):

@@ -82,7 +82,8 @@ def spawn(backend: str, plan_file: Path, json_out: Path, *, timeout, log, env: d
         cmd += ["--claims", str(claims)]
     start = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    timer = threading.Timer(timeout, proc.kill)
+    timed_out = threading.Event()
+    timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
     timer.start()
     other = collections.deque(maxlen=1)  # the last line that is not progress: the error, if it fails
     try:
@@ -94,10 +95,9 @@ def spawn(backend: str, plan_file: Path, json_out: Path, *, timeout, log, env: d
                 other.append(line.strip())
         code = proc.wait()
     finally:
-        timed_out = not timer.is_alive() and proc.returncode not in (0, None) and time.time() - start >= timeout
         timer.cancel()
     reason = None
-    if timed_out:
+    if timed_out.is_set():
         reason = f"worker timed out after {timeout} s"
     elif code == -signal.SIGKILL:
         reason = "worker killed (SIGKILL; out of memory?)"
