@@ -101,7 +101,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write rows {model, backend, check, error, bound, passed} here")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--size", type=int, default=None, help="square image size (default: the model's parity size)")
-    p.add_argument("--timeout", type=int, default=1800, help="seconds per backend")
+    p.add_argument("--timeout", type=int, default=None,
+                   help="seconds per backend's worker (default: 15 minutes per model in the plan)")
     p.set_defaults(func=cmd_parity)
 
     c = sub.add_parser("convert", help="move a checkpoint between torch layout and Keras files")

@@ -197,15 +197,23 @@ def run_shared(plan: list[Job], backends, *, parallel: int, timeout=1800, log=sy
         return rows
 
 
-def run_parity(models, backends, *, batch=2, size=None, checks=None, quick=False, timeout=1800,
+# A worker's time limit when the caller sets none: this much per job of its plan. It is there to stop a hung
+# worker, not to bound the run: `make parity`'s tensorflow worker spends 7-8 minutes on vgg11_bn's ONNX export
+# alone (tf2onnx re-serialises its 0.4 GB fc6 constant in every optimiser pass), and ran into the fixed 1800 s
+# a worker had before.
+JOB_TIMEOUT = 900
+
+
+def run_parity(models, backends, *, batch=2, size=None, checks=None, quick=False, timeout: float | None = None,
                log=sys.stderr, parallel: int = 1) -> list[dict]:
     """Run the parity worker for `models` once per backend. `quick`: each model's QUICK_SUITE plan (and
     QUICK_EXPORTS). `backends` may hold `torch_impl`, the torch twin's export rows. `parallel`: how many worker
-    processes run at once (each mostly keeps one core busy; `run_shared`). The rows come back in the order of
-    `backends` either way."""
+    processes run at once (each mostly keeps one core busy; `run_shared`). `timeout`: seconds per worker (None:
+    `JOB_TIMEOUT` per job of the plan). The rows come back in the order of `backends` either way."""
     from .bounds import ALL_CHECKS
 
     plan = jobs(models, tuple(checks) if checks else ALL_CHECKS, quick=quick, size=size, batch=batch)
+    timeout = timeout if timeout is not None else JOB_TIMEOUT * max(1, len(plan))
     if parallel <= 1:
         return [row for backend in backends for row in run_worker(backend, plan, timeout=timeout, log=log)]
     return run_shared(plan, backends, parallel=parallel, timeout=timeout, log=log)
