@@ -357,3 +357,43 @@ def test_a_killed_worker_leaves_its_progress_and_says_it_was_killed(monkeypatch,
     fake("import time; time.sleep(30)")
     assert launch.spawn("jax", tmp_path / "p", tmp_path / "r", timeout=1, log=io.StringIO()) == \
         "worker timed out after 1 s"
+
+
+def test_a_fresh_process_task_runs_in_a_process_that_ran_nothing_else(tmp_path):
+    """`run_tasks` with `restart`: before a `fresh_process` task, a process that has run a task replaces itself
+    (here the restart raises, and a new call on the same files stands for the new process), and the new process
+    carries on from the rows file: every task once, in plan order, each fresh task first in its process. Without
+    the restart the fourth task would share the process (the control)."""
+    import io
+
+    from twins_cli.parity.worker import run_tasks
+
+    class Task:
+        heavy = False
+
+        def __init__(self, name, fresh):
+            self.label, self.fresh_process = name, fresh
+
+        def run(self, backend):
+            ran.append((process, self.label))
+            return [{"task": self.label}]
+
+    class Restarted(Exception):
+        pass
+
+    def restart():
+        raise Restarted
+
+    tasks = [Task("a", False), Task("b", False), Task("fit 1", True), Task("fit 2", True)]
+    out, ran, process = tmp_path / "rows.json", [], 0
+    while True:
+        try:
+            rows = run_tasks("tensorflow", tasks, str(out), log=io.StringIO(), restart=restart)
+            break
+        except Restarted:
+            process += 1
+    assert ran == [(0, "a"), (0, "b"), (1, "fit 1"), (2, "fit 2")]
+    assert [row["task"] for row in rows] == ["a", "b", "fit 1", "fit 2"]
+    ran, process = [], 0
+    run_tasks("tensorflow", tasks, str(tmp_path / "control.json"), log=io.StringIO())
+    assert ran == [(0, "a"), (0, "b"), (0, "fit 1"), (0, "fit 2")]

@@ -20,6 +20,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from twins import checkpoints
 from twins_cli.compile_cache import JaxCacheCounter
@@ -70,18 +71,32 @@ def claim(claims: Path | None, index: int) -> bool:
     return True
 
 
-def run_tasks(backend: str, tasks: list, json_out: str, log=sys.stderr, claims: Path | None = None) -> list[dict]:
+def run_tasks(backend: str, tasks: list, json_out: str, log=sys.stderr, claims: Path | None = None,
+              restart: Callable[[], None] | None = None) -> list[dict]:
     """Run `tasks` in this process (its Keras backend already `backend`); after each, write every row so far
     (each with its task's index, `job`) and the indices done. With `claims`, a task another process claimed
-    (`claim`) is left to it: the test suite's pytest process computes a light task itself rather than wait."""
+    (`claim`) is left to it: the test suite's pytest process computes a light task itself rather than wait.
+
+    A task with a true `fresh_process` runs in a process that has run nothing else: with `restart` (which
+    replaces this process with a new one on the same arguments, `os.execv`), a process that has run a task calls
+    it first, and the new process carries on from what `json_out` says is done (tensorflow's fit keeps ~1 GB of
+    each recipe run in the process that ran it: the session worker's last recipe peaked at 5.0 GiB after three
+    others, 1.96 GiB alone)."""
     counter = prepare_process(backend)
     lock = HeavyLock()
-    rows: list[dict] = []
-    pending, done = list(range(len(tasks))), []
-    start = time.time()
+    written = json.loads(Path(json_out).read_text()) if Path(json_out).is_file() else {}
+    rows: list[dict] = written.get("rows", [])
+    done: list[int] = written.get("done", [])
+    pending = [i for i in range(len(tasks)) if i not in done]
+    start, ran_here = written.get("started", time.time()), 0
     while pending:
         index = next_task(tasks, pending, lock)
         task = tasks[index]
+        if restart is not None and ran_here and getattr(task, "fresh_process", False):
+            if task.heavy:
+                lock.release()
+            log.flush()
+            restart()
         pending.remove(index)
         if not claim(claims, index):
             if task.heavy:
@@ -94,8 +109,10 @@ def run_tasks(backend: str, tasks: list, json_out: str, log=sys.stderr, claims: 
             if task.heavy:
                 lock.release()
         done.append(index)
+        ran_here += 1
         rows += [{**row, "job": index} for row in new]
-        checkpoints.write_atomic(json_out, lambda tmp: tmp.write_text(json.dumps({"rows": rows, "done": done})))
+        checkpoints.write_atomic(json_out, lambda tmp: tmp.write_text(json.dumps({"rows": rows, "done": done,
+                                                                                   "started": start})))
         failed = [r["check"] for r in new if "check" in r and not r["passed"] and r.get("supported", True)]
         print(f"[parity] {backend}: {task.label}: {len(new)} rows" + (f", FAILED {', '.join(failed)}" if failed else "")
               + f" in {time.time() - began:.1f} s (peak memory so far {peak_rss_gib():.2f} GiB)", file=log, flush=True)
