@@ -397,3 +397,18 @@ def test_a_fresh_process_task_runs_in_a_process_that_ran_nothing_else(tmp_path):
     ran, process = [], 0
     run_tasks("tensorflow", tasks, str(tmp_path / "control.json"), log=io.StringIO())
     assert ran == [(0, "a"), (0, "b"), (0, "fit 1"), (0, "fit 2")]
+
+
+def test_the_torch_twins_export_worker_never_waits_for_the_heavy_lock_to_do_nothing():
+    """A heavy model's job without a torch export check computes nothing on `torch_impl`: it is light there (it
+    stays heavy where it has export checks, and on the Keras backends)."""
+    from twins_cli.parity import TORCH_TWIN
+    from twins_cli.parity.plan import jobs
+    from twins_cli.parity.worker import for_backend
+
+    plan = jobs(["pspnet", "vgg11_bn", "resnet18"], ["eval_output", "export_onnx"], quick=True)
+    assert [(job.model, job.heavy) for job in plan] == [("pspnet", True), ("vgg11_bn", True), ("resnet18", False)]
+    assert [job.heavy for job in for_backend(plan, TORCH_TWIN)] == [False, False, False]
+    assert for_backend(plan, "jax") == plan
+    full = jobs(["pspnet"], ["eval_output", "export_onnx"])
+    assert [job.heavy for job in for_backend(full, TORCH_TWIN)] == [True]
