@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import threading
+import time
 
 import keras
 
@@ -59,16 +60,20 @@ def export(model: keras.Model, path: str, fmt: str, size: int, **options) -> Non
 
 
 @contextlib.contextmanager
-def collecting_cycles(interval: float = 1.0):
-    """Collect Python's cyclic garbage every `interval` seconds while the block runs (a thread), the objects alive
-    on entry left out of each pass (`gc.freeze`: a pass then costs what the block made, not the whole process)."""
+def collecting_cycles(interval: float = 1.0, share: float = 0.1):
+    """Collect Python's cyclic garbage while the block runs (a thread): every `interval` seconds, or less often
+    where a collection takes long (in a process with much alive and nothing frozen), so that collecting takes at
+    most `share` of the time. The process's frozen objects (`gc.freeze`, the parity processes' imports) stay
+    frozen: each pass scans what is not."""
     stop = threading.Event()
 
     def collect():
-        while not stop.wait(interval):
+        wait = interval
+        while not stop.wait(wait):
+            began = time.perf_counter()
             gc.collect()
+            wait = max(interval, (time.perf_counter() - began) / share)
 
-    gc.freeze()
     thread = threading.Thread(target=collect, name="collecting_cycles", daemon=True)
     thread.start()
     try:
@@ -76,4 +81,3 @@ def collecting_cycles(interval: float = 1.0):
     finally:
         stop.set()
         thread.join()
-        gc.unfreeze()
