@@ -207,7 +207,14 @@ def test_numpy_drawn_initial_values_follow_the_initializers_distribution(make):
     assert ours.dtype == np.float32 and ours.shape == shape
     assert abs(ours.mean() - own.mean()) < 0.05 * own.std() + 1e-6
     assert abs(ours.std() / own.std() - 1) < 0.03
-    assert abs(np.abs(ours).max() / np.abs(own).max() - 1) < 0.25  # the range: truncation and uniform limits
+    # The range (truncation at 2 standard deviations, the uniform limits), read at the 99.9th percentile of |x|:
+    # Keras' torch backend truncates by taking the first of 4 draws inside the range, and keeps the first draw
+    # when none is (p = 0.0455 ** 4 an element: a 3x3x64x96 kernel holds one such value one time in four, up to
+    # 2.9 standard deviations), so its maximum is not its range. Without the truncation the percentile is 3.3 sd.
+    def spread(x):
+        return np.quantile(np.abs(x - x.mean()), 0.999)
+
+    assert abs(spread(ours) / spread(own) - 1) < 0.1
 
 
 def test_numpy_drawn_keeps_constants_and_leaves_other_initializers_to_the_backend():
