@@ -14,6 +14,12 @@ PASS_jax := -m keras
 PASS_torch := -m keras
 BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 3
+# numpy asks the kernel for transparent huge pages for every array of 4 MB or more (madvise). On this project's
+# 2-core virtual machines a huge page that was not touched recently is slow to fault in: a fresh 2 GB numpy array
+# took 28.5 s (24.7 s of it in the kernel) against 1.5 s with 4 KB pages; tensorflow's, torch's and jax's own
+# allocations do not ask. The parity checks, the bridge and the checkpoint readers are numpy: every process the
+# make targets start keeps 4 KB pages (README "Tests"). `NUMPY_MADVISE_HUGEPAGE=1 make ...` restores numpy's default.
+export NUMPY_MADVISE_HUGEPAGE ?= 0
 # JAX compiles every op the first time a process runs it (a Keras model's first build on jax: ~10 s for
 # saliency_unet, 0.7 s the second time); the tests, the parity workers and the CLI runs they start are many
 # processes building the same models, so they share compiled programs through JAX's persistent cache.

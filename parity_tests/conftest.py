@@ -7,6 +7,9 @@ import os
 import shutil
 from pathlib import Path
 
+# numpy with 4 KB pages in this process (where nothing imported numpy before) and the processes it starts, as the
+# Makefile sets it for `make test` (see the Makefile: fresh transparent huge pages fault in slowly on our machines).
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 import numpy as np
 import pytest
 
