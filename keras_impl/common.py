@@ -192,9 +192,23 @@ def adaptive_bins(size_in: int, size_out: int) -> np.ndarray:
     return matrix
 
 
+def apply_separable(x, rows, cols, size_in, size_out):
+    """`rows` (out_h, in_h) along the height and `cols` (out_w, in_w) along the width of NHWC `x`:
+    `einsum("pw,nowc->nopc", cols, einsum("oh,nhwc->nowc", rows, x))`, written as two matrix products over
+    reshapes that keep the batch as the one free axis. The einsums themselves compute the same on every backend,
+    but tensorflow's LiteRT converter turns an einsum on a batch-free input into Reshape ops whose output shapes
+    hold a -1, which the LiteRT interpreter refuses as a whole ("BytesRequired number of elements overflowed":
+    vgg11_bn's and pspnet's `.tflite`). `size_in` and `size_out` are (height, width), ints or, where the traced
+    shape does not know them, scalar tensors."""
+    (in_h, in_w), (out_h, out_w), channels = size_in, size_out, x.shape[-1]
+    y = ops.matmul(rows, ops.reshape(x, (-1, in_h, in_w * channels)))  # (n, out_h, in_w * c)
+    y = ops.matmul(cols, ops.reshape(y, (-1, in_w, channels)))  # (n * out_h, out_w, c)
+    return ops.reshape(y, (-1, out_h, out_w, channels))
+
+
 @keras.saving.register_keras_serializable(package="twins")
 class AdaptiveAveragePool(layers.AdaptiveAveragePooling2D):
-    """torch's AdaptiveAvgPool2d (NHWC) as two averaging matrices (`adaptive_bins`) applied by einsum,
+    """torch's AdaptiveAvgPool2d (NHWC) as two averaging matrices (`adaptive_bins`, `apply_separable`),
     one implementation for every backend. Keras 3.15's own layer is wrong in two places the zoo reaches:
     on jax it returns NaN for 7x7 -> 7x7 (vgg11_bn at 224 px), 6x6 -> 7x7 and 14x14 -> 7x7, and on
     tensorflow in graph mode (`fit`) it fails on an axis of extent 1 (vgg11_bn below 64 px, alexnet
@@ -206,7 +220,7 @@ class AdaptiveAveragePool(layers.AdaptiveAveragePooling2D):
             return super().call(x)
         rows = ops.convert_to_tensor(adaptive_bins(height, self.output_size[0]), dtype=x.dtype)
         cols = ops.convert_to_tensor(adaptive_bins(width, self.output_size[1]), dtype=x.dtype)
-        return ops.einsum("pw,nowc->nopc", cols, ops.einsum("oh,nhwc->nowc", rows, x))
+        return apply_separable(x, rows, cols, (height, width), tuple(self.output_size))
 
 
 def align_corners_matrix(size_in, size_out, dtype):
@@ -230,7 +244,7 @@ def spatial_size(x) -> tuple:
 @keras.saving.register_keras_serializable(package="twins")
 class AlignCornersResize(layers.Layer):
     """Bilinear resize with `align_corners=True`, NHWC, one implementation for every backend: two
-    interpolation matrices (`align_corners_matrix`) applied by einsum. Keras' resize ops have no
+    interpolation matrices (`align_corners_matrix`, `apply_separable`). Keras' resize ops have no
     align-corners mode (their bilinear is half-pixel, torch's `align_corners=False`). Called on one tensor it
     scales by `zoom` corner to corner, `(size - 1) * zoom + 1` (PSPNet's output of `(H - 1) / 8 * zoom + 1`);
     called on `[x, like]` it resizes `x` to `like`'s height and width (the PPM's branches)."""
@@ -254,7 +268,7 @@ class AlignCornersResize(layers.Layer):
         in_h, in_w = spatial_size(x)
         rows = align_corners_matrix(in_h, out_h, x.dtype)
         cols = align_corners_matrix(in_w, out_w, x.dtype)
-        return ops.einsum("pw,nowc->nopc", cols, ops.einsum("oh,nhwc->nowc", rows, x))
+        return apply_separable(x, rows, cols, (in_h, in_w), (out_h, out_w))
 
     def compute_output_shape(self, input_shape):
         if isinstance(input_shape, list) and isinstance(input_shape[0], (list, tuple)):

@@ -106,6 +106,29 @@ def test_a_batch_size_baked_into_the_artifact_is_refused(small_twin, tmp_path):
         verify(torch_side(), small_twin, "onnx", path, 32)
 
 
+def test_the_separable_resamplers_convert_to_litert_with_a_free_batch(tmp_path):
+    """torch's adaptive pooling and align-corners resize in the Keras twins (vgg11_bn's classifier, pspnet's
+    pyramid) as LiteRT runs them: once einsums, whose conversion left shapes with a -1 that the interpreter
+    refused ("BytesRequired number of elements overflowed"); now two matrix products
+    (`keras_impl.common.apply_separable`). The artifact gives Keras' outputs at batches 3 and 1. Tensorflow
+    pass: LiteRT converts from tensorflow only."""
+    import keras
+
+    from keras_impl.common import AdaptiveAveragePool, AlignCornersResize
+
+    inputs = keras.Input((9, 7, 4))
+    pooled = AdaptiveAveragePool((3, 2))(inputs)
+    model = keras.Model(inputs, [pooled, AlignCornersResize()([pooled, inputs]), AlignCornersResize(zoom=2)(inputs)])
+    path = tmp_path / "resample.tflite"
+    model.export(str(path), format="litert", verbose=False,
+                 input_signature=[keras.InputSpec(shape=(None, 9, 7, 4), dtype="float32")])
+    runtime = exports.open_runtime("litert", path)
+    rng = np.random.RandomState(0)
+    result = exports.compare(runtime, lambda x: [np.asarray(y) for y in model.predict_on_batch(x)],
+                             [rng.randn(b, 9, 7, 4).astype(np.float32) for b in exports.CHECK_BATCHES])
+    assert result["error"] < exports.BOUND, result
+
+
 def test_the_comparison_refuses_other_outputs_and_counts_nan_as_inf():
     runtime = exports.Runtime("fake", "0", lambda x: [np.zeros((len(x), 4), np.float32)], 0.0)
     batches = exports.check_batches(8, "NHWC")

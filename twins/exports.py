@@ -63,14 +63,10 @@ KERAS_LIMITS = {
                          "typing-extensions below 4.13 (through xdsl), a downgrade of what the rest installs",
 }
 
-# Single models whose artifact one runtime refuses, found by `make parity`; not diagnosed further (the row
-# keeps the runtime's own message).
-MODEL_LIMITS = {
-    ("pspnet", "tensorflow", "litert"): "the LiteRT interpreter refuses the converted pspnet ('BytesRequired number "
-                                        "of elements overflowed', 'Tensor ... is invalidly specified in schema'); "
-                                        "resnet18 converts, so likely the dilated convolutions with a free batch "
-                                        "dimension (not diagnosed)",
-}
+# Single models whose artifact one runtime refuses although the pair exports others, found by `make parity`: the
+# row keeps the reason. None now: pspnet's and vgg11_bn's `.tflite` were refused by the LiteRT interpreter until
+# their adaptive pooling and align-corners resize stopped being einsums (`keras_impl.common.apply_separable`).
+MODEL_LIMITS: dict[tuple[str, str, str], str] = {}
 
 
 class ExportError(ValueError):
