@@ -412,3 +412,29 @@ def test_the_torch_twins_export_worker_never_waits_for_the_heavy_lock_to_do_noth
     assert for_backend(plan, "jax") == plan
     full = jobs(["pspnet"], ["eval_output", "export_onnx"])
     assert [job.heavy for job in for_backend(full, TORCH_TWIN)] == [True]
+
+
+def test_the_pass_summary_names_a_workers_slowest_tasks_from_its_progress_lines(tmp_path):
+    """The session worker's progress lines (`run_tasks`) are what the pass's summary reads its slowest tasks from
+    (`parity_tests.workers.slowest_tasks`): every task's label and seconds, a failed one's too, and not the
+    worker's closing line."""
+    import io
+
+    from parity_tests.workers import slowest_tasks
+    from twins_cli.parity.worker import run_tasks
+
+    class Task:
+        heavy = False
+
+        def __init__(self, label, passed):
+            self.label, self.passed = label, passed
+
+        def run(self, backend):
+            return [{"check": "eval_output", "passed": self.passed}]
+
+    log = io.StringIO()
+    run_tasks("tensorflow", [Task("recipe parity, segmentation", True), Task("resnet18", False)],
+              str(tmp_path / "rows.json"), log=log)
+    tasks = slowest_tasks(log.getvalue().splitlines())
+    assert [label for label, _ in tasks] == ["recipe parity, segmentation", "resnet18"]
+    assert all(0 <= seconds < 60 for _, seconds in tasks)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,6 +97,7 @@ class Worker:
                    "--claims", str(self.claims)]
         self.summary: list[str] = []  # the worker's last line, once it is closed
         self.taken: dict[int, list[dict]] = {}  # the light parity jobs this process computed itself
+        self.waited = 0.0  # seconds the pytest process spent waiting for this worker's rows
         self.log = open(self.dir / "worker.log", "w")
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=self.log)
         self.started = time.time()
@@ -152,9 +154,10 @@ class Worker:
             return self.taken[index]
         if index not in self.done() and self.take(index):
             return self.taken[index]
-        deadline = self.started + TIMEOUT_S
+        deadline, began = self.started + TIMEOUT_S, time.time()
         while index not in self.done() and self.proc.poll() is None and time.time() < deadline:
             time.sleep(0.2)
+        self.waited += time.time() - began
         if index in self.done():
             return [r for r in json.loads(self.out.read_text())["rows"] if r["job"] == index]
         if self.proc.poll() is None:
@@ -199,4 +202,20 @@ class Worker:
         self.log.close()
         lines = (self.dir / "worker.log").read_text().splitlines()
         self.summary = [line for line in lines if line.startswith("[parity]") and " jobs" in line]
+        tasks = sorted(slowest_tasks(lines), key=lambda t: -t[1])
+        if tasks:
+            self.summary.append(f"[parity] {self.backend}: slowest tasks: "
+                                + ", ".join(f"{label} {seconds:.0f} s" for label, seconds in tasks[:SLOWEST]))
+        self.summary.append(f"[parity] {self.backend}: the pytest process waited {self.waited:.0f} s for this "
+                            f"worker's rows")
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# How many of a worker's slowest tasks the pass's summary names.
+SLOWEST = 8
+TASK_LINE = re.compile(r"^\[parity\] [^:]+: (.+): \d+ rows(?:, FAILED [^)]*?)? in ([\d.]+) s \(")
+
+
+def slowest_tasks(lines: list[str]) -> list[tuple[str, float]]:
+    """`[(label, seconds)]` of the tasks a worker's progress lines (`run_tasks`) report."""
+    return [(m.group(1), float(m.group(2))) for m in map(TASK_LINE.match, lines) if m]

@@ -89,8 +89,11 @@ def run_tasks(backend: str, tasks: list, json_out: str, log=sys.stderr, claims: 
     done: list[int] = written.get("done", [])
     pending = [i for i in range(len(tasks)) if i not in done]
     start, ran_here = written.get("started", time.time()), 0
+    lock_wait = written.get("lock_wait", 0.0)  # seconds spent with nothing to run but a heavy task, lock taken
     while pending:
+        asked = time.time()
         index = next_task(tasks, pending, lock)
+        lock_wait += time.time() - asked
         task = tasks[index]
         if restart is not None and ran_here and getattr(task, "fresh_process", False):
             if task.heavy:
@@ -112,13 +115,15 @@ def run_tasks(backend: str, tasks: list, json_out: str, log=sys.stderr, claims: 
         ran_here += 1
         rows += [{**row, "job": index} for row in new]
         checkpoints.write_atomic(json_out, lambda tmp: tmp.write_text(json.dumps({"rows": rows, "done": done,
-                                                                                   "started": start})))
+                                                                                   "started": start,
+                                                                                   "lock_wait": lock_wait})))
         failed = [r["check"] for r in new if "check" in r and not r["passed"] and r.get("supported", True)]
         print(f"[parity] {backend}: {task.label}: {len(new)} rows" + (f", FAILED {', '.join(failed)}" if failed else "")
               + f" in {time.time() - began:.1f} s (peak memory so far {peak_rss_gib():.2f} GiB)", file=log, flush=True)
     summary = (f"[parity] {backend}: {len(done)} jobs" + (f" ({len(tasks) - len(done)} taken by another process)"
                                                          if len(done) < len(tasks) else "")
-               + f", {len(rows)} rows in {time.time() - start:.0f} s")
+               + f", {len(rows)} rows in {time.time() - start:.0f} s"
+               + (f" ({lock_wait:.0f} s of it waiting for the heavy lock)" if lock_wait >= 1 else ""))
     if counter is not None:
         summary += f"; {counter.describe()}"
     print(summary, file=log, flush=True)
