@@ -438,3 +438,45 @@ def test_the_pass_summary_names_a_workers_slowest_tasks_from_its_progress_lines(
     tasks = slowest_tasks(log.getvalue().splitlines())
     assert [label for label, _ in tasks] == ["recipe parity, segmentation", "resnet18"]
     assert all(0 <= seconds < 60 for _, seconds in tasks)
+
+
+def test_a_worker_holding_too_much_after_a_job_hands_the_rest_to_a_fresh_process(tmp_path, monkeypatch):
+    """`run_tasks` with `restart`: after a job, a process resident above `TWINS_PARITY_RESTART_GIB` replaces itself
+    (here the restart raises, and a new call on the same files stands for the new process), and the new one carries
+    on from the rows file, every job once; below the limit (the default 6 GiB, above this process) nothing
+    restarts."""
+    import io
+
+    from twins_cli.parity.worker import run_tasks
+
+    class Task:
+        heavy = False
+
+        def __init__(self, name):
+            self.label = name
+
+        def run(self, backend):
+            ran.append((process, self.label))
+            return [{"task": self.label}]
+
+    class Restarted(Exception):
+        pass
+
+    def restart():
+        raise Restarted
+
+    tasks = [Task("a"), Task("b"), Task("c")]
+    ran, process = [], 0
+    run_tasks("jax", tasks, str(tmp_path / "kept.json"), log=io.StringIO(), restart=restart)
+    assert ran == [(0, "a"), (0, "b"), (0, "c")]
+    monkeypatch.setenv("TWINS_PARITY_RESTART_GIB", "0")
+    out, ran, log = tmp_path / "rows.json", [], io.StringIO()
+    while True:
+        try:
+            rows = run_tasks("jax", tasks, str(out), log=log, restart=restart)
+            break
+        except Restarted:
+            process += 1
+    assert ran == [(0, "a"), (1, "b"), (2, "c")]
+    assert [row["task"] for row in rows] == ["a", "b", "c"]
+    assert log.getvalue().count("the next job starts in a fresh process") == 2

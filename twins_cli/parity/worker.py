@@ -26,7 +26,7 @@ from twins import checkpoints
 from twins_cli.compile_cache import JaxCacheCounter
 
 from .bounds import ALL_CHECKS, BACKENDS, TORCH_TWIN
-from .memory import PARITY_ENV, HeavyLock
+from .memory import PARITY_ENV, HeavyLock, resident_gib
 from .plan import Job, jobs
 
 
@@ -81,7 +81,9 @@ def run_tasks(backend: str, tasks: list, json_out: str, log=sys.stderr, claims: 
     replaces this process with a new one on the same arguments, `os.execv`), a process that has run a task calls
     it first, and the new process carries on from what `json_out` says is done (tensorflow's fit keeps ~1 GB of
     each recipe run in the process that ran it: the session worker's last recipe peaked at 5.0 GiB after three
-    others, 1.96 GiB alone)."""
+    others, 1.96 GiB alone). With `restart`, a process that still holds more than `restart_above_gib()` after a
+    task (what the frameworks keep of the models it ran: `make parity`'s jax worker grew to 16.5 GiB by its
+    thirteenth model, its exports through jax2tf leaving tensorflow's graphs behind) is replaced the same way."""
     counter = prepare_process(backend)
     lock = HeavyLock()
     written = json.loads(Path(json_out).read_text()) if Path(json_out).is_file() else {}
@@ -120,6 +122,11 @@ def run_tasks(backend: str, tasks: list, json_out: str, log=sys.stderr, claims: 
         failed = [r["check"] for r in new if "check" in r and not r["passed"] and r.get("supported", True)]
         print(f"[parity] {backend}: {task.label}: {len(new)} rows" + (f", FAILED {', '.join(failed)}" if failed else "")
               + f" in {time.time() - began:.1f} s (peak memory so far {peak_rss_gib():.2f} GiB)", file=log, flush=True)
+        held = resident_gib()
+        if restart is not None and pending and held > restart_above_gib():
+            print(f"[parity] {backend}: {held:.2f} GiB still resident after {task.label}: the next job starts in a "
+                  f"fresh process", file=log, flush=True)
+            restart()
     summary = (f"[parity] {backend}: {len(done)} jobs" + (f" ({len(tasks) - len(done)} taken by another process)"
                                                          if len(done) < len(tasks) else "")
                + f", {len(rows)} rows in {time.time() - start:.0f} s"
@@ -128,6 +135,16 @@ def run_tasks(backend: str, tasks: list, json_out: str, log=sys.stderr, claims: 
         summary += f"; {counter.describe()}"
     print(summary, file=log, flush=True)
     return rows
+
+
+# A parity process that holds more than this after a job hands the rest of its plan to a fresh process (`run_tasks`):
+# above what any job of `make test` or `make demo` leaves behind (their workers peak at 4-5 GiB), so only `make
+# parity`'s long plans restart. TWINS_PARITY_RESTART_GIB sets another.
+RESTART_ABOVE_GIB = 6.0
+
+
+def restart_above_gib() -> float:
+    return float(os.environ.get("TWINS_PARITY_RESTART_GIB", RESTART_ABOVE_GIB))
 
 
 def set_parity_env() -> None:
@@ -160,8 +177,13 @@ def worker_main(argv=None) -> int:
     else:
         checks = tuple(c for c in args.checks.split(",") if c)
         plan = jobs(args.model, checks, quick=args.quick, size=args.size, batch=args.batch)
+    argv = sys.argv[1:] if argv is None else argv
+
+    def restart():  # this process, replaced by a new one on the same arguments: it carries on from --json-out
+        os.execv(sys.executable, [sys.executable, "-m", "twins_cli.parity", *argv])
+
     run_tasks(args.backend, for_backend(plan, args.backend), args.json_out,
-              claims=Path(args.claims) if args.claims else None)
+              claims=Path(args.claims) if args.claims else None, restart=restart)
     return 0
 
 
