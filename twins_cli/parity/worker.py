@@ -83,7 +83,7 @@ def run_tasks(backend: str, tasks: list, json_out: str, log=sys.stderr, claims: 
     each recipe run in the process that ran it: the session worker's last recipe peaked at 5.0 GiB after three
     others, 1.96 GiB alone). With `restart`, a process that still holds more than `restart_above_gib()` after a
     task (what the frameworks keep of the models it ran: `make parity`'s jax worker grew to 16.5 GiB by its
-    thirteenth model, its exports through jax2tf leaving tensorflow's graphs behind) is replaced the same way."""
+    thirteenth model, what it keeps is not diagnosed) is replaced the same way."""
     counter = prepare_process(backend)
     lock = HeavyLock()
     written = json.loads(Path(json_out).read_text()) if Path(json_out).is_file() else {}
