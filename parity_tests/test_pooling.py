@@ -40,7 +40,7 @@ RESIZES = [((1, 1), (5, 5)), ((2, 2), (5, 5)), ((3, 3), (9, 9)), ((6, 6), (5, 5)
 @pytest.mark.parametrize("in_size, out_size", RESIZES, ids=lambda v: "x".join(map(str, v)))
 def test_align_corners_resize_matches_torch_when_compiled(in_size, out_size):
     """`AlignCornersResize([x, like])` against `F.interpolate(bilinear, align_corners=True)`, compiled, with
-    the map's size unknown when traced (the einsum's matrices are built from the runtime shape)."""
+    the map's size unknown when traced (the interpolation matrices are built from the runtime shape)."""
     import keras
 
     from keras_impl.common import AlignCornersResize
