@@ -359,6 +359,46 @@ def test_a_killed_worker_leaves_its_progress_and_says_it_was_killed(monkeypatch,
         "worker timed out after 1 s"
 
 
+class Processes:
+    """A worker's processes as `run_tasks` sees them in these tests: `restart` raises, and `run` makes a new
+    `run_tasks` call on the same files for each new process; `ran` lists `(process, task label)` in order."""
+
+    class Restarted(Exception):
+        pass
+
+    def __init__(self):
+        self.number, self.ran = 0, []
+
+    def task(self, label, fresh=False):
+        processes = self
+
+        class Task:
+            heavy, fresh_process = False, fresh
+
+            def __init__(self):
+                self.label = label
+
+            def run(self, backend):
+                processes.ran.append((processes.number, self.label))
+                return [{"task": self.label}]
+
+        return Task()
+
+    def restart(self):
+        raise self.Restarted
+
+    def run(self, backend, tasks, out, log=None):
+        import io
+
+        from twins_cli.parity.worker import run_tasks
+
+        while True:
+            try:
+                return run_tasks(backend, tasks, str(out), log=log or io.StringIO(), restart=self.restart)
+            except self.Restarted:
+                self.number += 1
+
+
 def test_a_fresh_process_task_runs_in_a_process_that_ran_nothing_else(tmp_path):
     """`run_tasks` with `restart`: before a `fresh_process` task, a process that has run a task replaces itself
     (here the restart raises, and a new call on the same files stands for the new process), and the new process
@@ -368,35 +408,15 @@ def test_a_fresh_process_task_runs_in_a_process_that_ran_nothing_else(tmp_path):
 
     from twins_cli.parity.worker import run_tasks
 
-    class Task:
-        heavy = False
-
-        def __init__(self, name, fresh):
-            self.label, self.fresh_process = name, fresh
-
-        def run(self, backend):
-            ran.append((process, self.label))
-            return [{"task": self.label}]
-
-    class Restarted(Exception):
-        pass
-
-    def restart():
-        raise Restarted
-
-    tasks = [Task("a", False), Task("b", False), Task("fit 1", True), Task("fit 2", True)]
-    out, ran, process = tmp_path / "rows.json", [], 0
-    while True:
-        try:
-            rows = run_tasks("tensorflow", tasks, str(out), log=io.StringIO(), restart=restart)
-            break
-        except Restarted:
-            process += 1
-    assert ran == [(0, "a"), (0, "b"), (1, "fit 1"), (2, "fit 2")]
+    processes = Processes()
+    tasks = [processes.task("a"), processes.task("b"), processes.task("fit 1", True), processes.task("fit 2", True)]
+    rows = processes.run("tensorflow", tasks, tmp_path / "rows.json")
+    assert processes.ran == [(0, "a"), (0, "b"), (1, "fit 1"), (2, "fit 2")]
     assert [row["task"] for row in rows] == ["a", "b", "fit 1", "fit 2"]
-    ran, process = [], 0
-    run_tasks("tensorflow", tasks, str(tmp_path / "control.json"), log=io.StringIO())
-    assert ran == [(0, "a"), (0, "b"), (0, "fit 1"), (0, "fit 2")]
+    control = Processes()
+    run_tasks("tensorflow", [control.task(t.label, t.fresh_process) for t in tasks], str(tmp_path / "control.json"),
+              log=io.StringIO())
+    assert control.ran == [(0, "a"), (0, "b"), (0, "fit 1"), (0, "fit 2")]
 
 
 def test_the_torch_twins_export_worker_never_waits_for_the_heavy_lock_to_do_nothing():
@@ -416,11 +436,11 @@ def test_the_torch_twins_export_worker_never_waits_for_the_heavy_lock_to_do_noth
 
 def test_the_pass_summary_names_a_workers_slowest_tasks_from_its_progress_lines(tmp_path):
     """The session worker's progress lines (`run_tasks`) are what the pass's summary reads its slowest tasks from
-    (`parity_tests.workers.slowest_tasks`): every task's label and seconds, a failed one's too, and not the
+    (`parity_tests.workers.task_times`): every task's label and seconds, a failed one's too, and not the
     worker's closing line."""
     import io
 
-    from parity_tests.workers import slowest_tasks
+    from parity_tests.workers import task_times
     from twins_cli.parity.worker import run_tasks
 
     class Task:
@@ -435,7 +455,7 @@ def test_the_pass_summary_names_a_workers_slowest_tasks_from_its_progress_lines(
     log = io.StringIO()
     run_tasks("tensorflow", [Task("recipe parity, segmentation", True), Task("resnet18", False)],
               str(tmp_path / "rows.json"), log=log)
-    tasks = slowest_tasks(log.getvalue().splitlines())
+    tasks = task_times(log.getvalue().splitlines())
     assert [label for label, _ in tasks] == ["recipe parity, segmentation", "resnet18"]
     assert all(0 <= seconds < 60 for _, seconds in tasks)
 
@@ -447,36 +467,12 @@ def test_a_worker_holding_too_much_after_a_job_hands_the_rest_to_a_fresh_process
     restarts."""
     import io
 
-    from twins_cli.parity.worker import run_tasks
-
-    class Task:
-        heavy = False
-
-        def __init__(self, name):
-            self.label = name
-
-        def run(self, backend):
-            ran.append((process, self.label))
-            return [{"task": self.label}]
-
-    class Restarted(Exception):
-        pass
-
-    def restart():
-        raise Restarted
-
-    tasks = [Task("a"), Task("b"), Task("c")]
-    ran, process = [], 0
-    run_tasks("jax", tasks, str(tmp_path / "kept.json"), log=io.StringIO(), restart=restart)
-    assert ran == [(0, "a"), (0, "b"), (0, "c")]
+    kept = Processes()
+    kept.run("jax", [kept.task(label) for label in "abc"], tmp_path / "kept.json")
+    assert kept.ran == [(0, "a"), (0, "b"), (0, "c")]
     monkeypatch.setenv("TWINS_PARITY_RESTART_GIB", "0")
-    out, ran, log = tmp_path / "rows.json", [], io.StringIO()
-    while True:
-        try:
-            rows = run_tasks("jax", tasks, str(out), log=log, restart=restart)
-            break
-        except Restarted:
-            process += 1
-    assert ran == [(0, "a"), (1, "b"), (2, "c")]
+    processes, log = Processes(), io.StringIO()
+    rows = processes.run("jax", [processes.task(label) for label in "abc"], tmp_path / "rows.json", log=log)
+    assert processes.ran == [(0, "a"), (1, "b"), (2, "c")]
     assert [row["task"] for row in rows] == ["a", "b", "c"]
     assert log.getvalue().count("the next job starts in a fresh process") == 2

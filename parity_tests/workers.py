@@ -202,7 +202,7 @@ class Worker:
         self.log.close()
         lines = (self.dir / "worker.log").read_text().splitlines()
         self.summary = [line for line in lines if line.startswith("[parity]") and " jobs" in line]
-        tasks = sorted(slowest_tasks(lines), key=lambda t: -t[1])
+        tasks = sorted(task_times(lines), key=lambda t: -t[1])
         if tasks:
             self.summary.append(f"[parity] {self.backend}: slowest tasks: "
                                 + ", ".join(f"{label} {seconds:.0f} s" for label, seconds in tasks[:SLOWEST]))
@@ -216,6 +216,6 @@ SLOWEST = 8
 TASK_LINE = re.compile(r"^\[parity\] [^:]+: (.+): \d+ rows(?:, FAILED [^)]*?)? in ([\d.]+) s \(")
 
 
-def slowest_tasks(lines: list[str]) -> list[tuple[str, float]]:
-    """`[(label, seconds)]` of the tasks a worker's progress lines (`run_tasks`) report."""
+def task_times(lines: list[str]) -> list[tuple[str, float]]:
+    """`[(label, seconds)]`, in the order they ran, of the tasks a worker's progress lines (`run_tasks`) report."""
     return [(m.group(1), float(m.group(2))) for m in map(TASK_LINE.match, lines) if m]

@@ -122,8 +122,7 @@ def run_tasks(backend: str, tasks: list, json_out: str, log=sys.stderr, claims: 
         failed = [r["check"] for r in new if "check" in r and not r["passed"] and r.get("supported", True)]
         print(f"[parity] {backend}: {task.label}: {len(new)} rows" + (f", FAILED {', '.join(failed)}" if failed else "")
               + f" in {time.time() - began:.1f} s (peak memory so far {peak_rss_gib():.2f} GiB)", file=log, flush=True)
-        held = resident_gib()
-        if restart is not None and pending and held > restart_above_gib():
+        if restart is not None and pending and (held := resident_gib()) > restart_above_gib():
             print(f"[parity] {backend}: {held:.2f} GiB still resident after {task.label}: the next job starts in a "
                   f"fresh process", file=log, flush=True)
             restart()
