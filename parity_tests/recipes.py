@@ -10,7 +10,6 @@ pytest process grew from 1.3 to 4.9 GB over the tensorflow pass with these in it
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 # name -> (the function, whether it runs in the heavy section: pspnet's and the U-Net's float64 copies)
@@ -29,19 +28,32 @@ def backend() -> str:
     return os.environ["KERAS_BACKEND"]
 
 
+def run_dir(path: Path):
+    """The run folder of a recipe-parity run: a `RunDir` that writes no resume points. The tests read
+    best.safetensors and the history only (resume is the killed-run tests' subject, test_train.py); the float64
+    snapshots were 3.3 GB of pspnet's state over a pass, and on these machines a gigabyte written into memory
+    not touched recently costs 3-15 s of system time (the segmentation recipe alone on tensorflow: 25 s of the
+    89 s py-spy sampled were its resume points' writes)."""
+    from twins.runs import RunDir
+
+    class NoResumePoints(RunDir):
+        def save_resume(self, position, writer, extra: dict) -> None:
+            pass
+
+    return NoResumePoints(path)
+
+
 def train_all(variants, out: Path, build, fit) -> dict:
     """`{name: history}`: for each `(name, framework, option)`, `build(framework, option)` -> (model, trainer),
-    then `fit(name, framework, option, model, trainer, run)` in its run folder `out/name`, in float64."""
-    from twins.runs import RunDir
+    then `fit(name, framework, option, model, trainer, run)` in its run folder `out/name` (`run_dir`), in
+    float64."""
     from twins_cli.parity import keras_dtype
 
     runs = {}
     with keras_dtype("float64"):
         for name, framework, option in variants:
             model, trainer = build(framework, option)
-            runs[name] = fit(name, framework, option, model, trainer, RunDir(out / name))
-            for snapshot in (out / name).glob("resume-*"):  # the tests read best.safetensors and the history only;
-                shutil.rmtree(snapshot)  # the snapshots are 3.3 GB of pspnet's float64 state over a pass
+            runs[name] = fit(name, framework, option, model, trainer, run_dir(out / name))
     return runs
 
 
