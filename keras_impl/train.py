@@ -140,12 +140,28 @@ class RecipeCallback(keras.callbacks.Callback):
         self.steps_per_epoch = len(train_seq.plan)
         self.best = snapshot(base)
         self.stop_after = None  # the epoch after which fit stops (a resumed half-done epoch)
+        # The global generators' state to go on from (`_global_rng_state`), and where: a resume point's, at the
+        # first batch of a resumed half epoch, or at the start of the epoch; the end of a fit's, at the start of
+        # the next fit's epoch, since starting a fit draws from torch's generator. An epoch's iterator draws
+        # once when it starts (torch's DataLoader its base seed), after `on_epoch_begin`.
+        self.rng: tuple[dict, str] = ({}, "")
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self.rng[1] == "epoch":
+            _set_global_rng_state(self.rng[0])
+            self.rng = ({}, "")
         self.train_seq.epoch = epoch
         resumed = epoch == self.position.epoch
         self.meter = EpochMeter(self.position.meter if resumed else None, self.task.train_metrics)
         self.previous = (0, 0.0, 0.0)  # samples, running loss mean, running accuracy mean of this fit epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.rng[1] == "batch":
+            _set_global_rng_state(self.rng[0])
+            self.rng = ({}, "")
+
+    def on_train_end(self, logs=None):
+        self.rng = (_global_rng_state(), "epoch")
 
     def on_train_batch_end(self, batch, logs=None):
         index = self.train_seq.start + batch
@@ -197,6 +213,7 @@ class RecipeCallback(keras.callbacks.Callback):
         arrays = {f"model/{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(model.variables)}
         arrays.update({f"optimizer/{i}": keras.ops.convert_to_numpy(v)
                        for i, v in enumerate(model.optimizer.variables)})
+        arrays.update(_global_rng_state())
 
         def save(tmp):
             with open(tmp, "wb") as f:
@@ -216,7 +233,23 @@ def _accuracy(logs):
     return next(v for k, v in logs.items() if k.endswith("accuracy") and not k.startswith("val_"))
 
 
-def _load_resume(model: keras.Model, path) -> None:
+def _global_rng_state() -> dict:
+    """On the torch backend, an unseeded Keras dropout draws from torch's global generator (`F.dropout`), which
+    no Keras variable holds (on tensorflow and jax the masks come from the layers' seed-generator variables): a
+    resume point keeps its state, and the CUDA generators' where there are any, as the torch twin's does."""
+    if keras.backend.backend() != "torch":
+        return {}
+    import torch
+
+    state = {"torch_rng": torch.get_rng_state().numpy()}
+    if torch.cuda.is_available():
+        state.update({f"torch_cuda_rng/{i}": s.numpy() for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return state
+
+
+def _load_resume(model: keras.Model, path) -> dict:
+    """Restores the weights and the optimiser's state; returns the global generators' state (`_global_rng_state`),
+    for the first step to start from."""
     with np.load(path) as saved:
         count = sum(1 for k in saved.files if k.startswith("model/"))
         if count != len(model.variables):
@@ -226,6 +259,18 @@ def _load_resume(model: keras.Model, path) -> None:
         model.optimizer.build(model.trainable_variables)
         for i, variable in enumerate(model.optimizer.variables):
             variable.assign(saved[f"optimizer/{i}"])
+        return {k: saved[k] for k in saved.files if k.startswith("torch_")}
+
+
+def _set_global_rng_state(state: dict) -> None:
+    if keras.backend.backend() != "torch" or "torch_rng" not in state:
+        return
+    import torch
+
+    torch.set_rng_state(torch.from_numpy(state["torch_rng"]))
+    cuda = sorted((k for k in state if k.startswith("torch_cuda_rng/")), key=lambda k: int(k.split("/")[1]))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.from_numpy(state[k]) for k in cuda])
 
 
 def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, recipe: Recipe, run: RunDir,
@@ -261,13 +306,15 @@ def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, 
     history = new_history(recipe)
     state = run.resume_state() if resume else None
     position = Position.start(state)
+    rng = {}
     if state is not None:
-        _load_resume(view, state["dir"] / RESUME_FILE)
+        rng = _load_resume(view, state["dir"] / RESUME_FILE)
         history = run.history_at(state, recipe)
         log(f"resuming {position.describe(recipe, steps_per_epoch)} from {state['dir']}")
     scalars = Scalars(run, purge_step=position.epoch, purge_iteration=position.step)
     train_seq = PlanSequence(train_plan, recipe.workers, outputs, start=position.batch)
     callback = RecipeCallback(model, train_seq, val_plan, recipe, run, history, scalars, rates, position, log)
+    callback.rng = (rng, "batch" if position.batch else "epoch")
     if state is not None and run.best_path.is_file():
         current = snapshot(model)
         load_torch_state_dict(model, checkpoints.read(run.best_path), strict=True)
