@@ -132,7 +132,8 @@ class RecipeCallback(keras.callbacks.Callback):
     state `fit` keeps aside during an epoch."""
 
     def __init__(self, base: keras.Model, train_seq: PlanSequence, val_plan: BatchPlan, recipe: Recipe,
-                 run: RunDir, history: dict, scalars: Scalars, rates: np.ndarray, position: Position, log):
+                 run: RunDir, history: dict, scalars: Scalars, rates: np.ndarray, position: Position, log,
+                 resume_rng: dict | None = None):
         super().__init__()
         self.base, self.train_seq, self.val_plan, self.task = base, train_seq, val_plan, task_of(recipe)
         self.recipe, self.run, self.history, self.scalars, self.log = recipe, run, history, scalars, log
@@ -140,11 +141,11 @@ class RecipeCallback(keras.callbacks.Callback):
         self.steps_per_epoch = len(train_seq.plan)
         self.best = snapshot(base)
         self.stop_after = None  # the epoch after which fit stops (a resumed half-done epoch)
-        # The global generators' state to go on from (`_global_rng_state`), and where: a resume point's, at the
-        # first batch of a resumed half epoch, or at the start of the epoch; the end of a fit's, at the start of
-        # the next fit's epoch, since starting a fit draws from torch's generator. An epoch's iterator draws
-        # once when it starts (torch's DataLoader its base seed), after `on_epoch_begin`.
-        self.rng: tuple[dict, str] = ({}, "")
+        # The global generators' state to go on from (`_global_rng_state`), and where: the resume point's
+        # (`resume_rng`), at the first batch of a resumed half epoch, or at the start of the epoch; the end of a
+        # fit's, at the start of the next fit's epoch, since starting a fit draws from torch's generator. An
+        # epoch's iterator draws once when it starts (torch's DataLoader its base seed), after `on_epoch_begin`.
+        self.rng: tuple[dict, str] = (resume_rng or {}, "batch" if position.batch else "epoch")
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.rng[1] == "epoch":
@@ -313,8 +314,8 @@ def train_model(model: keras.Model, train_plan: BatchPlan, val_plan: BatchPlan, 
         log(f"resuming {position.describe(recipe, steps_per_epoch)} from {state['dir']}")
     scalars = Scalars(run, purge_step=position.epoch, purge_iteration=position.step)
     train_seq = PlanSequence(train_plan, recipe.workers, outputs, start=position.batch)
-    callback = RecipeCallback(model, train_seq, val_plan, recipe, run, history, scalars, rates, position, log)
-    callback.rng = (rng, "batch" if position.batch else "epoch")
+    callback = RecipeCallback(model, train_seq, val_plan, recipe, run, history, scalars, rates, position, log,
+                              resume_rng=rng)
     if state is not None and run.best_path.is_file():
         current = snapshot(model)
         load_torch_state_dict(model, checkpoints.read(run.best_path), strict=True)
