@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def export_rows(worker, models: tuple[str, ...]) -> dict:
     """`{(model, check): row}` of the export jobs of the session's parity workers (`parity_tests/workers.py`)."""
-    rows = [row for model in models for row in worker.rows(worker.job(model, exports=True))]
+    rows = [row for model in models for row in worker.model_rows(model, exports=True)]
     crashed = [r for r in rows if r["check"] == "run"]
     assert not crashed, crashed[0]["detail"]
     return {(r["model"], r["check"]): r for r in rows}

@@ -20,7 +20,7 @@ def control_rows(parity_worker, optimizer: str = "sgd") -> dict:
     """The unbroken twins' rows at the mutation size, from the session's parity worker (its resnet18 job is this
     control run: every check; under Adam only the rows that differ from SGD's, the training checks, whose steps
     are Adam's)."""
-    rows = parity_worker.rows(parity_worker.job(MODEL, optimizer=None if optimizer == "sgd" else optimizer))
+    rows = parity_worker.model_rows(MODEL, optimizer=None if optimizer == "sgd" else optimizer)
     assert all(row["meta"].get("size") == SIZE for row in rows if row["check"] != "run"), rows
     return {row["check"]: row for row in rows}
 

@@ -116,12 +116,19 @@ class Worker:
 
         return cls(TORCH_TWIN, [job.to_json() for job in torch_export_plan()], "twins_cli.parity")
 
-    def job(self, model: str, *, optimizer: str | None = None, exports: bool = False) -> int:
-        for i, entry in enumerate(self.plan):
-            if entry.get("model") == model and entry.get("optimizer") == optimizer and \
-                    exports == any(c in EXPORT_CHECKS for c in entry["checks"]):
-                return i
-        raise KeyError(f"no parity job for {model} (optimizer {optimizer}, exports {exports}) in this session's plan")
+    def jobs(self, model: str, *, optimizer: str | None = None, exports: bool = False) -> list[int]:
+        """The plan's jobs of `model`: a heavy model's parts (`twins_cli.parity.plan.PARTS`), else one."""
+        found = [i for i, entry in enumerate(self.plan)
+                 if entry.get("model") == model and entry.get("optimizer") == optimizer
+                 and exports == any(c in EXPORT_CHECKS for c in entry["checks"])]
+        if not found:
+            raise KeyError(f"no parity job for {model} (optimizer {optimizer}, exports {exports}) in this session's "
+                           f"plan")
+        return found
+
+    def model_rows(self, model: str, *, optimizer: str | None = None, exports: bool = False) -> list[dict]:
+        """The rows of every job `jobs` names, in the plan's order."""
+        return [row for index in self.jobs(model, optimizer=optimizer, exports=exports) for row in self.rows(index)]
 
     def mutation(self, name: str) -> list[dict]:
         """The rows of the broken twin of mutation `name` (`parity_tests/mutations.py`)."""

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .bounds import BACKENDS, TORCH_TWIN
+from .bounds import ALL_CHECKS, BACKENDS, TORCH_TWIN
 from .plan import Job, jobs
 from .rows import failed_row
 
@@ -58,6 +58,12 @@ def collect(backend: str, plan: list[Job], outputs: list[Path], reasons: list[st
         rows += written["rows"]
         done |= set(written["done"])
     rows = sorted(rows, key=lambda row: row["job"])  # in the plan's order, whichever ran first
+    # a model's rows in the order of the checks, its parts' jobs (`plan.PARTS`) together
+    first = {}
+    for row in rows:
+        first.setdefault(row["model"], row["job"])
+    order = {check: i for i, check in enumerate(ALL_CHECKS)}
+    rows.sort(key=lambda row: (first[row["model"]], order.get(row.get("check"), len(order))))
     rows = [{k: v for k, v in row.items() if k != "job"} for row in rows]
     missing = [job for i, job in enumerate(plan) if i not in done]
     if missing:
@@ -210,7 +216,6 @@ def run_parity(models, backends, *, batch=2, size=None, checks=None, quick=False
     QUICK_EXPORTS). `backends` may hold `torch_impl`, the torch twin's export rows. `parallel`: how many worker
     processes run at once (each mostly keeps one core busy; `run_shared`). `timeout`: seconds per worker (None:
     `JOB_TIMEOUT` per job of the plan). The rows come back in the order of `backends` either way."""
-    from .bounds import ALL_CHECKS
 
     plan = jobs(models, tuple(checks) if checks else ALL_CHECKS, quick=quick, size=size, batch=batch)
     timeout = timeout if timeout is not None else JOB_TIMEOUT * max(1, len(plan))

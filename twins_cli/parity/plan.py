@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .bounds import ALL_CHECKS, EXPORT_CHECKS
+from .bounds import ALL_CHECKS, EXPORT_CHECKS, TRAIN_CHECKS
 
 # The quick parity run, what `make test` and `make demo` (`twins report --quick`) compute per model: every
 # check that applies (None), or these checks, at this size (None: the model's parity size). The
@@ -58,6 +58,17 @@ QUICK_EXPORTS: dict[str, tuple] = {"resnet18": EXPORT_CHECKS}
 # Their jobs are heavy (`Job.heavy`): a worker runs them holding `memory.HeavyLock`, one at a time across the
 # processes that share it.
 HEAVY_MODELS = ("pspnet", "saliency_unet", "vgg19_slim", "vgg11_bn")
+# A heavy model's checks run as one job per part (`Job.part`, in this order): the eval-mode checks, the float64
+# training checks, the exports. What a framework keeps of one part's models stays in the process after it (the
+# tensorflow worker held 7.7 GiB after vgg11_bn's training checks, which peaked at 10 GiB), and the next part
+# then starts from there: `make parity`'s vgg11_bn job peaked at 17.5 GiB in its ONNX export, on top of what its
+# training left. Between parts the worker hands the rest of its plan to a fresh process when it holds more than
+# `worker.RESTART_ABOVE_GIB`, so each part starts from what the frameworks need, not from the last part's peak.
+PARTS = ("eval", "training", "exports")
+
+
+def part_of(check: str) -> str:
+    return "training" if check in TRAIN_CHECKS else "exports" if check in EXPORT_CHECKS else "eval"
 
 
 @dataclass(frozen=True)
@@ -72,14 +83,15 @@ class Job:
     optimizer: str | None = None
     batch: int = 2
     heavy: bool = False
+    part: str | None = None  # a heavy model's jobs: which of its `PARTS` this one runs
 
     def to_json(self) -> dict:
         return {"model": self.model, "checks": list(self.checks), "size": self.size, "optimizer": self.optimizer,
-                "batch": self.batch, "heavy": self.heavy}
+                "batch": self.batch, "heavy": self.heavy, "part": self.part}
 
     @property
     def label(self) -> str:
-        return self.model
+        return f"{self.model} ({self.part})" if self.part else self.model
 
     def run(self, backend: str) -> list[dict]:
         """This job's rows on `backend` (this process's Keras backend, or `torch_impl`: the torch twin's
@@ -101,17 +113,26 @@ class Job:
     @classmethod
     def from_json(cls, data: dict) -> "Job":
         return cls(data["model"], tuple(data["checks"]), data.get("size"), data.get("optimizer"), data.get("batch", 2),
-                   data.get("heavy", False))
+                   data.get("heavy", False), data.get("part"))
 
 
 def jobs(models, checks=ALL_CHECKS, *, quick: bool = False, size: int | None = None, batch: int = 2) -> list[Job]:
     """The jobs of `twins parity` and the report: each model's `checks`, or with `quick` the part of them its
-    QUICK_SUITE entry names (and its QUICK_EXPORTS); a model left with no check has no job."""
+    QUICK_SUITE entry names (and its QUICK_EXPORTS); a model left with no check has no job. A heavy model's
+    checks are one heavy job per part that has any (`PARTS`), a single part's job unlabelled."""
     result = []
     for model in models:
         plan_checks, plan_size = (QUICK_SUITE.get(model) or (None, None)) if quick else (None, None)
         chosen = tuple(c for c in checks if c not in EXPORT_CHECKS and (plan_checks is None or c in plan_checks))
         chosen += tuple(c for c in checks if c in EXPORT_CHECKS and (not quick or c in QUICK_EXPORTS.get(model, ())))
-        if chosen:
-            result.append(Job(model, chosen, size or plan_size, batch=batch, heavy=model in HEAVY_MODELS))
+        if not chosen:
+            continue
+        if model not in HEAVY_MODELS:
+            result.append(Job(model, chosen, size or plan_size, batch=batch))
+            continue
+        parts = [(part, tuple(c for c in chosen if part_of(c) == part)) for part in PARTS]
+        parts = [(part, mine) for part, mine in parts if mine]
+        for part, mine in parts:
+            result.append(Job(model, mine, size or plan_size, batch=batch, heavy=True,
+                              part=part if len(parts) > 1 else None))
     return result
