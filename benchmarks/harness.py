@@ -37,7 +37,7 @@ import time
 
 from twins import registry
 
-from benchmarks import report, schema
+from benchmarks import report, schema, worker
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT_DIR = os.path.join(REPO_ROOT, "benchmarks", "results", "latest")
@@ -363,6 +363,8 @@ def run(
     verbose=True,
     latency_calls=None,
     skip=None,
+    artifacts=None,
+    prepare_parallel=None,
 ) -> dict:
     """Benchmark `models` x `backends` x `modes` x `batch_sizes`; returns {"meta": ..., "rows": [...]}.
 
@@ -376,6 +378,9 @@ def run(
     `train` rows say "not applicable".
     `skip` maps `(backend, mode)` to why that pair is left out of this sweep: its rows say so (status "not
     measured") instead of being measured.
+    The export runtimes' artifacts are made before any worker measures (`prepare_exports`, `prepare_parallel` at
+    a time, default: two, or one on a single core; exporting is not timed); `artifacts` (what `prepare_exports`
+    returned for these models, backends and sizes) passes artifacts made beforehand, alongside other work.
     `out_dir` None = return the results without writing files; otherwise writes benchmark.json,
     benchmark.md, benchmark.png and logs/<backend>.log there (atomically). `verbose` False silences
     the progress lines on stderr (warnings still print).
@@ -498,6 +503,15 @@ def run(
 
     rows, workers, logs = [], [], collections.defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="twins-bench-") as workdir:
+        wanted = [(backend, c["model"], c["img_size"]) for backend, configs, _ in jobs
+                  if backend in schema.EXPORT_BACKENDS for c in configs]
+        artifacts = dict(artifacts or {})
+        missing = [task for task in dict.fromkeys(wanted) if worker.artifact_key(*task[1:]) not in
+                   artifacts.get(task[0], {})]
+        if missing:
+            made = prepare_exports(missing, workdir, parallel=prepare_parallel, verbose=verbose)
+            for backend, entries in made.items():
+                artifacts[backend] = {**artifacts.get(backend, {}), **entries}
         for backend, configs, tag in jobs:
             env = _base_env()
             env.pop("KERAS_BACKEND", None)
@@ -507,8 +521,9 @@ def run(
                 env["CUDA_VISIBLE_DEVICES"] = ""
                 env["JAX_PLATFORMS"] = "cpu"
             say(f"{backend}: starting a worker for {len(configs)} row(s)")
+            mine = {**options, "artifacts": artifacts[backend]} if backend in artifacts else options
             worker_rows, info, output = run_worker(
-                backend, configs, options, env, timeout_s, workdir, tag, verbose=verbose
+                backend, configs, mine, env, timeout_s, workdir, tag, verbose=verbose
             )
             ok = sum(r["status"] == schema.STATUS_OK for r in worker_rows)
             say(f"{backend}: {ok}/{len(worker_rows)} row(s) measured in {info['wall_s']:.0f} s"
@@ -582,6 +597,52 @@ def run(
     if out_dir is not None:
         meta["files"] = write_outputs(result, out_dir, logs)
     return result
+
+
+def export_tasks(models, backends, img_size=None) -> list[tuple[str, str, int]]:
+    """`(export backend, model, size)` of every artifact a CPU run of `run` with these arguments measures."""
+    chosen = [b for b in resolve_backends(backends) if b in schema.EXPORT_BACKENDS]
+    return [(backend, name, img_size or registry.get(name).input_size)
+            for backend in chosen for name in resolve_models(models)]
+
+
+def prepare_exports(tasks, folder: str, *, parallel=None, pool=None, verbose=True) -> dict:
+    """Make the artifacts of `tasks` (`export_tasks`) with `twins export` into `folder`, `parallel` at a time
+    (default: two, or one on a single core), or on `pool` (an executor the caller shares with other work):
+    `{backend: {artifact key: what the export reported and its path, or {"error": why}}}`, for `run(artifacts=)`.
+    Exporting is not timed, so the exports run side by side, before any worker measures (`make demo`'s six took
+    60-70 s one after another on 2 cores)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    say = log if verbose else (lambda message: None)
+
+    def one(task):
+        backend, model, size = task
+        began = time.monotonic()
+        entry = worker.export_artifact(backend, model, size, folder)
+        say(f"{backend}: twins export {model} ({size}x{size}) "
+            + (f"failed: {entry['error'][:200]}" if "error" in entry else "done")
+            + f" in {time.monotonic() - began:.0f} s")
+        return backend, worker.artifact_key(model, size), entry
+
+    tasks = list(tasks)
+    if not tasks:
+        return {}
+    own = None
+    if pool is None:
+        parallel = parallel or (2 if (os.cpu_count() or 1) > 1 else 1)
+        own = pool = ThreadPoolExecutor(max_workers=parallel)
+    say(f"exporting {len(tasks)} artifact(s) for the export runtimes, not timed")
+    try:
+        futures = [pool.submit(one, task) for task in tasks]
+        made: dict = {}
+        for future in futures:
+            backend, key, entry = future.result()
+            made.setdefault(backend, {})[key] = entry
+        return made
+    finally:
+        if own is not None:
+            own.shutdown()
 
 
 def write_outputs(result: dict, out_dir: str, logs: dict | None = None) -> dict:

@@ -549,10 +549,42 @@ class KerasRunner:
 # Export runtimes: the artifact `twins export` writes, run where it ships
 
 
+def artifact_key(model: str, size: int) -> str:
+    return f"{model}-{size}"
+
+
+def export_artifact(backend: str, model: str, size: int, folder: str) -> dict:
+    """`twins export` of `model` at `size` in the format of export backend `backend`, in a subprocess, into
+    `folder`: what it reports (`--json`) and the artifact's path, or `{"error": why}` when it failed or its check
+    against the eager twin did. Imports no framework (the harness calls it too)."""
+    import subprocess
+
+    from twins import exports
+
+    framework, keras_backend, fmt = schema.EXPORT_SOURCES[backend]
+    stem = os.path.join(folder, f"{backend}-{artifact_key(model, size)}")
+    path, report_path = stem + exports.FORMATS[framework][fmt], stem + ".json"
+    command = [sys.executable, "-m", "twins_cli.main", "export", model, "--framework", framework, "--format", fmt,
+               "--out", path, "--img-size", str(size), "--json", report_path]
+    if keras_backend:
+        command += ["--backend", keras_backend]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    if not os.path.exists(report_path):
+        tail = " | ".join(line for line in (done.stderr or "").strip().splitlines()[-3:])
+        return {"error": f"twins export exited {done.returncode}: {tail[-600:]}"}
+    with open(report_path) as f:
+        exported = json.load(f)
+    if done.returncode != 0 or not exported.get("check", {}).get("passed"):
+        return {"error": f"the exported {fmt} artifact failed its check against the eager twin: "
+                         f"{exported.get('check')}"}
+    return {**exported, "path": path}
+
+
 class ExportRunner:
-    """One export backend (`schema.EXPORT_SOURCES`). Per model and size, `twins export` runs in a subprocess
-    (so this process's peak RSS is the runtime's, not the exporter's), writes the artifact into a temporary
-    folder and checks it against the eager twin at batch 3 and 1; the row carries that error
+    """One export backend (`schema.EXPORT_SOURCES`). Per model and size, `twins export` has run in a subprocess
+    (`export_artifact`, so this process's peak RSS is the runtime's, not the exporter's; the harness runs them
+    before any worker measures, `harness.prepare_exports`), written the artifact into a temporary folder and
+    checked it against the eager twin at batch 3 and 1; the row carries that error
     (`export_error`) and the artifact's size on disk. A step is one `Runtime.run(x)` call on a host batch:
     these runtimes take and return host memory, so the step includes what the runtime copies."""
 
@@ -576,30 +608,18 @@ class ExportRunner:
         return dict(self._versions)
 
     def _export(self, model: str, size: int) -> dict:
-        import subprocess
-
+        """The artifact of `model` at `size`: the one the harness made before any worker measured
+        (`options["artifacts"]`, `harness.prepare_exports`), else made now (`export_artifact`)."""
         key = (model, size)
-        if key in self.artifacts:
-            return self.artifacts[key]
-        suffix = self.exports.FORMATS[self.framework][self.format]
-        path = os.path.join(self.folder, f"{model}-{size}{suffix}")
-        report_path = os.path.join(self.folder, f"{model}-{size}.json")
-        command = [sys.executable, "-m", "twins_cli.main", "export", model, "--framework", self.framework,
-                   "--format", self.format, "--out", path, "--img-size", str(size), "--json", report_path]
-        if self.keras_backend:
-            command += ["--backend", self.keras_backend]
-        progress(f"{self.backend}: twins export {model} --framework {self.framework} --format {self.format} "
-                 f"({size}x{size})")
-        done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-        if not os.path.exists(report_path):
-            tail = " | ".join(line for line in (done.stderr or "").strip().splitlines()[-3:])
-            raise RuntimeError(f"twins export exited {done.returncode}: {tail[-600:]}")
-        with open(report_path) as f:
-            exported = json.load(f)
-        if done.returncode != 0 or not exported.get("check", {}).get("passed"):
-            raise RuntimeError(f"the exported {self.format} artifact failed its check against the eager twin: "
-                               f"{exported.get('check')}")
-        self.artifacts[key] = {**exported, "path": path}
+        if key not in self.artifacts:
+            prepared = self.options.get("artifacts", {}).get(artifact_key(model, size))
+            if prepared is None:
+                progress(f"{self.backend}: twins export {model} --framework {self.framework} --format {self.format} "
+                         f"({size}x{size})")
+                prepared = export_artifact(self.backend, model, size, self.folder)
+            if "error" in prepared:
+                raise RuntimeError(prepared["error"])
+            self.artifacts[key] = prepared
         return self.artifacts[key]
 
     def measure(self, config: dict) -> dict:

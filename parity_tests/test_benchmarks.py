@@ -227,6 +227,22 @@ def test_latency_mode_and_an_export_runtime(tmp_path):
     assert f"| {onnx['export_error']:.1e} |" in text
 
 
+def test_an_artifact_made_beforehand_is_measured_and_a_failed_export_is_its_rows_error(tmp_path):
+    """`run(artifacts=)`: the export runtimes measure the artifacts `prepare_exports` made (the report makes them
+    beside its explain pages), and an export that failed there is the error of every row that needed it, not a
+    silent second export."""
+    if KERAS_BACKEND != "keras-tensorflow":
+        pytest.skip("no Keras in these rows: the tensorflow pass runs them")
+    assert harness.export_tasks("resnet18", "torch,onnxruntime", 32) == [("onnxruntime", "resnet18", 32)]
+    broken = {"onnxruntime": {"resnet18-32": {"error": "twins export exited 1: broken on purpose"}}}
+    result = benchmarks.run(backends=["onnxruntime"], device="cpu", models=["resnet18"], img_size=32,
+                            modes=["infer", "latency"], batch_sizes=[2], warmup=1, repeats=2, latency_calls=10,
+                            out_dir=None, timeout_s=600, verbose=False, artifacts=broken)
+    assert [(r["mode"], r["status"]) for r in result["rows"]] == [("infer", schema.STATUS_ERROR),
+                                                                   ("latency", schema.STATUS_ERROR)]
+    assert all("broken on purpose" in r["error"] for r in result["rows"])
+
+
 def test_percentiles_interpolate_as_numpy_does():
     import numpy as np
 

@@ -19,7 +19,9 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from twins import checkpoints
@@ -39,6 +41,9 @@ FULL_BENCH = {"models": "all", "batch_sizes": [8, 32], "img_size": None, "warmup
 # `parity.launch.run_shared`): each keeps about one core busy, and they share the heavy lock
 # (`twins_cli.parity.memory.HeavyLock`), so the float64 copies of one heavy model are in memory at a time.
 PARITY_WORKERS = 2
+# Processes at a time between the parity run and the benchmark's timed workers (the explain pages beside the
+# export runtimes' artifacts, `build_report`): about one core each.
+PREPARE_WORKERS = 2
 
 
 def parity_matrix(rows: list[dict], backends: list[str]) -> str:
@@ -228,17 +233,26 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
     parity_s = time.time() - start
     checkpoints.write_atomic(out / "parity.json", lambda tmp: tmp.write_text(json.dumps(parity_rows, indent=1)))
 
-    print("[report] explain: one page per model, twins side by side", file=log, flush=True)
-    explain = explain_pages(out, log)
-
+    # Nothing is timed yet: the explain pages (one process building every model) and the export runtimes'
+    # artifacts (`twins export`, one process each) share the cores, two processes at a time (1.8 GiB for the
+    # explain process, 1-1.5 GiB an export of resnet18 at 64 px).
     settings = QUICK_BENCH if quick else FULL_BENCH
-    print(f"[report] benchmarks: {settings}", file=log, flush=True)
-    bench = benchmarks.run(
-        models=settings["models"], backends=bench_backends, modes=("train", "infer", "latency"),
-        batch_sizes=settings["batch_sizes"], img_size=settings["img_size"], warmup=settings["warmup"],
-        repeats=settings["repeats"], out_dir=str(out), peers=not quick, latency_calls=settings["latency_calls"],
-        skip=settings["skip"],
-    )
+    print("[report] explain: one page per model, twins side by side; beside it, the export runtimes' artifacts",
+          file=log, flush=True)
+    with tempfile.TemporaryDirectory(prefix="twins-report-exports-") as folder, \
+            ThreadPoolExecutor(max_workers=PREPARE_WORKERS) as pool:
+        pages = pool.submit(explain_pages, out, log)
+        artifacts = benchmarks.prepare_exports(
+            benchmarks.export_tasks(settings["models"], bench_backends, settings["img_size"]), folder, pool=pool)
+        explain = pages.result()
+
+        print(f"[report] benchmarks: {settings}", file=log, flush=True)
+        bench = benchmarks.run(
+            models=settings["models"], backends=bench_backends, modes=("train", "infer", "latency"),
+            batch_sizes=settings["batch_sizes"], img_size=settings["img_size"], warmup=settings["warmup"],
+            repeats=settings["repeats"], out_dir=str(out), peers=not quick, latency_calls=settings["latency_calls"],
+            skip=settings["skip"], artifacts=artifacts,
+        )
     bench_s = time.time() - start - parity_s
 
     unsupported = [r for r in parity_rows if not r.get("supported", True)]
