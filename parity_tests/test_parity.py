@@ -440,10 +440,10 @@ def test_the_torch_twins_export_worker_never_waits_for_the_heavy_lock_to_do_noth
 
 
 def test_a_heavy_models_checks_run_as_one_job_per_part_and_its_rows_come_back_in_the_checks_order(tmp_path):
-    """vgg11_bn's eval-mode checks, float64 training checks and exports are three heavy jobs, so a worker holding
-    what one part left hands the next part to a fresh process (`make parity`'s single vgg11_bn job peaked at
-    17.5 GiB in its ONNX export, on top of the 7.7 GiB its training left); a light model stays one job; the rows
-    of the parts come back as one model's, in the order of the checks."""
+    """In the full plan vgg11_bn's eval-mode checks, float64 training checks and exports are three heavy jobs, so a
+    worker holding what one part left hands the next part to a fresh process (`make parity`'s single vgg11_bn job
+    peaked at 17.5 GiB in its ONNX export, on top of the 7.7 GiB its training left); a light model stays one job;
+    the rows of the parts come back as one model's, in the order of the checks."""
     from twins_cli.parity import ALL_CHECKS, EXPORT_CHECKS, TRAIN_CHECKS, jobs
     from twins_cli.parity.launch import collect
     from twins_cli.parity.plan import Job
@@ -454,7 +454,9 @@ def test_a_heavy_models_checks_run_as_one_job_per_part_and_its_rows_come_back_in
     assert set(plan[1].checks) == set(TRAIN_CHECKS) and plan[2].checks == EXPORT_CHECKS
     assert set(plan[0].checks) == set(ALL_CHECKS) - set(TRAIN_CHECKS) - set(EXPORT_CHECKS)
     assert [Job.from_json(job.to_json()) for job in plan] == plan
-    assert [job.label for job in jobs(["vgg11_bn"], ALL_CHECKS, quick=True)] == ["vgg11_bn"]  # eval only: one job
+    # the quick plan (make test, make demo) keeps a heavy model's checks in one job
+    assert [(job.label, job.heavy) for job in jobs(["pspnet", "vgg11_bn"], ALL_CHECKS, quick=True)] == [
+        ("pspnet", True), ("vgg11_bn", True)]
 
     out = tmp_path / "rows.json"  # the training part finished last, as a helper may leave it
     ran = [(2, "export_onnx"), (0, "eval_output"), (0, "round_trip"), (3, "eval_output"), (1, "train_loss")]

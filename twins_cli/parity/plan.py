@@ -58,7 +58,7 @@ QUICK_EXPORTS: dict[str, tuple] = {"resnet18": EXPORT_CHECKS}
 # Their jobs are heavy (`Job.heavy`): a worker runs them holding `memory.HeavyLock`, one at a time across the
 # processes that share it.
 HEAVY_MODELS = ("pspnet", "saliency_unet", "vgg19_slim", "vgg11_bn")
-# A heavy model's checks run as one job per part (`Job.part`, in this order): the eval-mode checks, the float64
+# In the full plan (`make parity`) a heavy model's checks run as one job per part (`Job.part`, in this order): the eval-mode checks, the float64
 # training checks, the exports. What a framework keeps of one part's models stays in the process after it (the
 # tensorflow worker held 7.7 GiB after vgg11_bn's training checks, which peaked at 10 GiB), and the next part
 # then starts from there: `make parity`'s vgg11_bn job peaked at 17.5 GiB in its ONNX export, on top of what its
@@ -119,7 +119,9 @@ class Job:
 def jobs(models, checks=ALL_CHECKS, *, quick: bool = False, size: int | None = None, batch: int = 2) -> list[Job]:
     """The jobs of `twins parity` and the report: each model's `checks`, or with `quick` the part of them its
     QUICK_SUITE entry names (and its QUICK_EXPORTS); a model left with no check has no job. A heavy model's
-    checks are one heavy job per part that has any (`PARTS`), a single part's job unlabelled."""
+    checks are one heavy job per part that has any (`PARTS`), a single part's job unlabelled; in the quick plan
+    one heavy job (its parts are small, pspnet's at 33x33, and each more job would build the model's torch
+    reference again on the heavy lock, the critical path of `make demo`)."""
     result = []
     for model in models:
         plan_checks, plan_size = (QUICK_SUITE.get(model) or (None, None)) if quick else (None, None)
@@ -127,8 +129,8 @@ def jobs(models, checks=ALL_CHECKS, *, quick: bool = False, size: int | None = N
         chosen += tuple(c for c in checks if c in EXPORT_CHECKS and (not quick or c in QUICK_EXPORTS.get(model, ())))
         if not chosen:
             continue
-        if model not in HEAVY_MODELS:
-            result.append(Job(model, chosen, size or plan_size, batch=batch))
+        if model not in HEAVY_MODELS or quick:
+            result.append(Job(model, chosen, size or plan_size, batch=batch, heavy=model in HEAVY_MODELS))
             continue
         parts = [(part, tuple(c for c in chosen if part_of(c) == part)) for part in PARTS]
         parts = [(part, mine) for part, mine in parts if mine]
