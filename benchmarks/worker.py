@@ -582,23 +582,19 @@ def export_artifact(backend: str, model: str, size: int, folder: str) -> dict:
 
 class ExportRunner:
     """One export backend (`schema.EXPORT_SOURCES`). Per model and size, `twins export` has run in a subprocess
-    (`export_artifact`, so this process's peak RSS is the runtime's, not the exporter's; the harness runs them
-    before any worker measures, `harness.prepare_exports`), written the artifact into a temporary folder and
-    checked it against the eager twin at batch 3 and 1; the row carries that error
+    of the harness before any worker measured (`export_artifact`, `harness.prepare_exports`: this process's peak
+    RSS is the runtime's, not the exporter's), written the artifact into the harness's folder and checked it
+    against the eager twin at batch 3 and 1; the row carries that error
     (`export_error`) and the artifact's size on disk. A step is one `Runtime.run(x)` call on a host batch:
     these runtimes take and return host memory, so the step includes what the runtime copies."""
 
     def __init__(self, backend: str, options: dict):
-        import tempfile
-
         from twins import exports
 
         self.backend = backend
         self.options = options
         self.exports = exports
         self.framework, self.keras_backend, self.format = schema.EXPORT_SOURCES[backend]
-        self.folder = tempfile.mkdtemp(prefix=f"twins-bench-{backend}-")
-        self.artifacts: dict = {}
         self.host_memory = ProcessPeakRss()
         self.device_name = "cpu"
         self.compiler = None
@@ -608,19 +604,15 @@ class ExportRunner:
         return dict(self._versions)
 
     def _export(self, model: str, size: int) -> dict:
-        """The artifact of `model` at `size`: the one the harness made before any worker measured
-        (`options["artifacts"]`, `harness.prepare_exports`), else made now (`export_artifact`)."""
-        key = (model, size)
-        if key not in self.artifacts:
-            prepared = self.options.get("artifacts", {}).get(artifact_key(model, size))
-            if prepared is None:
-                progress(f"{self.backend}: twins export {model} --framework {self.framework} --format {self.format} "
-                         f"({size}x{size})")
-                prepared = export_artifact(self.backend, model, size, self.folder)
-            if "error" in prepared:
-                raise RuntimeError(prepared["error"])
-            self.artifacts[key] = prepared
-        return self.artifacts[key]
+        """The artifact of `model` at `size` the harness made before any worker measured (`options["artifacts"]`,
+        `harness.prepare_exports`); an export that failed there raises what went wrong."""
+        prepared = self.options.get("artifacts", {}).get(artifact_key(model, size))
+        if prepared is None:
+            raise RuntimeError(f"no {self.format} artifact of {model} at {size}x{size} was made for this worker "
+                               "(the harness exports before the workers start)")
+        if "error" in prepared:
+            raise RuntimeError(prepared["error"])
+        return prepared
 
     def measure(self, config: dict) -> dict:
         import numpy as np
@@ -650,11 +642,6 @@ class ExportRunner:
 
     def cleanup(self) -> None:
         gc.collect()
-
-    def close(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -744,8 +731,6 @@ def run_job(job: dict, result_path: str) -> None:
             runner.cleanup()
         except Exception:  # cleanup is best effort; the next row resets its own counters
             traceback.print_exc()
-    if hasattr(runner, "close"):
-        runner.close()
 
 
 def probe(result_path: str) -> None:
