@@ -365,6 +365,7 @@ def run(
     skip=None,
     artifacts=None,
     prepare_parallel=None,
+    probe=None,
 ) -> dict:
     """Benchmark `models` x `backends` x `modes` x `batch_sizes`; returns {"meta": ..., "rows": [...]}.
 
@@ -381,6 +382,7 @@ def run(
     The export runtimes' artifacts are made before any worker measures (`prepare_exports`, `prepare_parallel` at
     a time, default: two, or one on a single core; exporting is not timed); `artifacts` (what `prepare_exports`
     returned for these models, backends and sizes) passes artifacts made beforehand, alongside other work.
+    `probe`: what `probe_accelerators` returned, asked beforehand (`device` "auto" then asks no more).
     `out_dir` None = return the results without writing files; otherwise writes benchmark.json,
     benchmark.md, benchmark.png and logs/<backend>.log there (atomically). `verbose` False silences
     the progress lines on stderr (warnings still print).
@@ -427,10 +429,10 @@ def run(
         raise ValueError(f"timeout_s: expected a positive number of seconds, got {timeout_s!r}")
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-    probe = None
     if device == "auto":
-        say("probing for a GPU (torch, then jax) in a subprocess")
-        probe = probe_accelerators()
+        if probe is None:
+            say("probing for a GPU (torch, then jax) in a subprocess")
+            probe = probe_accelerators()
         resolved_device = "cuda" if probe.get("torch_cuda") or probe.get("jax_gpu") else "cpu"
     else:
         # An explicit --device cuda stays cuda without a GPU: every worker then says why it cannot.
@@ -610,8 +612,10 @@ def prepare_exports(tasks, folder: str, *, parallel=None, pool=None, verbose=Tru
     """Make the artifacts of `tasks` (`export_tasks`) with `twins export` into `folder`, `parallel` at a time
     (default: two, or one on a single core), or on `pool` (an executor the caller shares with other work):
     `{backend: {artifact key: what the export reported and its path, or {"error": why}}}`, for `run(artifacts=)`.
-    Exporting is not timed, so the exports run side by side, before any worker measures (`make demo`'s six took
-    60-70 s one after another on 2 cores)."""
+    An artifact already in `folder` under its name (`worker.artifact_paths`) with a report saying it passed its
+    check is taken as it is (`make demo`'s parity run leaves resnet18's six there: `twins_cli.report`).
+    Exporting is not timed, so the exports run side by side, before any worker measures (six `twins export`
+    processes of resnet18 at 64x64 took 60-70 s one after another on 2 cores)."""
     from concurrent.futures import ThreadPoolExecutor
 
     say = log if verbose else (lambda message: None)
@@ -625,9 +629,18 @@ def prepare_exports(tasks, folder: str, *, parallel=None, pool=None, verbose=Tru
             + f" in {time.monotonic() - began:.0f} s")
         return backend, worker.artifact_key(model, size), entry
 
-    tasks = list(tasks)
+    made: dict = {}
+    tasks = list(dict.fromkeys(tasks))
+    for task in list(tasks):
+        backend, model, size = task
+        entry = worker.kept_artifact(backend, model, size, folder)
+        if entry is not None:  # checked, and made from other weights than `twins export`'s seed: fine to time
+            say(f"{backend}: {model} ({size}x{size}) is in the folder already, checked against the eager twin "
+                f"(error {entry['check']['error']:.1e}; {entry.get('weights') or 'its weights'}): not exported again")
+            made.setdefault(backend, {})[worker.artifact_key(model, size)] = entry
+            tasks.remove(task)
     if not tasks:
-        return {}
+        return made
     own = None
     if pool is None:
         parallel = parallel or (2 if (os.cpu_count() or 1) > 1 else 1)
@@ -635,7 +648,6 @@ def prepare_exports(tasks, folder: str, *, parallel=None, pool=None, verbose=Tru
     say(f"exporting {len(tasks)} artifact(s) for the export runtimes, not timed")
     try:
         futures = [pool.submit(one, task) for task in tasks]
-        made: dict = {}
         for future in futures:
             backend, key, entry = future.result()
             made.setdefault(backend, {})[key] = entry

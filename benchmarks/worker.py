@@ -553,17 +553,36 @@ def artifact_key(model: str, size: int) -> str:
     return f"{model}-{size}"
 
 
+def artifact_paths(backend: str, model: str, size: int, folder: str) -> tuple[str, str]:
+    """Where the artifact of export backend `backend` for `model` at `size` lives in `folder`, and its report
+    (`twins export --json`): under `twins.exports.artifact_stem`, the name the parity run keeps its own under."""
+    from twins import exports
+
+    framework, keras_backend, fmt = schema.EXPORT_SOURCES[backend]
+    stem = os.path.join(folder, exports.artifact_stem(model, size, framework, fmt, keras_backend))
+    return stem + exports.FORMATS[framework][fmt], stem + ".json"
+
+
+def kept_artifact(backend: str, model: str, size: int, folder: str) -> dict | None:
+    """The artifact already in `folder` whose report says it passed its check against the eager twin (the parity
+    run leaves resnet18's there in `make demo`: `twins_cli.parity.run_parity(keep_exports=)`): what the report
+    says and the artifact's path; None when there is none, or its check did not pass."""
+    path, report_path = artifact_paths(backend, model, size, folder)
+    if not (os.path.exists(report_path) and os.path.exists(path)):
+        return None
+    with open(report_path) as f:
+        exported = json.load(f)
+    return {**exported, "path": path} if exported.get("check", {}).get("passed") else None
+
+
 def export_artifact(backend: str, model: str, size: int, folder: str) -> dict:
     """`twins export` of `model` at `size` in the format of export backend `backend`, in a subprocess, into
     `folder`: what it reports (`--json`) and the artifact's path, or `{"error": why}` when it failed or its check
     against the eager twin did. Imports no framework (the harness calls it too)."""
     import subprocess
 
-    from twins import exports
-
     framework, keras_backend, fmt = schema.EXPORT_SOURCES[backend]
-    stem = os.path.join(folder, f"{backend}-{artifact_key(model, size)}")
-    path, report_path = stem + exports.FORMATS[framework][fmt], stem + ".json"
+    path, report_path = artifact_paths(backend, model, size, folder)
     command = [sys.executable, "-m", "twins_cli.main", "export", model, "--framework", framework, "--format", fmt,
                "--out", path, "--img-size", str(size), "--json", report_path]
     if keras_backend:

@@ -243,6 +243,42 @@ def test_an_artifact_made_beforehand_is_measured_and_a_failed_export_is_its_rows
     assert all("broken on purpose" in r["error"] for r in result["rows"])
 
 
+def test_an_artifact_the_parity_run_kept_is_measured_and_not_exported_again(tmp_path, monkeypatch):
+    """`run_parity(keep_exports=)`, what `make demo` does: an export row within its bound leaves its artifact and
+    its report where `prepare_exports` looks, under the benchmark's name for it, and the benchmark measures that
+    artifact instead of exporting it again; a row whose check failed leaves nothing behind."""
+    if KERAS_BACKEND != "keras-tensorflow":
+        pytest.skip("no Keras in these rows: the tensorflow pass runs them")
+    from twins_cli import export
+    from twins_cli.parity.exports import KEEP_EXPORTS_ENV, run_torch_exports
+
+    kept = tmp_path / "kept"
+    monkeypatch.setenv(KEEP_EXPORTS_ENV, str(kept))
+    (row,) = run_torch_exports("resnet18", size=32, checks=("export_onnx",))
+    assert row.check == "export_onnx" and row.passed, row
+
+    def export_again(*args):
+        raise AssertionError(f"exported again: {args}")
+
+    monkeypatch.setattr(harness.worker, "export_artifact", export_again)
+    artifacts = harness.prepare_exports([("onnxruntime", "resnet18", 32)], str(kept), verbose=False)
+    entry = artifacts["onnxruntime"]["resnet18-32"]
+    assert entry["check"]["error"] == row.error and entry["framework"] == "torch" and os.path.isfile(entry["path"])
+    result = benchmarks.run(backends=["onnxruntime"], device="cpu", models=["resnet18"], img_size=32,
+                            modes=["infer"], batch_sizes=[2], warmup=1, repeats=2, out_dir=None, timeout_s=600,
+                            verbose=False, artifacts=artifacts)
+    (measured,) = result["rows"]
+    assert measured["status"] == schema.STATUS_OK and measured["export_error"] == row.error, measured
+
+    refused = tmp_path / "refused"
+    monkeypatch.setenv(KEEP_EXPORTS_ENV, str(refused))
+    monkeypatch.setattr(export, "verify", lambda *a, **k: {"error": 0.5, "passed": False, "per_batch": {3: 0.5, 1: 0.5},
+                                                           "runtime": "onnxruntime (a check broken on purpose)"})
+    (row,) = run_torch_exports("resnet18", size=32, checks=("export_onnx",))
+    assert not row.passed and row.error == 0.5
+    assert list(refused.iterdir()) == []
+
+
 def test_percentiles_interpolate_as_numpy_does():
     import numpy as np
 

@@ -101,6 +101,13 @@ def limit(backend: str, fmt: str, model: str | None = None) -> str | None:
     return KERAS_LIMITS.get((backend, fmt)) or MODEL_LIMITS.get((model, backend, fmt))
 
 
+def artifact_stem(model: str, size: int, framework: str, fmt: str, backend: str | None = None) -> str:
+    """An artifact's file name without its format's suffix (`FORMATS`), the same for every writer: the parity run
+    leaves its checked artifacts under it (`twins_cli.parity.run_parity(keep_exports=)`) and the benchmark
+    looks for them there before it exports its own (`benchmarks.worker.export_artifact`)."""
+    return f"{model}-{size}-{framework}{f'-{backend}' if backend else ''}-{fmt}"
+
+
 def artifact_files(path: str | os.PathLike) -> list[Path]:
     """Every file an artifact is: the file itself, an OpenVINO model's `.bin`, a SavedModel folder's files."""
     path = Path(path)

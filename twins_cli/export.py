@@ -146,6 +146,16 @@ def verify(side, model, fmt: str, path, size: int, seed: int = 0) -> dict:
             "passed": bool(result["error"] <= exports.BOUND)}
 
 
+def export_report(name: str, side, fmt: str, size: int, weights, written: dict, result: dict | None = None) -> dict:
+    """What `twins export --json` writes (and the parity run beside each artifact it keeps): the model, the twin,
+    the format, the size, the weights, what `export_twin` returned and the check against the eager twin."""
+    report = {"model": name, "framework": side.framework, "backend": side.backend, "format": fmt, "img_size": size,
+              "weights": weights, **written}
+    if result is not None:
+        report["check"] = {**result, "per_batch": {str(b): e for b, e in result.get("per_batch", {}).items()}}
+    return report
+
+
 def describe(result: dict) -> str:
     per = ", ".join(f"batch {b} {e:.1e}" for b, e in result["per_batch"].items())
     return f"{result['runtime']}: {per}"
@@ -179,8 +189,7 @@ def cmd_export(args) -> int:
         print(f"twins export: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({_mb(written['bytes'])}) in {written['export_s']:.1f} s")
-    report = {"model": args.model, "framework": args.framework, "backend": side.backend, "format": args.format,
-              "img_size": size, "weights": args.weights, **written}
+    report = export_report(args.model, side, args.format, size, args.weights, written)
     status = 0
     if not args.no_check:
         try:
@@ -191,7 +200,7 @@ def cmd_export(args) -> int:
         else:
             print(f"export parity against the eager {side.label} twin: {describe(result)} (bound {exports.BOUND:.0e}): "
                   f"{'ok' if result['passed'] else 'FAILED'}")
-        report["check"] = {**result, "per_batch": {str(b): e for b, e in result.get("per_batch", {}).items()}}
+        report = export_report(args.model, side, args.format, size, args.weights, written, result)
         if not result["passed"]:
             print(f"twins export: error: {out} does not compute what the eager twin does; removing it", file=sys.stderr)
             exports.remove_artifact(out)

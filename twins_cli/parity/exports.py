@@ -6,6 +6,7 @@ with the reason (`twins.exports.KERAS_LIMITS`).
 """
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -21,24 +22,45 @@ def export_format(check: str, framework: str) -> str:
     return "torch" if framework == "keras" and fmt == "pt2" else fmt
 
 
+# Where the workers leave every export artifact that passed its check, with what `twins export --json` writes beside
+# it (`twins_cli.export.export_report`), under `twins.exports.artifact_stem`: `run_parity(keep_exports=FOLDER)`
+# sets it for its workers. `make demo`'s benchmark measures the export runtimes on these artifacts instead of
+# exporting resnet18 at 64x64 six times more (`benchmarks.prepare_exports`). Unset: each artifact is deleted.
+KEEP_EXPORTS_ENV = "TWINS_PARITY_KEEP_EXPORTS"
+
+
 def export_row(side, model, name: str, fmt: str, size: int, seed: int) -> tuple[float, str]:
     """Export `model` (of registered model `name`), reopen it in its runtime, compare: `(error, detail)` as every
-    check returns; a failure the export limits record (`twins.exports`) is raised as `Unsupported`."""
-    from twins import exports
+    check returns; a failure the export limits record (`twins.exports`) is raised as `Unsupported`. With
+    `KEEP_EXPORTS_ENV` set, an artifact within the bound stays in that folder with its report."""
+    import json
+
+    from twins import checkpoints, exports
     from twins_cli import export
 
+    keep = os.environ.get(KEEP_EXPORTS_ENV)
     with tempfile.TemporaryDirectory(prefix="twins-export-") as tmp:
-        path = Path(tmp) / f"artifact{exports.FORMATS[side.framework][fmt]}"
+        folder = Path(keep) if keep else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = exports.artifact_stem(name, size, side.framework, fmt, side.backend)
+        path = folder / f"{stem}{exports.FORMATS[side.framework][fmt]}"
         try:
             written = export.export_twin(side, model, fmt, path, size)
             result = export.verify(side, model, fmt, path, size, seed=seed)
         except Exception as exc:
+            if keep and path.exists():
+                exports.remove_artifact(path)
             limited = export.known_limit(side, fmt, exc, name)
             if limited is None:
                 raise
             raise limited from exc
+        if keep and result["passed"]:
+            report = export.export_report(name, side, fmt, size, f"the parity run's reference weights (seed {seed})",
+                                          written, result)
+            checkpoints.write_atomic(folder / f"{stem}.json", lambda t: t.write_text(json.dumps(report, indent=1)))
+        elif keep:
+            exports.remove_artifact(path)
     return result["error"], f"{export.describe(result)}; {written['bytes'] / 1e6:.1f} MB, exported in {written['export_s']:.1f} s"
-
 
 
 def run_torch_exports(name: str, *, size: int | None = None, seed: int = 0, checks=TORCH_EXPORT_CHECKS) -> list[Row]:

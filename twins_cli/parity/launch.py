@@ -138,14 +138,15 @@ def run_worker(backend: str, plan: list[Job], *, timeout=1800, log=sys.stderr, e
 HELP_MIN_JOBS = 3
 
 
-def run_shared(plan: list[Job], backends, *, parallel: int, timeout=1800, log=sys.stderr) -> list[dict]:
+def run_shared(plan: list[Job], backends, *, parallel: int, timeout=1800, log=sys.stderr,
+               env: dict | None = None) -> list[dict]:
     """Run `plan` on each of `backends` with `parallel` worker processes at a time: the backends' workers in
     order, and once none is waiting, a second worker (a helper) for a backend still running, which takes the
     jobs its first worker has not started (the two share a claims folder, `worker.claim`). The slots stay busy
     until the last backend's jobs are done: `make demo`'s four workers took 267 + 168 s on one slot against
     347 + 31 s on the other when each backend had one. Every worker gets the same `HeavyLock` file, so at most
     one of them runs a heavy job at a time, and its share of the cores (`thread_env`). The rows come back in
-    the order of `backends`, each backend's in the plan's order."""
+    the order of `backends`, each backend's in the plan's order. `env`: added to every worker's environment."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     from .memory import HEAVY_LOCK_ENV
@@ -153,7 +154,7 @@ def run_shared(plan: list[Job], backends, *, parallel: int, timeout=1800, log=sy
     present = set(installed_backends() + [TORCH_TWIN])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        env = {HEAVY_LOCK_ENV: os.environ.get(HEAVY_LOCK_ENV) or str(tmp / "heavy.lock"),
+        env = {**(env or {}), HEAVY_LOCK_ENV: os.environ.get(HEAVY_LOCK_ENV) or str(tmp / "heavy.lock"),
                **thread_env(max(1, (os.cpu_count() or 1) // parallel))}
         plan_file = write_plan(plan, tmp / "plan.json")
         queue = [b for b in backends if b in present]
@@ -211,14 +212,18 @@ JOB_TIMEOUT = 900
 
 
 def run_parity(models, backends, *, batch=2, size=None, checks=None, quick=False, timeout: float | None = None,
-               log=sys.stderr, parallel: int = 1) -> list[dict]:
+               log=sys.stderr, parallel: int = 1, keep_exports: str | None = None) -> list[dict]:
     """Run the parity worker for `models` once per backend. `quick`: each model's QUICK_SUITE plan (and
     QUICK_EXPORTS). `backends` may hold `torch_impl`, the torch twin's export rows. `parallel`: how many worker
     processes run at once (each mostly keeps one core busy; `run_shared`). `timeout`: seconds per worker (None:
-    `JOB_TIMEOUT` per job of the plan). The rows come back in the order of `backends` either way."""
+    `JOB_TIMEOUT` per job of the plan). `keep_exports`: a folder where the workers leave each export artifact
+    that passed its check, with its report (`exports.KEEP_EXPORTS_ENV`). The rows come back in the order of
+    `backends` either way."""
+    from .exports import KEEP_EXPORTS_ENV
 
     plan = jobs(models, tuple(checks) if checks else ALL_CHECKS, quick=quick, size=size, batch=batch)
     timeout = timeout if timeout is not None else JOB_TIMEOUT * max(1, len(plan))
+    env = {KEEP_EXPORTS_ENV: str(Path(keep_exports).resolve())} if keep_exports else None
     if parallel <= 1:
-        return [row for backend in backends for row in run_worker(backend, plan, timeout=timeout, log=log)]
-    return run_shared(plan, backends, parallel=parallel, timeout=timeout, log=log)
+        return [row for backend in backends for row in run_worker(backend, plan, timeout=timeout, log=log, env=env)]
+    return run_shared(plan, backends, parallel=parallel, timeout=timeout, log=log, env=env)

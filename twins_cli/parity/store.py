@@ -15,7 +15,7 @@ import numpy as np
 
 
 class TensorStore:
-    """`put(kind, key, array)` / `get(kind, key)`; `view(kind, keys)` is a mapping for `compare.worst`. Close it
+    """`put(kind, key, array)` / `get(kind, key)`, `rename(kind, new)`; `view(kind, keys)` is a mapping for `compare.worst`. Close it
     (or use it as a context manager) to delete the folder."""
 
     def __init__(self):
@@ -41,6 +41,12 @@ class TensorStore:
 
     def view(self, kind: str) -> "StoredView":
         return StoredView(self, kind)
+
+    def rename(self, kind: str, new: str) -> None:
+        """The tensors of `kind` become `new`'s (those `new` had go)."""
+        self.drop(new)
+        for name in [name for name in self.names if name[0] == kind]:
+            self.names[(new, name[1])] = self.names.pop(name)
 
     def drop(self, kind: str) -> None:
         for name in [name for name in self.names if name[0] == kind]:
