@@ -103,7 +103,11 @@ def test_the_tensor_store_reads_back_what_it_wrote_and_leaves_nothing():
         store.put("update 2", "a", written["a"] * 2)  # a second put replaces the first
         assert np.array_equal(store.get("before", "a"), written["b"])
         assert np.array_equal(store.get("update 2", "a"), written["a"] * 2) and len(list(folder.iterdir())) == 2
-        store.drop("update 2")
+        store.put("after", "b", written["b"])
+        store.rename("update 2", "after")  # a step's state after it becomes the next step's before: "after" is
+        assert store.keys("update 2") == [] and store.get("after", "b") is None  # what "update 2" was, no more
+        assert np.array_equal(store.get("after", "a"), written["a"] * 2) and len(list(folder.iterdir())) == 2
+        store.drop("after")
         store.drop("before")
         assert store.get("update 1", "a") is None and list(folder.iterdir()) == []
     assert not folder.exists()
