@@ -16,7 +16,7 @@ shared names (backends, columns, status words). Importing this package imports n
 """
 from __future__ import annotations
 
-from benchmarks.harness import export_tasks, prepare_exports, probe_accelerators, run, write_outputs
+from benchmarks.harness import export_tasks, prepare_exports, probe_accelerators, probed_device, run, write_outputs
 from benchmarks.report import render_chart, render_markdown
 from benchmarks.schema import BACKENDS, COLUMNS, MODES
 

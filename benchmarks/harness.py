@@ -200,6 +200,11 @@ def probe_accelerators(timeout_s: float = 300.0) -> dict:
             return json.load(f)
 
 
+def probed_device(probe: dict) -> str:
+    """The device `--device auto` means, given what `probe_accelerators` returned."""
+    return "cuda" if probe.get("torch_cuda") or probe.get("jax_gpu") else "cpu"
+
+
 # ---------------------------------------------------------------------------------------------
 # Workers
 
@@ -433,7 +438,7 @@ def run(
         if probe is None:
             say("probing for a GPU (torch, then jax) in a subprocess")
             probe = probe_accelerators()
-        resolved_device = "cuda" if probe.get("torch_cuda") or probe.get("jax_gpu") else "cpu"
+        resolved_device = probed_device(probe)
     else:
         # An explicit --device cuda stays cuda without a GPU: every worker then says why it cannot.
         resolved_device = device

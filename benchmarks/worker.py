@@ -570,9 +570,13 @@ def kept_artifact(backend: str, model: str, size: int, folder: str) -> dict | No
     path, report_path = artifact_paths(backend, model, size, folder)
     if not (os.path.exists(report_path) and os.path.exists(path)):
         return None
-    with open(report_path) as f:
-        exported = json.load(f)
+    exported = _read_report(report_path)
     return {**exported, "path": path} if exported.get("check", {}).get("passed") else None
+
+
+def _read_report(report_path: str) -> dict:
+    with open(report_path) as f:
+        return json.load(f)
 
 
 def export_artifact(backend: str, model: str, size: int, folder: str) -> dict:
@@ -591,8 +595,7 @@ def export_artifact(backend: str, model: str, size: int, folder: str) -> dict:
     if not os.path.exists(report_path):
         tail = " | ".join(line for line in (done.stderr or "").strip().splitlines()[-3:])
         return {"error": f"twins export exited {done.returncode}: {tail[-600:]}"}
-    with open(report_path) as f:
-        exported = json.load(f)
+    exported = _read_report(report_path)
     if done.returncode != 0 or not exported.get("check", {}).get("passed"):
         return {"error": f"the exported {fmt} artifact failed its check against the eager twin: "
                          f"{exported.get('check')}"}

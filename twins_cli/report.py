@@ -253,7 +253,7 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
         pages = pool.submit(explain_pages, out, log)
         probe = pool.submit(benchmarks.probe_accelerators).result()
         artifacts = None
-        if not (probe.get("torch_cuda") or probe.get("jax_gpu")):  # on a GPU the export runtimes are not measured
+        if benchmarks.probed_device(probe) == "cpu":  # on a GPU the export runtimes are not measured
             artifacts = benchmarks.prepare_exports(
                 benchmarks.export_tasks(settings["models"], bench_backends, settings["img_size"]), folder, pool=pool)
         explain = pages.result()

@@ -59,8 +59,8 @@ QUICK_EXPORTS: dict[str, tuple] = {"resnet18": EXPORT_CHECKS}
 # processes that share it.
 HEAVY_MODELS = ("pspnet", "saliency_unet", "vgg19_slim", "vgg11_bn")
 # In the full plan (`make parity`) a heavy model's checks run as one job per part (`Job.part`, in this order):
-# the eval-mode checks, the float64 training checks, the exports. What a framework keeps of one part's models stays in the process after it (the
-# tensorflow worker held 7.7 GiB after vgg11_bn's training checks, which peaked at 10 GiB), and the next part
+# the eval-mode checks, the float64 training checks, the exports. What a framework keeps of one part's models
+# stays in the process after it (the tensorflow worker held 7.7 GiB after vgg11_bn's training checks, which peaked at 10 GiB), and the next part
 # then starts from there: `make parity`'s vgg11_bn job peaked at 17.5 GiB in its ONNX export, on top of what its
 # training left. Between parts the worker hands the rest of its plan to a fresh process when it holds more than
 # `worker.RESTART_ABOVE_GIB`, so each part starts from what the frameworks need, not from the last part's peak.

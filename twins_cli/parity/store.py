@@ -15,8 +15,8 @@ import numpy as np
 
 
 class TensorStore:
-    """`put(kind, key, array)` / `get(kind, key)`, `rename(kind, new)`; `view(kind, keys)` is a mapping for `compare.worst`. Close it
-    (or use it as a context manager) to delete the folder."""
+    """`put(kind, key, array)` / `get(kind, key)`, `rename(kind, new)`; `view(kind, keys)` is a mapping for
+    `compare.worst`. Close it (or use it as a context manager) to delete the folder."""
 
     def __init__(self):
         self.dir = Path(tempfile.mkdtemp(prefix="twins-parity-tensors-"))
