@@ -317,8 +317,89 @@ def torch_uniform(fan_in: int):
     return keras.initializers.RandomUniform(-bound, bound)
 
 
+def on_jax_cpu() -> bool:
+    """Keras runs on jax and jax computes on the CPU (where XLA's padded convolution is slow; see `Conv2D`)."""
+    if keras.backend.backend() != "jax":
+        return False
+    import jax
+
+    return jax.default_backend() == "cpu"
+
+
+_VALID_CONV = []
+
+
+def valid_conv_with_padded_input_grad():
+    """`f(x, w, stride)`: jax's undilated 'valid' NHWC convolution, whose gradient for `x` is a stride-1 'valid'
+    convolution of the output gradient, dilated by the stride and padded explicitly (kept so by
+    `optimization_barrier`), with the flipped kernel; jax's own rule hands XLA a padded (and for a stride over 1,
+    input-dilated) convolution. The weight gradient is jax's own. Built once, on first use."""
+    if not _VALID_CONV:
+        import functools
+
+        import jax
+        import jax.numpy as jnp
+
+        numbers = ("NHWC", "HWIO", "NHWC")
+
+        def conv(x, w, stride):
+            return jax.lax.conv_general_dilated(x, w, stride, "VALID", dimension_numbers=numbers)
+
+        @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+        def valid_conv(x, w, stride):
+            return conv(x, w, stride)
+
+        def forward(x, w, stride):
+            return conv(x, w, stride), (x, w)
+
+        def backward(stride, saved, grad):
+            x, w = saved
+            # Each input row the forward reached (the last `extra` rows it did not) gets the kernel rows that saw it.
+            pads = [(0, 0, 0)]
+            for axis, (k, s) in enumerate(zip(w.shape[:2], stride), 1):
+                extra = x.shape[axis] - k - (grad.shape[axis] - 1) * s
+                pads.append((k - 1, k - 1 + extra, s - 1))
+            padded = jax.lax.optimization_barrier(jax.lax.pad(grad, jnp.zeros((), grad.dtype), pads + [(0, 0, 0)]))
+            grad_x = conv(padded, jnp.flip(w, (0, 1)).swapaxes(2, 3), (1, 1))
+            return grad_x, jax.vjp(lambda w: conv(x, w, stride), w)[1](grad)[0]
+
+        valid_conv.defvjp(forward, backward)
+        _VALID_CONV.append(valid_conv)
+    return _VALID_CONV[0]
+
+
 @keras.saving.register_keras_serializable(package="twins")
-class OneFilterConv2D(layers.Conv2D):
+class Conv2D(layers.Conv2D):
+    """Keras' Conv2D, the twins' every convolution ('valid': the padding is an explicit `ZeroPadding2D` before it).
+    On jax on the CPU, an undilated conv whose output map is smaller than its kernel (a ResNet's layer4 at 64x64:
+    2x2 maps, 3x3 kernels) keeps its padded input as it is (`jax.lax.optimization_barrier`) and takes its input
+    gradient as a 'valid' convolution of the explicitly padded output gradient (`valid_conv_with_padded_input_grad`).
+    XLA otherwise folds the pad into the convolution, jax's own input gradient is a padded convolution, and XLA's
+    CPU convolution with padding takes a slow path on such maps: a 3x3 conv of 512 channels on a 2x2 map at batch
+    32 took 270 ms forward against 6 ms on the padded map, its input gradient 442 ms against 30 ms for both
+    gradients; resnet18's training step at 64x64 and batch 32 3.2 s against 0.46 s. The same numbers on every
+    backend (`parity_tests/test_conv.py`); elsewhere the layer is Keras' own."""
+
+    def convolution_op(self, inputs, kernel):
+        if self.padded_conv_is_slow_here(inputs.shape):
+            import jax
+
+            inputs = jax.lax.optimization_barrier(ops.convert_to_tensor(inputs))
+            return valid_conv_with_padded_input_grad()(inputs, ops.convert_to_tensor(kernel), tuple(self.strides))
+        return super().convolution_op(inputs, kernel)
+
+    def padded_conv_is_slow_here(self, shape) -> bool:
+        if (self.dilation_rate != (1, 1) or self.groups != 1 or self.padding != "valid"
+                or self.data_format != "channels_last" or not on_jax_cpu()):
+            return False
+        spatial = tuple(shape[1:3])
+        if None in spatial:
+            return False
+        return any((n - k) // s + 1 < k for n, k, s in zip(spatial, self.kernel_size, self.strides))
+
+
+@keras.saving.register_keras_serializable(package="twins")
+class OneFilterConv2D(Conv2D):
     """Conv2D with one filter and a kernel larger than 1x1 (the saliency U-Net's output conv `conv_0`), the same
     layer as Keras' on tensorflow and jax. On the torch backend Keras hands torch the kernel as a permuted view
     of its (kh, kw, in, 1) variable, which for one filter is channels-last contiguous as it stands, and torch
@@ -342,7 +423,7 @@ def conv2d(x, filters, kernel, stride=1, padding=0, dilation=1, use_bias=False, 
     symmetrically."""
     if padding:
         x = layers.ZeroPadding2D(padding, name=f"{name}-pad")(x)
-    conv = OneFilterConv2D if filters == 1 and kernel != 1 and kernel != (1, 1) else layers.Conv2D
+    conv = OneFilterConv2D if filters == 1 and kernel != 1 and kernel != (1, 1) else Conv2D
     return conv(
         filters,
         kernel,
