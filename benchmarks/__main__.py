@@ -58,6 +58,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"add {schema.PEER_MODEL}(weights=None) rows on each Keras backend next to resnet50")
     parser.add_argument("--timeout", type=float, default=harness.DEFAULT_TIMEOUT_S,
                         help=f"wall-clock limit per worker process, seconds (default: {harness.DEFAULT_TIMEOUT_S:.0f})")
+    parser.add_argument("--side-by-side", type=int, default=None, metavar="N",
+                        help="workers alive at a time: each prepares (imports, builds, compiles, warms up) beside "
+                             "the others and times its steps alone (default: 2 on a CPU with 2 cores or more, "
+                             "1 on a GPU)")
     parser.add_argument("--out", default=harness.DEFAULT_OUT_DIR,
                         help="output directory for benchmark.json/.md/.png (default: benchmarks/results/latest)")
     return parser.parse_args(argv)
@@ -82,6 +86,7 @@ def main(argv=None) -> int:
             out_dir=args.out,
             timeout_s=args.timeout,
             latency_calls=args.latency_calls,
+            side_by_side=args.side_by_side,
         )
     except ValueError as exc:
         print(f"python -m benchmarks: error: {exc}", file=sys.stderr)

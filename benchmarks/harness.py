@@ -3,10 +3,13 @@ turn anything a worker did not deliver into a row that says why, compute `ratio_
 write JSON + Markdown + PNG.
 
 Why this shape:
-- One subprocess per backend (`python -m benchmarks.worker`), run one after another: Keras fixes its
-  backend at import, frameworks hold process-wide GPU/allocator/compile state, and two workers at
-  once would compete for the same cores or GPU. keras-jax on CUDA is the exception that gets one
-  worker per row, because jax cannot reset its peak-memory counter.
+- One subprocess per backend (`python -m benchmarks.worker`): Keras fixes its backend at import,
+  frameworks hold process-wide GPU/allocator/compile state. keras-jax on CUDA is the exception that
+  gets one worker per row, because jax cannot reset its peak-memory counter.
+- Timed steps one at a time: two workers timing at once would compete for the same cores or GPU.
+  On a CPU the next worker starts while one prepares (imports, builds, compiles, warms up: most of a
+  worker's wall time, much of it on one core), and the two take turns for their timed steps
+  (`benchmarks.gate`: a worker times only while every other one waits).
 - This process imports no framework. Device detection for `--device auto` happens in a short probe
   subprocess, so the parent never holds a CUDA context or jax's preallocated GPU memory while a
   worker measures.
@@ -34,10 +37,12 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from twins import registry
 
 from benchmarks import report, schema, worker
+from benchmarks.gate import overlaps as gate_overlaps
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT_DIR = os.path.join(REPO_ROOT, "benchmarks", "results", "latest")
@@ -231,12 +236,15 @@ def _config_key(config: dict) -> tuple:
 
 
 def run_worker(backend: str, configs: list[dict], options: dict, env: dict, timeout_s: float,
-               workdir: str, tag: str, verbose: bool = True) -> tuple[list[dict], dict, list[str]]:
+               workdir: str, tag: str, verbose: bool = True, gate: str | None = None,
+               live: set | None = None) -> tuple[list[dict], dict, list[str]]:
     """Run one worker over `configs`; returns (rows, worker info, its output lines). Always one row
-    per config: measured, or a failure row explaining why not."""
+    per config: measured, or a failure row explaining why not. `gate`: the run's `benchmarks.gate` file
+    (None: the worker never waits); `live`: a set the process is in while it runs."""
     job_path = os.path.join(workdir, f"{tag}.job.json")
     result_path = os.path.join(workdir, f"{tag}.rows.json")
-    report.write_atomic(job_path, json.dumps({"backend": backend, "options": options, "configs": configs}))
+    report.write_atomic(job_path, json.dumps({"backend": backend, "options": options, "configs": configs,
+                                              "gate": gate}))
     command = [sys.executable, "-m", "benchmarks.worker", "--job", job_path, "--result", result_path]
     output: collections.deque[str] = collections.deque(maxlen=5000)
 
@@ -256,6 +264,8 @@ def run_worker(backend: str, configs: list[dict], options: dict, env: dict, time
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     timed_out = False
+    if live is not None:
+        live.add(process)
     try:
         returncode = process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -266,6 +276,9 @@ def run_worker(backend: str, configs: list[dict], options: dict, env: dict, time
         _kill_group(process)
         process.wait()
         raise
+    finally:
+        if live is not None:
+            live.discard(process)
     reader.join(timeout=10)
     wall_s = time.monotonic() - start
 
@@ -303,6 +316,7 @@ def run_worker(backend: str, configs: list[dict], options: dict, env: dict, time
         "rows": len(configs),
         "versions": worker.get("versions", {}),
         "device_name": worker.get("device_name"),
+        "gate": worker.get("gate", []),
     }
     return rows, info, list(output)
 
@@ -371,6 +385,8 @@ def run(
     artifacts=None,
     prepare_parallel=None,
     probe=None,
+    side_by_side=None,
+    gate=None,
 ) -> dict:
     """Benchmark `models` x `backends` x `modes` x `batch_sizes`; returns {"meta": ..., "rows": [...]}.
 
@@ -388,6 +404,10 @@ def run(
     a time, default: two, or one on a single core; exporting is not timed); `artifacts` (what `prepare_exports`
     returned for these models, backends and sizes) passes artifacts made beforehand, alongside other work.
     `probe`: what `probe_accelerators` returned, asked beforehand (`device` "auto" then asks no more).
+    `side_by_side` workers are alive at a time (default: two on a CPU with two cores or more, one on a GPU): each
+    prepares (imports, builds, compiles, warms up) beside the other, and times its steps alone (`benchmarks.gate`).
+    `gate`: the gate file to use, for a caller that holds it shared around untimed work of its own
+    (`gate.held`); default: one of the run's own.
     `out_dir` None = return the results without writing files; otherwise writes benchmark.json,
     benchmark.md, benchmark.png and logs/<backend>.log there (atomically). `verbose` False silences
     the progress lines on stderr (warnings still print).
@@ -501,9 +521,13 @@ def run(
         else:
             jobs.append((backend, configs, backend))
 
+    if side_by_side is None:
+        side_by_side = 2 if resolved_device == "cpu" and (os.cpu_count() or 1) >= 2 else 1
+    side_by_side = _positive_int(side_by_side, "side_by_side")
     say(f"device {resolved_device}, dtype {dtype}, {warmup} warm-up + {repeats} timed steps, "
         f"batch {', '.join(map(str, batches))}; {sum(len(c) for _, c, _ in jobs)} rows in "
-        f"{len(jobs)} worker(s), one at a time")
+        f"{len(jobs)} worker(s), " + ("one at a time" if side_by_side == 1 or len(jobs) == 1 else
+                                      f"{min(side_by_side, len(jobs))} preparing side by side, timing one at a time"))
     if load_before and load_before[0] > 0.5 * (os.cpu_count() or 1):
         log(f"warning: load average {load_before[0]:.2f} on {os.cpu_count()} CPUs before starting; "
             "other processes compete for the CPU and the timings will be noisy")
@@ -519,7 +543,11 @@ def run(
             made = prepare_exports(missing, workdir, parallel=prepare_parallel, verbose=verbose)
             for backend, entries in made.items():
                 artifacts[backend] = {**artifacts.get(backend, {}), **entries}
-        for backend, configs, tag in jobs:
+        gate_path = gate or (os.path.join(workdir, "gate") if side_by_side > 1 else None)
+        live: set = set()
+
+        def one(job):
+            backend, configs, tag = job
             env = _base_env()
             env.pop("KERAS_BACKEND", None)
             if backend in schema.KERAS_BACKENDS:
@@ -530,16 +558,33 @@ def run(
             say(f"{backend}: starting a worker for {len(configs)} row(s)")
             mine = {**options, "artifacts": artifacts[backend]} if backend in artifacts else options
             worker_rows, info, output = run_worker(
-                backend, configs, mine, env, timeout_s, workdir, tag, verbose=verbose
+                backend, configs, mine, env, timeout_s, workdir, tag, verbose=verbose, gate=gate_path, live=live
             )
             ok = sum(r["status"] == schema.STATUS_OK for r in worker_rows)
             say(f"{backend}: {ok}/{len(worker_rows)} row(s) measured in {info['wall_s']:.0f} s"
                 + ("" if info["returncode"] == 0 else f" (worker {_describe_exit(info['returncode'])})")
                 + (" (timed out)" if info["timed_out"] else ""))
-            rows += worker_rows
-            workers.append(info)
-            logs[backend] += [f"===== worker {tag}: exit {info['returncode']}, {info['wall_s']} s =====\n"] + output
+            return worker_rows, info, output
 
+        # Workers start in the plan's order, `side_by_side` alive at a time; each times its steps alone
+        # (`benchmarks.gate`), so a second worker only ever shares the cores with another's preparation.
+        pool = ThreadPoolExecutor(max_workers=side_by_side)
+        try:
+            for (backend, _, tag), (worker_rows, info, output) in zip(jobs, pool.map(one, jobs)):
+                rows += worker_rows
+                workers.append(info)
+                logs[backend] += [f"===== worker {tag}: exit {info['returncode']}, {info['wall_s']} s =====\n"] + output
+        except BaseException:  # Ctrl-C: no worker goes on measuring in the background
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in list(live):
+                _kill_group(process)
+            raise
+        pool.shutdown()
+
+    # The gate's promise, checked on what the workers recorded: no worker timed a step while another computed.
+    overlapping = gate_overlaps({w["tag"]: w["gate"] for w in workers})
+    for problem in overlapping:
+        log(f"warning: {problem}; the timings are noisy")
     rows += not_applicable
     add_ratios(rows)
     rows = _sort_rows(rows, model_names)
@@ -580,6 +625,7 @@ def run(
             "peers": bool(peers),
             "tf32": bool(tf32),
             "timeout_s": timeout_s,
+            "side_by_side": side_by_side,
         },
         "peak_mem_note": (
             "CUDA: the framework allocator's peak during the row (torch max_memory_allocated, tf "
@@ -596,6 +642,7 @@ def run(
         ),
         "git": _git_state(),
         "workers": workers,
+        "timing_overlaps": overlapping,
         "wall_s": None,
         "files": None,
     }
@@ -621,8 +668,6 @@ def prepare_exports(tasks, folder: str, *, parallel=None, pool=None, verbose=Tru
     check is taken as it is (`make demo`'s parity run leaves resnet18's six there: `twins_cli.report`).
     Exporting is not timed, so the exports run side by side, before any worker measures (six `twins export`
     processes of resnet18 at 64x64 took 60-70 s one after another on 2 cores)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     say = log if verbose else (lambda message: None)
 
     def one(task):

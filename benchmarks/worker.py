@@ -37,7 +37,9 @@ Timing: every step is followed by a device synchronisation before the clock is r
 and the worker then also waits on the updated variables: `jax.block_until_ready`, or a `.numpy()`
 read on tensorflow). The first `warmup` steps (tracing, compilation, autotuning) are excluded; the
 first one is reported as `first_step_ms` so the compile cost stays visible. Then `repeats` steps are
-timed one by one; the row holds their median, min and max.
+timed one by one; the row holds their median, min and max. The timed steps hold the run's gate
+exclusively (`benchmarks.gate`): no other worker computes while they run. The warm-up does not: on a
+CPU the harness lets the next worker prepare beside this one, so `first_step_ms` may share the cores.
 
 Peak memory (`peak_mem_mb`, `peak_mem_source` says which): on CUDA the framework allocator's peak
 during the row (torch.cuda.max_memory_allocated, tf get_memory_info()["peak"], jax memory_stats
@@ -65,6 +67,7 @@ import time
 import traceback
 
 from benchmarks import report, schema
+from benchmarks.gate import Gate
 from twins_cli.precision import set_tf32
 
 LEARNING_RATE = 1e-4
@@ -146,9 +149,15 @@ class ProcessPeakRss:
         return "cpu: peak RSS of the worker process since it started (ru_maxrss; could not reset)"
 
 
+# This worker's `gate.Gate` (the job's "gate" file; none: it never waits): `run_job` holds it shared from the
+# start, and `time_steps` holds it exclusively around the timed steps.
+GATE = Gate(None)
+
+
 def time_steps(step, sync, warmup: int, repeats: int):
     """`(first_step_ms, [step_ms, ...])`: warm-up steps run untimed except the first, which is
-    reported separately (it carries tracing/compilation); then `repeats` timed steps."""
+    reported separately (it carries tracing/compilation); then `repeats` timed steps, with the
+    cores to this worker alone (`GATE.timed()`: every other worker of the run waits)."""
     first_ms = None
     for i in range(warmup):
         start = time.perf_counter()
@@ -157,11 +166,12 @@ def time_steps(step, sync, warmup: int, repeats: int):
         if i == 0:
             first_ms = (time.perf_counter() - start) * 1e3
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
+    with GATE.timed():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            step()
+            sync()
+            times.append((time.perf_counter() - start) * 1e3)
     return first_ms, times
 
 
@@ -705,7 +715,10 @@ def finished_row(config: dict, options: dict, measured: dict) -> dict:
 
 
 def run_job(job: dict, result_path: str) -> None:
+    global GATE
     backend, options, configs = job["backend"], job["options"], job["configs"]
+    GATE = Gate(job.get("gate"))
+    GATE.shared()  # before the framework's import: preparing, beside other workers' preparation
     rows: list[dict] = []
     worker_info = {"backend": backend, "pid": os.getpid(), "versions": {}, "device_name": None}
 
@@ -729,6 +742,7 @@ def run_job(job: dict, result_path: str) -> None:
         return
     worker_info["versions"] = runner.versions()
     worker_info["device_name"] = runner.device_name
+    worker_info["gate"] = GATE.intervals  # when it held the gate, and how (the harness checks them)
     save()
 
     for config in configs:
@@ -753,6 +767,8 @@ def run_job(job: dict, result_path: str) -> None:
             runner.cleanup()
         except Exception:  # cleanup is best effort; the next row resets its own counters
             traceback.print_exc()
+    GATE.release()  # done: what is left is writing the result file
+    save()
 
 
 def probe(result_path: str) -> None:

@@ -86,6 +86,60 @@ def test_rows_carry_every_column_and_measurements(tiny_run):
         assert row["params_m"] == pytest.approx(11.689512)
 
 
+def test_the_workers_prepare_side_by_side_and_time_alone(tiny_run):
+    """On a CPU two workers are alive at a time; each held the run's gate exclusively for its timed steps, and
+    what they recorded shows no timed step overlapping the other worker's hold (`gate.overlaps`, shown to find
+    one in `test_the_gate_keeps_timed_steps_apart`)."""
+    result, _ = tiny_run
+    meta = result["meta"]
+    assert meta["options"]["side_by_side"] == 2 and meta["timing_overlaps"] == []
+    for info in meta["workers"]:
+        modes = [mode for mode, _, _ in info["gate"]]
+        assert modes[0] == "shared" and modes.count("exclusive") == 1, info["gate"]  # one row, one timed loop
+    first, second = meta["workers"]
+    # side by side: the second worker held the gate before the first was done with it
+    assert second["gate"][0][1] < first["gate"][-1][2]
+
+
+GATE_HOLDER = """
+import json, sys, time
+from benchmarks.gate import Gate
+
+def busy(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+gate = Gate(None if sys.argv[1] == "none" else sys.argv[1])
+gate.shared()
+busy(0.4)
+with gate.timed():
+    busy(0.3)
+busy(0.2)
+gate.release()
+print(json.dumps(gate.intervals))
+"""
+
+
+def test_the_gate_keeps_timed_steps_apart(tmp_path):
+    """Two processes that prepare, time and prepare again, started together: through one gate file no timed
+    section overlaps the other process's holds (one waited for the other); with no gate they overlap, and
+    `gate.overlaps` says so."""
+    from benchmarks.gate import overlaps
+
+    def together(path):
+        procs = [subprocess.Popen([sys.executable, "-c", GATE_HOLDER, path], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        return {f"p{i}": json.loads(p.communicate(timeout=60)[0]) for i, p in enumerate(procs)}
+
+    gated = together(str(tmp_path / "gate"))
+    assert overlaps(gated) == []
+    timed = sorted((start, end) for held in gated.values() for mode, start, end in held if mode == "exclusive")
+    assert len(timed) == 2 and timed[0][1] <= timed[1][0]
+    problems = overlaps(together("none"))
+    assert problems and "timed steps" in problems[0] and "overlap" in problems[0]
+
+
 def test_ratios_divide_by_the_torch_row_of_the_same_configuration():
     """Hand-made rows: two torch rows that differ only in batch (or dtype), a Keras row and a peer row for
     each; every ratio must use the torch row of its own model/mode/batch/dtype/size."""

@@ -224,6 +224,7 @@ def explain_pages(out: Path, log) -> str:
 def build_report(out_dir="reports/latest", quick=False, parity_backends=None, bench_backends="all,deploy",
                  log=sys.stderr) -> dict:
     import benchmarks
+    from benchmarks.gate import Gate
 
     out = Path(out_dir)
     start = time.time()
@@ -245,26 +246,42 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
         parity_s = time.time() - start
         checkpoints.write_atomic(out / "parity.json", lambda tmp: tmp.write_text(json.dumps(parity_rows, indent=1)))
 
-        # Nothing is timed yet: the explain pages (one process building every model), the benchmark's GPU probe and
-        # the artifacts the parity run did not leave (`twins export`, one process each) share the cores, two
-        # processes at a time (1.8 GiB for the explain process, 1-1.5 GiB an export of resnet18 at 64 px).
+        # Nothing is timed yet: the explain pages (one process building every model, mostly on one core), the
+        # benchmark's GPU probe and the artifacts the parity run did not leave (`twins export`, one process each)
+        # share the cores, two processes at a time (1.8 GiB for the explain process, 1-1.5 GiB an export of
+        # resnet18 at 64 px). The explain process goes on beside the benchmark workers' preparation: it holds the
+        # benchmark's gate shared (`benchmarks.gate`), so no worker times a step until it is done.
         print("[report] explain: one page per model, twins side by side; beside it, the benchmark's GPU probe and "
-              "the export runtimes' artifacts", file=log, flush=True)
-        pages = pool.submit(explain_pages, out, log)
-        probe = pool.submit(benchmarks.probe_accelerators).result()
-        artifacts = None
-        if benchmarks.probed_device(probe) == "cpu":  # on a GPU the export runtimes are not measured
-            artifacts = benchmarks.prepare_exports(
-                benchmarks.export_tasks(settings["models"], bench_backends, settings["img_size"]), folder, pool=pool)
-        explain = pages.result()
+              "the export runtimes' artifacts, then the benchmark workers' preparation", file=log, flush=True)
+        gate_path = str(Path(folder) / "benchmark-gate")
+        explaining = Gate(gate_path)
+        explaining.shared()
 
-        print(f"[report] benchmarks: {settings}", file=log, flush=True)
-        bench = benchmarks.run(
-            models=settings["models"], backends=bench_backends, modes=("train", "infer", "latency"),
-            batch_sizes=settings["batch_sizes"], img_size=settings["img_size"], warmup=settings["warmup"],
-            repeats=settings["repeats"], out_dir=str(out), peers=not quick, latency_calls=settings["latency_calls"],
-            skip=settings["skip"], artifacts=artifacts, probe=probe,
-        )
+        def explain_then_open_the_gate():
+            try:
+                return explain_pages(out, log)
+            finally:
+                explaining.close()
+
+        pages = pool.submit(explain_then_open_the_gate)
+        try:
+            probe = pool.submit(benchmarks.probe_accelerators).result()
+            artifacts = None
+            if benchmarks.probed_device(probe) == "cpu":  # on a GPU the export runtimes are not measured
+                artifacts = benchmarks.prepare_exports(
+                    benchmarks.export_tasks(settings["models"], bench_backends, settings["img_size"]), folder,
+                    pool=pool)
+
+            print(f"[report] benchmarks: {settings}", file=log, flush=True)
+            bench = benchmarks.run(
+                models=settings["models"], backends=bench_backends, modes=("train", "infer", "latency"),
+                batch_sizes=settings["batch_sizes"], img_size=settings["img_size"], warmup=settings["warmup"],
+                repeats=settings["repeats"], out_dir=str(out), peers=not quick,
+                latency_calls=settings["latency_calls"], skip=settings["skip"], artifacts=artifacts, probe=probe,
+                gate=gate_path,
+            )
+        finally:
+            explain = pages.result()
     bench_s = time.time() - start - parity_s
 
     unsupported = [r for r in parity_rows if not r.get("supported", True)]

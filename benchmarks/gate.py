@@ -1,0 +1,107 @@
+"""Workers that prepare side by side and time one at a time: a readers-writer lock on a file (`flock`).
+
+Most of a worker's wall time on a CPU is not its timed steps: importing its framework (tensorflow: ~9 s on
+2 cores), building the model, tracing and compiling it (torch.compile's inductor: ~30 s for resnet18), the
+warm-up steps. None of that is measured, and much of it runs on one core. The harness can therefore start the
+next worker while one prepares, as long as no worker times a step while another does anything at all:
+
+- a worker holds the gate *shared* whenever it runs (from before its first import), so any number of workers
+  prepare at once;
+- around its timed steps only (`timed()`) it holds the gate *exclusively*: it waits until every other worker
+  has reached a gate call of its own (its timed steps, or the end of its preparation), times its steps with the
+  cores to itself, and goes back to shared.
+
+A worker waiting for the gate is asleep in `flock`, not computing. A worker that dies releases what it held (the
+kernel drops a process's `flock` locks with its files). What the gate does not make exclusive is stated where
+the rows say it: a row's `first_step_ms` (the first warm-up step, tracing and compilation) may share the cores
+with another worker's preparation.
+
+The harness (or a caller running untimed work of its own beside the workers, as `twins report` runs `twins
+explain`) can hold the gate shared too: `held(path)`.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+
+MODES = {fcntl.LOCK_SH: "shared", fcntl.LOCK_EX: "exclusive"}
+
+
+class Gate:
+    """The gate file at `path`, opened by this process; `None` path: a gate that never waits (it still records
+    its intervals). `intervals`: `[mode, start, end]` of every time it was held, on `time.monotonic()` (one
+    clock for every process of the machine), for `overlaps`."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path else None
+        self.mode = None
+        self.since = None
+        self.intervals: list[list] = []
+
+    def _lock(self, mode) -> None:
+        if self.mode == mode:
+            return
+        self.release()  # flock converts by releasing first; say so rather than pretend it is atomic
+        if self.fd is not None:
+            fcntl.flock(self.fd, mode)
+        self.mode, self.since = mode, time.monotonic()
+
+    def shared(self) -> None:
+        """Preparing: other workers may prepare too; none may time."""
+        self._lock(fcntl.LOCK_SH)
+
+    def release(self) -> None:
+        if self.mode is None:
+            return
+        self.intervals.append([MODES[self.mode], self.since, time.monotonic()])  # before the others may go on
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self.mode = None
+
+    @contextlib.contextmanager
+    def timed(self):
+        """The cores to this worker alone: every other holder of the gate is waiting in a gate call."""
+        self._lock(fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            self._lock(fcntl.LOCK_SH)
+
+    def close(self) -> None:
+        self.release()
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def overlaps(holders: dict[str, list]) -> list[str]:
+    """Every exclusive interval of one holder that overlaps any interval of another (`{name: intervals}`): what
+    the gate exists to prevent, as sentences; empty when the timed steps each had the gate to themselves."""
+    problems = []
+    for name, mine in holders.items():
+        for other, theirs in holders.items():
+            if other == name:
+                continue
+            for mode, start, end in mine:
+                if mode != "exclusive":
+                    continue
+                for their_mode, their_start, their_end in theirs:
+                    if max(start, their_start) < min(end, their_end):
+                        problems.append(f"{name}'s timed steps ({start:.3f}-{end:.3f} s) overlap {other}'s "
+                                        f"{their_mode} hold ({their_start:.3f}-{their_end:.3f} s)")
+    return problems
+
+
+@contextlib.contextmanager
+def held(path: str | None):
+    """Hold the gate at `path` shared for the block: untimed work of the caller's own (a subprocess it waits on)
+    that no worker may time beside."""
+    gate = Gate(path)
+    try:
+        gate.shared()
+        yield gate
+    finally:
+        gate.close()
