@@ -27,7 +27,10 @@ for _name, _value in PARITY_ENV.items():
 # report's parity workers side by side ran 20-24 % faster so), the `twins` processes the tests start inherit it,
 # and jax's compilations keep one set of XLA flags, so the persistent cache serves both processes. A user's own
 # settings are kept.
-os.environ.update(thread_env(max(1, (os.cpu_count() or 1) // 2)))
+# What the environment said before (the user's own settings), for `share_cores`.
+USER_ENV = dict(os.environ)
+CORES = os.cpu_count() or 1
+os.environ.update(thread_env(max(1, CORES // 2)))
 
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 MODELS = RESNETS + ["alexnet", "vgg11_bn", "squeezenet1_0", "densenet121", "inception_v3", "vgg19_slim",
@@ -254,3 +257,28 @@ def pytest_runtest_setup(item):
         for worker in WORKERS.values():
             if worker is not None:
                 worker.wait()
+    share_cores()
+
+
+SHARE = {"threads": None}
+
+
+def threads_beside(live: set[int], waiting: set[int], cores: int) -> int:
+    """Threads for this process's children: all the cores when each live worker is waiting for the heavy lock
+    this process holds (`waiting`: empty unless it holds it) or none is live, else half."""
+    return cores if live <= waiting else max(1, cores // 2)
+
+
+def share_cores() -> int:
+    """The compute threads of the processes a test starts, set before each test (this process keeps its own):
+    half the cores while a session worker computes beside this process, all of them once none does: every worker
+    has finished, or each one left waits for the heavy lock this process holds (for the heavy tests, while the
+    worker has no light task left), and cannot go on before this process releases it, after its children end.
+    One thread each left a core idle for the last ~200 s of the tensorflow pass (the worker done at 825 s, the
+    pass at 1034 s) and while the worker waited 168 s for the heavy lock. Returns the threads now."""
+    live = {w.proc.pid for w in WORKERS.values() if w is not None and w.proc.poll() is None}
+    threads = threads_beside(live, HEAVY.waiting_pids() if HEAVY.held else set(), CORES)
+    if threads != SHARE["threads"]:
+        SHARE["threads"] = threads
+        os.environ.update(thread_env(threads, USER_ENV))
+    return threads

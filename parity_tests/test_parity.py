@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -295,6 +296,39 @@ def test_workers_sharing_the_cores_get_their_share_of_threads():
     out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], text=True,
                          capture_output=True, env={**os.environ, **thread_env(1)}, check=True).stdout
     assert out.strip() == "1"
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="no Keras: the tensorflow pass only")
+def test_the_suite_gives_its_children_the_cores_a_waiting_worker_leaves(tmp_path):
+    """A process blocked on the heavy lock says so (a marker file beside the lock, gone once it holds the lock);
+    the suite's children get every core when each live worker waits for the lock the pytest process holds, or no
+    worker is left, and half while one computes (`conftest.share_cores`)."""
+    import subprocess
+    import sys
+    import time
+
+    from parity_tests.conftest import threads_beside
+    from twins_cli.parity.memory import HeavyLock
+
+    assert threads_beside(set(), set(), 2) == 2  # every worker done
+    assert threads_beside({11}, {11}, 2) == 2  # the worker waits for this process's heavy lock
+    assert threads_beside({11}, set(), 2) == 1  # the worker computes
+    assert threads_beside({11, 12}, {11}, 4) == 2  # one of two waits: the other computes
+    assert threads_beside({11}, {11}, 1) == 1
+
+    path = str(tmp_path / "lock")
+    mine = HeavyLock(path)
+    assert mine.acquire() and mine.waiting_pids() == set()
+    waiter = subprocess.Popen([sys.executable, "-c", "import sys; from twins_cli.parity.memory import HeavyLock; "
+                               "lock = HeavyLock(sys.argv[1]); assert not lock.acquire(blocking=False); "
+                               "lock.acquire(); print('held')", path], cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while waiter.pid not in mine.waiting_pids() and time.time() < deadline:
+        time.sleep(0.05)
+    assert mine.waiting_pids() == {waiter.pid}
+    mine.release()
+    assert waiter.communicate(timeout=60)[0].strip() == "held" and waiter.returncode == 0
+    assert mine.waiting_pids() == set()  # a non-blocking miss leaves no marker, a blocking wait removes its own
 
 
 def test_a_free_slot_helps_the_backend_still_running(monkeypatch):

@@ -24,6 +24,7 @@ import ctypes
 import fcntl
 import gc
 import os
+from pathlib import Path
 
 HEAVY_LOCK_ENV = "TWINS_HEAVY_LOCK"
 # The environment of the processes that run the parity checks (see the module docstring).
@@ -83,16 +84,33 @@ class HeavyLock:
         return self.handle is not None
 
     def acquire(self, blocking: bool = True) -> bool:
+        """Take the lock; `blocking`: wait for it, with a marker file beside it that says this process waits
+        (`waiting_pids`: the test suite gives its own processes the cores a waiting worker leaves)."""
         if not self.path:
             return True
         handle = open(self.path, "a")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.close()
-            return False
+            if not blocking:
+                handle.close()
+                return False
+            marker = Path(f"{self.path}.waiting-{os.getpid()}")
+            marker.touch()
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            finally:
+                marker.unlink(missing_ok=True)
         self.handle = handle
         return True
+
+    def waiting_pids(self) -> set[int]:
+        """The processes blocked in `acquire` on this lock file now."""
+        if not self.path:
+            return set()
+        prefix = Path(self.path).name + ".waiting-"
+        return {int(p.name[len(prefix):]) for p in Path(self.path).parent.glob(prefix + "*")
+                if p.name[len(prefix):].isdigit()}
 
     def release(self) -> None:
         if self.handle is not None:
