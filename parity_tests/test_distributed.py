@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity_tests.conftest import BACKEND
+from parity_tests.conftest import BACKEND, CORES, USER_ENV
+from twins_cli.parity.launch import thread_env
 from twins.distributed import World, split_problem
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +35,10 @@ def shapes(tmp_path_factory):
 
 
 def run(command, env=None, timeout=600):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", **(env or {})}
+    """`command` with a thread per core among its two replicas (two torchrun ranks, or jax's two CPU devices):
+    what `conftest.share_cores` gives a single process with the cores to itself would oversubscribe them."""
+    shared = thread_env(max(1, CORES // 2), USER_ENV)
+    env = {**os.environ, **shared, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
