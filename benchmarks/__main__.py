@@ -60,8 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"wall-clock limit per worker process, seconds (default: {harness.DEFAULT_TIMEOUT_S:.0f})")
     parser.add_argument("--side-by-side", type=int, default=None, metavar="N",
                         help="workers alive at a time: each prepares (imports, builds, compiles, warms up) beside "
-                             "the others and times its steps alone (default: 2 on a CPU with 2 cores or more, "
-                             "1 on a GPU)")
+                             "the others and times its steps alone (default: 1, one worker after another)")
     parser.add_argument("--out", default=harness.DEFAULT_OUT_DIR,
                         help="output directory for benchmark.json/.md/.png (default: benchmarks/results/latest)")
     return parser.parse_args(argv)

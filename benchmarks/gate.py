@@ -5,8 +5,8 @@ Most of a worker's wall time on a CPU is not its timed steps: importing its fram
 warm-up steps. None of that is measured, and much of it runs on one core. The harness can therefore start the
 next worker while one prepares, as long as no worker times a step while another does anything at all:
 
-- a worker holds the gate *shared* whenever it runs (from before its first import), so any number of workers
-  prepare at once;
+- a worker holds the gate *shared* whenever it runs (the harness takes it before it starts the process, which
+  inherits it, and the kernel drops it when the process has exited), so any number of workers prepare at once;
 - around its timed steps only (`timed()`) it holds the gate *exclusively*: it waits until every other worker
   has reached a gate call of its own (its timed steps, or the end of its preparation), times its steps with the
   cores to itself, and goes back to shared.
@@ -34,11 +34,15 @@ class Gate:
     its intervals). `intervals`: `[mode, start, end]` of every time it was held, on `time.monotonic()` (one
     clock for every process of the machine), for `overlaps`."""
 
-    def __init__(self, path: str | None):
+    def __init__(self, path: str | None, fd: int | None = None, since: float | None = None):
+        """`fd`: the gate file already open and held shared since `since`, inherited from the process that
+        started this one (`open_shared`), so that this process never runs a moment without the gate."""
         self.path = path
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path else None
-        self.mode = None
-        self.since = None
+        self.mode = self.since = None
+        if fd is not None:
+            self.fd, self.mode, self.since = fd, fcntl.LOCK_SH, since if since is not None else time.monotonic()
+        else:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600) if path else None
         self.intervals: list[list] = []
 
     def _lock(self, mode) -> None:
@@ -75,6 +79,16 @@ class Gate:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def open_shared(path: str) -> tuple[int, float]:
+    """The gate file opened and held shared, for a process about to be started with the descriptor (`pass_fds`):
+    the lock belongs to the open file, so the child holds it from its first instruction (its interpreter's start
+    and imports are work too) until its last (the kernel drops it when every copy of the descriptor is closed, at
+    the child's exit and its forked children's). Waits while a worker times its steps. Returns (fd, since)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd, time.monotonic()
 
 
 def overlaps(holders: dict[str, list]) -> list[str]:

@@ -7,9 +7,10 @@ Why this shape:
   frameworks hold process-wide GPU/allocator/compile state. keras-jax on CUDA is the exception that
   gets one worker per row, because jax cannot reset its peak-memory counter.
 - Timed steps one at a time: two workers timing at once would compete for the same cores or GPU.
-  On a CPU the next worker starts while one prepares (imports, builds, compiles, warms up: most of a
-  worker's wall time, much of it on one core), and the two take turns for their timed steps
-  (`benchmarks.gate`: a worker times only while every other one waits).
+  With `side_by_side` 2 (`make demo`'s quick sweep on a CPU) the next worker starts while one
+  prepares (imports, builds, compiles, warms up: most of a worker's wall time in a short sweep, much
+  of it on one core), and the two take turns for their timed steps (`benchmarks.gate`: a worker
+  times only while every other one waits). The default is one worker at a time.
 - This process imports no framework. Device detection for `--device auto` happens in a short probe
   subprocess, so the parent never holds a CUDA context or jax's preallocated GPU memory while a
   worker measures.
@@ -42,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from twins import registry
 
 from benchmarks import report, schema, worker
+from benchmarks.gate import open_shared as open_gate_shared
 from benchmarks.gate import overlaps as gate_overlaps
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -243,17 +245,24 @@ def run_worker(backend: str, configs: list[dict], options: dict, env: dict, time
     (None: the worker never waits); `live`: a set the process is in while it runs."""
     job_path = os.path.join(workdir, f"{tag}.job.json")
     result_path = os.path.join(workdir, f"{tag}.rows.json")
+    fd = since = None
+    if gate:  # held shared from before the process starts until it has exited (`gate.open_shared`)
+        fd, since = open_gate_shared(gate)
     report.write_atomic(job_path, json.dumps({"backend": backend, "options": options, "configs": configs,
-                                              "gate": gate}))
+                                              "gate": gate, "gate_fd": fd, "gate_since": since}))
     command = [sys.executable, "-m", "benchmarks.worker", "--job", job_path, "--result", result_path]
     output: collections.deque[str] = collections.deque(maxlen=5000)
 
     start = time.monotonic()
-    process = subprocess.Popen(
-        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, errors="replace", bufsize=1,
-        start_new_session=True,  # its own process group: a timeout also ends compiler subprocesses
-    )
+    try:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, errors="replace", bufsize=1, pass_fds=() if fd is None else (fd,),
+            start_new_session=True,  # its own process group: a timeout also ends compiler subprocesses
+        )
+    finally:
+        if fd is not None:
+            os.close(fd)  # the worker's copy holds the lock now
 
     def pump():
         for line in process.stdout:
@@ -316,7 +325,8 @@ def run_worker(backend: str, configs: list[dict], options: dict, env: dict, time
         "rows": len(configs),
         "versions": worker.get("versions", {}),
         "device_name": worker.get("device_name"),
-        "gate": worker.get("gate", []),
+        # what the worker recorded: its holds, the last one up to its last write (it lasts until the process exits)
+        "gate": worker.get("gate", []) + ([["shared", *worker["gate_held"]]] if worker.get("gate_held") else []),
     }
     return rows, info, list(output)
 
@@ -404,8 +414,8 @@ def run(
     a time, default: two, or one on a single core; exporting is not timed); `artifacts` (what `prepare_exports`
     returned for these models, backends and sizes) passes artifacts made beforehand, alongside other work.
     `probe`: what `probe_accelerators` returned, asked beforehand (`device` "auto" then asks no more).
-    `side_by_side` workers are alive at a time (default: two on a CPU with two cores or more, one on a GPU): each
-    prepares (imports, builds, compiles, warms up) beside the other, and times its steps alone (`benchmarks.gate`).
+    `side_by_side` workers are alive at a time (default 1): each prepares (imports, builds, compiles, warms up)
+    beside the others, and times its steps alone (`benchmarks.gate`); `make demo`'s quick sweep runs two on a CPU.
     `gate`: the gate file to use, for a caller that holds it shared around untimed work of its own
     (`gate.held`); default: one of the run's own.
     `out_dir` None = return the results without writing files; otherwise writes benchmark.json,
@@ -521,9 +531,7 @@ def run(
         else:
             jobs.append((backend, configs, backend))
 
-    if side_by_side is None:
-        side_by_side = 2 if resolved_device == "cpu" and (os.cpu_count() or 1) >= 2 else 1
-    side_by_side = _positive_int(side_by_side, "side_by_side")
+    side_by_side = _positive_int(1 if side_by_side is None else side_by_side, "side_by_side")
     say(f"device {resolved_device}, dtype {dtype}, {warmup} warm-up + {repeats} timed steps, "
         f"batch {', '.join(map(str, batches))}; {sum(len(c) for _, c, _ in jobs)} rows in "
         f"{len(jobs)} worker(s), " + ("one at a time" if side_by_side == 1 or len(jobs) == 1 else

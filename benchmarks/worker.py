@@ -157,7 +157,9 @@ GATE = Gate(None)
 def time_steps(step, sync, warmup: int, repeats: int):
     """`(first_step_ms, [step_ms, ...])`: warm-up steps run untimed except the first, which is
     reported separately (it carries tracing/compilation); then `repeats` timed steps, with the
-    cores to this worker alone (`GATE.timed()`: every other worker of the run waits)."""
+    cores to this worker alone (`GATE.timed()`: every other worker of the run waits), after one
+    more untimed step there when a gate is in use (what waiting for it left cold is warm again, and
+    the worker that ran last has settled)."""
     first_ms = None
     for i in range(warmup):
         start = time.perf_counter()
@@ -167,6 +169,9 @@ def time_steps(step, sync, warmup: int, repeats: int):
             first_ms = (time.perf_counter() - start) * 1e3
     times = []
     with GATE.timed():
+        if GATE.path:  # waited at the gate, maybe long, while another worker ran: one more step, untimed
+            step()
+            sync()
         for _ in range(repeats):
             start = time.perf_counter()
             step()
@@ -717,8 +722,10 @@ def finished_row(config: dict, options: dict, measured: dict) -> dict:
 def run_job(job: dict, result_path: str) -> None:
     global GATE
     backend, options, configs = job["backend"], job["options"], job["configs"]
-    GATE = Gate(job.get("gate"))
-    GATE.shared()  # before the framework's import: preparing, beside other workers' preparation
+    # Preparing, beside other workers' preparation: the gate the harness took for this process and passed on, held
+    # until it exits (or, run without one, taken now, before the framework's import).
+    GATE = Gate(job.get("gate"), fd=job.get("gate_fd"), since=job.get("gate_since"))
+    GATE.shared()
     rows: list[dict] = []
     worker_info = {"backend": backend, "pid": os.getpid(), "versions": {}, "device_name": None}
 
@@ -767,7 +774,9 @@ def run_job(job: dict, result_path: str) -> None:
             runner.cleanup()
         except Exception:  # cleanup is best effort; the next row resets its own counters
             traceback.print_exc()
-    GATE.release()  # done: what is left is writing the result file
+    # Held until the process has exited (the kernel drops it after the process's memory is gone); what the worker
+    # can witness of that last hold ends with its last write.
+    worker_info["gate_held"] = [GATE.since, time.monotonic()]
     save()
 
 

@@ -34,7 +34,7 @@ TINY = dict(models=["resnet18"], modes=["infer"], batch_sizes=[1], img_size=32, 
 def tiny_run(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("bench")
     result = benchmarks.run(
-        backends=["torch", KERAS_BACKEND], device="cpu", out_dir=str(out_dir), timeout_s=300, **TINY
+        backends=["torch", KERAS_BACKEND], device="cpu", out_dir=str(out_dir), timeout_s=300, side_by_side=2, **TINY
     )
     return result, out_dir
 
@@ -87,7 +87,7 @@ def test_rows_carry_every_column_and_measurements(tiny_run):
 
 
 def test_the_workers_prepare_side_by_side_and_time_alone(tiny_run):
-    """On a CPU two workers are alive at a time; each held the run's gate exclusively for its timed steps, and
+    """Two workers alive at a time (`side_by_side=2`, as `make demo` runs them); each held the run's gate exclusively for its timed steps, and
     what they recorded shows no timed step overlapping the other worker's hold (`gate.overlaps`, shown to find
     one in `test_the_gate_keeps_timed_steps_apart`)."""
     result, _ = tiny_run

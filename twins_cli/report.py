@@ -34,6 +34,9 @@ from twins_cli.parity import ALL_CHECKS, CHECKS, TORCH_TWIN
 # still has its compiled inference at batch 32; `make bench` measures the rest).
 QUICK_BENCH = {"models": ["resnet18"], "batch_sizes": [32], "img_size": 64, "warmup": 1, "repeats": 3,
                "latency_calls": 20,
+               # Two workers alive at a time on a CPU, each timing alone (`benchmarks.gate`): the next one imports,
+               # builds and compiles while the other does (resnet18's sweep: 134 s -> 95 s in `make demo`).
+               "side_by_side": 2,
                "skip": {("torch-compile", "train"): "left out of the quick sweep: compiling the training step takes "
                                                      "~45 s on 2 CPU cores; `make bench` measures it",
                         ("torch-compile", "latency"): "left out of the quick sweep: compiling the batch-1 program "
@@ -279,6 +282,7 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
                 repeats=settings["repeats"], out_dir=str(out), peers=not quick,
                 latency_calls=settings["latency_calls"], skip=settings["skip"], artifacts=artifacts, probe=probe,
                 gate=gate_path,
+                side_by_side=settings.get("side_by_side", 1) if benchmarks.probed_device(probe) == "cpu" else 1,
             )
         finally:
             explain = pages.result()
