@@ -260,6 +260,10 @@ def test_the_reports_parity_workers_run_side_by_side_under_one_heavy_lock(monkey
     """`twins report` runs two worker processes at once (`run_parity(parallel=2)`): they overlap, every one gets
     the same heavy-lock file (so one heavy model's float64 copies are in memory at a time), and the rows come
     back in the order of the backends, as they do one after the other."""
+    # a user who set no thread counts (this process's own come from conftest: `thread_env`, `share_cores`)
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+                 "TF_NUM_INTEROP_THREADS", "XLA_FLAGS"):
+        monkeypatch.delenv(name, raising=False)
     from twins_cli.parity import launch
     from twins_cli.parity.memory import HEAVY_LOCK_ENV
 
@@ -294,7 +298,7 @@ def test_workers_sharing_the_cores_get_their_share_of_threads():
     assert mine["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=4"
     assert thread_env(2, {"XLA_FLAGS": "intra_op_parallelism_threads=8"})["XLA_FLAGS"] == "intra_op_parallelism_threads=8"
     out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], text=True,
-                         capture_output=True, env={**os.environ, **thread_env(1)}, check=True).stdout
+                         capture_output=True, env={**os.environ, **thread_env(1, {})}, check=True).stdout
     assert out.strip() == "1"
 
 
