@@ -16,8 +16,8 @@ kernel drops a process's `flock` locks with its files). What the gate does not m
 the rows say it: a row's `first_step_ms` (the first warm-up step, tracing and compilation) may share the cores
 with another worker's preparation.
 
-The harness (or a caller running untimed work of its own beside the workers, as `twins report` runs `twins
-explain`) can hold the gate shared too: `held(path)`.
+A caller running untimed work of its own beside the workers (`twins report` runs `twins explain`) holds the
+gate shared too: a `Gate` on the same file, `shared()` before the work and `close()` after it.
 """
 from __future__ import annotations
 
@@ -107,15 +107,3 @@ def overlaps(holders: dict[str, list]) -> list[str]:
                         problems.append(f"{name}'s timed steps ({start:.3f}-{end:.3f} s) overlap {other}'s "
                                         f"{their_mode} hold ({their_start:.3f}-{their_end:.3f} s)")
     return problems
-
-
-@contextlib.contextmanager
-def held(path: str | None):
-    """Hold the gate at `path` shared for the block: untimed work of the caller's own (a subprocess it waits on)
-    that no worker may time beside."""
-    gate = Gate(path)
-    try:
-        gate.shared()
-        yield gate
-    finally:
-        gate.close()

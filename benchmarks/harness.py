@@ -417,7 +417,7 @@ def run(
     `side_by_side` workers are alive at a time (default 1): each prepares (imports, builds, compiles, warms up)
     beside the others, and times its steps alone (`benchmarks.gate`); `make demo`'s quick sweep runs two on a CPU.
     `gate`: the gate file to use, for a caller that holds it shared around untimed work of its own
-    (`gate.held`); default: one of the run's own.
+    (`gate.Gate`); default: one of the run's own.
     `out_dir` None = return the results without writing files; otherwise writes benchmark.json,
     benchmark.md, benchmark.png and logs/<backend>.log there (atomically). `verbose` False silences
     the progress lines on stderr (warnings still print).

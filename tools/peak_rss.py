@@ -68,7 +68,8 @@ def rss(pid: int) -> int:
 
 
 class Peaks:
-    """The peaks over the samples: PSS sum, RSS sum, largest single PSS (and its pid).
+    """The peaks over the samples: PSS sum, RSS sum, largest single PSS; `sample_pss`: the PSS read in the last
+    sample, by pid.
 
     Reading a process's PSS makes the kernel walk its page tables: 257 ms for one sample of `make test`'s
     tensorflow pass (9 processes, a 4 GB pytest process among them), against 0.4 ms for their RSS. Read four
@@ -80,8 +81,8 @@ class Peaks:
 
     def __init__(self):
         self.pss = self.rss = self.single = 0
-        self.single_pid = None
         self.pss_reads = 0
+        self.sample_pss: dict[int, int] = {}
 
     def update(self, pids: list[int], rss_of=None, pss_of=None, force=False) -> tuple[int | None, int]:
         """One sample of the tree `pids`; returns (its PSS sum, or None where no PSS was read, its RSS sum)."""
@@ -91,11 +92,9 @@ class Peaks:
         self.rss = max(self.rss, total_rss)
         whole = force or total_rss > self.pss
         wanted = pids if whole else [pid for pid in pids if by_rss[pid] > self.single]
-        by_pss = {pid: pss_of(pid) for pid in wanted}
+        by_pss = self.sample_pss = {pid: pss_of(pid) for pid in wanted}
         self.pss_reads += len(by_pss)
-        for pid, value in by_pss.items():
-            if value > self.single:
-                self.single, self.single_pid = value, pid
+        self.single = max([self.single, *by_pss.values()])
         if not whole:
             return None, total_rss
         total_pss = sum(by_pss.values())
@@ -133,9 +132,10 @@ def main(argv: list[str]) -> int:
         total_pss, total_rss = peaks.update(pids, force=line_due)
         if line_due:
             last_line = time.time()
-            largest = max(pids, key=pss)
+            read = peaks.sample_pss  # every process's, `force`d
+            largest = max(read, key=read.get)
             timeline.write(f"{last_line - start:.0f}\t{total_pss / 2**30:.2f}\t{total_rss / 2**30:.2f}\t"
-                           f"{pss(largest) / 2**30:.2f}\t{command_line(largest)}\n")
+                           f"{read[largest] / 2**30:.2f}\t{command_line(largest)}\n")
             timeline.flush()
         time.sleep(0.25)
     elapsed = time.time() - start

@@ -35,7 +35,7 @@ from twins_cli.parity import ALL_CHECKS, CHECKS, TORCH_TWIN
 QUICK_BENCH = {"models": ["resnet18"], "batch_sizes": [32], "img_size": 64, "warmup": 1, "repeats": 3,
                "latency_calls": 20,
                # Two workers alive at a time on a CPU, each timing alone (`benchmarks.gate`): the next one imports,
-               # builds and compiles while the other does (resnet18's sweep: 134 s -> 95 s in `make demo`).
+               # builds and compiles while the other does (README "Benchmarks": what it saved and cost, measured).
                "side_by_side": 2,
                "skip": {("torch-compile", "train"): "left out of the quick sweep: compiling the training step takes "
                                                      "~45 s on 2 CPU cores; `make bench` measures it",
@@ -269,8 +269,9 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
         pages = pool.submit(explain_then_open_the_gate)
         try:
             probe = pool.submit(benchmarks.probe_accelerators).result()
+            on_cpu = benchmarks.probed_device(probe) == "cpu"
             artifacts = None
-            if benchmarks.probed_device(probe) == "cpu":  # on a GPU the export runtimes are not measured
+            if on_cpu:  # on a GPU the export runtimes are not measured
                 artifacts = benchmarks.prepare_exports(
                     benchmarks.export_tasks(settings["models"], bench_backends, settings["img_size"]), folder,
                     pool=pool)
@@ -282,7 +283,7 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
                 repeats=settings["repeats"], out_dir=str(out), peers=not quick,
                 latency_calls=settings["latency_calls"], skip=settings["skip"], artifacts=artifacts, probe=probe,
                 gate=gate_path,
-                side_by_side=settings.get("side_by_side", 1) if benchmarks.probed_device(probe) == "cpu" else 1,
+                side_by_side=settings.get("side_by_side", 1) if on_cpu else 1,
             )
         finally:
             explain = pages.result()
