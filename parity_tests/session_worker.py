@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from twins_cli.parity import Job
-from twins_cli.parity.memory import release_memory
+from twins_cli.parity.memory import freeze_between_models, release_memory
 from twins_cli.parity.worker import run_tasks, set_parity_env
 
 
@@ -80,6 +80,7 @@ def main(argv=None) -> int:
         print(f"KERAS_BACKEND must be {args.backend!r} before keras is imported", file=sys.stderr)
         return 2
     set_parity_env()
+    freeze_between_models()  # a process of its own: nothing outlives a model but what the next one reuses
     tasks = tasks_of(json.loads(Path(args.plan).read_text()), Path(args.recipes))
     argv = sys.argv[1:] if argv is None else argv
 

@@ -26,7 +26,7 @@ from twins import checkpoints
 from twins_cli.compile_cache import JaxCacheCounter
 
 from .bounds import ALL_CHECKS, BACKENDS, TORCH_TWIN
-from .memory import PARITY_ENV, HeavyLock, resident_gib
+from .memory import PARITY_ENV, HeavyLock, freeze_between_models, resident_gib
 from .plan import Job, jobs
 
 
@@ -171,6 +171,7 @@ def worker_main(argv=None) -> int:
         print(f"KERAS_BACKEND must be {args.backend!r} before keras is imported", file=sys.stderr)
         return 2
     set_parity_env()
+    freeze_between_models()  # a process of its own: nothing outlives a model but what the next one reuses
     if args.plan:
         plan = [Job.from_json(j) for j in json.loads(Path(args.plan).read_text())]
     else:
