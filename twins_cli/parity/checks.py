@@ -99,7 +99,8 @@ class ParityRun:
 
     def loaded_twin(self):
         """The float32 Keras twin holding the reference weights that the eval-mode checks and the round trip's
-        first half read (none of them changes it): built and loaded once for the three instead of once each
+        first half read (none of them changes it; the round trip's second half then loads another model's values into
+        it, and forgets it): built and loaded once for the three instead of once each
         (resnet152 on tensorflow: 3 s a build and load). `drop_twin` lets it go (`run_model`: before the float64
         training checks, and after its last use)."""
         if self._twin is None:
@@ -371,7 +372,13 @@ class ParityRun:
             return out_err, (f"the torch twin loaded from the Keras twin's export computes something else: "
                              f"eval output differs by {out_err:.2e} (bound {self.bound('eval_output'):.0e}); "
                              f"the bridge maps a tensor to the wrong place")
-        target = self.build_keras(drawn=False)
+        # The target: the loaded twin, done with (the first half above was its last reader; it is forgotten, so a
+        # check after this one builds its own). It holds the reference weights, none of them the source's (drawn
+        # by Keras' initializers, BatchNorm's randomised with another seed), so a variable the load misses keeps a
+        # value the comparison finds, as a fresh build's zeros would (those hide a bias the source drew as zeros);
+        # one Keras build less (resnet50 on tensorflow: ~1 s).
+        target = self.loaded_twin()
+        self.drop_twin()
         kweights.load_torch_state_dict(target, state_dict_numpy(tmodel), strict=True)
         a, b = keras_values(target), keras_values(source)
         problem = key_set_problem(a, b, "variables")
