@@ -43,10 +43,14 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
 # The suite once per Keras backend: everything under tensorflow, then the Keras tests (marker
-# `keras`) under jax and torch. The backend is fixed when keras is first imported.
+# `keras`) under jax and torch. The backend is fixed when keras is first imported. The three passes share the
+# torch twin's recorded training steps (`twins_cli.parity.store.Recordings`: the same whichever Keras backend they
+# are compared with) in a folder of this run's, removed at its end whatever the outcome.
 test: $(STAMP) chromium
-	KERAS_BACKEND=tensorflow $(PYTEST) $(PASS_tensorflow)
-	KERAS_BACKEND=jax $(PYTEST) $(PASS_jax)
+	rec=$$(mktemp -d /tmp/twins-recordings-XXXXXX) && trap 'rm -rf "$$rec"' EXIT && \
+	export TWINS_PARITY_RECORDINGS="$$rec" && \
+	KERAS_BACKEND=tensorflow $(PYTEST) $(PASS_tensorflow) && \
+	KERAS_BACKEND=jax $(PYTEST) $(PASS_jax) && \
 	KERAS_BACKEND=torch $(PYTEST) $(PASS_torch)
 
 # Where the time of `make test` goes: the same passes under py-spy, each test's time, written as

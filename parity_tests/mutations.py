@@ -219,8 +219,12 @@ def run_mutated(mutation: Mutation) -> list[dict]:
     import pytest
 
     from twins_cli.parity import release_memory, run_model
+    from twins_cli.parity.store import RECORDINGS_ENV
 
     with pytest.MonkeyPatch.context() as monkeypatch:
+        # the torch twin's steps recorded here, not read from the session's shared recordings: a mutation that broke
+        # the torch side must not be compared with the clean twin's recording, nor leave its own to the next run
+        monkeypatch.delenv(RECORDINGS_ENV, raising=False)
         mutation.apply(monkeypatch)
         rows = [asdict(row) for row in run_model(MODEL, size=SIZE, checks=tuple(mutation.red),
                                                  optimizer=mutation.optimizer)]

@@ -3,6 +3,7 @@ error (never hidden by `max`), an empty comparison is an error, key sets are com
 and shape mismatches are named."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -111,6 +112,67 @@ def test_the_tensor_store_reads_back_what_it_wrote_and_leaves_nothing():
         store.drop("before")
         assert store.get("update 1", "a") is None and list(folder.iterdir()) == []
     assert not folder.exists()
+
+
+def test_a_recording_is_seen_whole_or_not_at_all_and_stays_for_the_next_reader(tmp_path):
+    """`Recordings`: a recording appears under its key only when finished (renamed into place with its
+    manifest); a finished one is read-only (reading it, then forgetting it, leaves it for the next worker); two
+    workers that record the same key both get a whole recording; without a shared folder a recording is private
+    and goes with its store."""
+    from twins_cli.parity.store import Recordings
+
+    shared = Recordings(str(tmp_path))
+    assert shared.find("m") is None
+    store = shared.start("m")
+    store.put("torch update 1", "w", np.arange(3.0))
+    store.put("before", "w", np.zeros(3))
+    store.drop("before")
+    assert shared.find("m") is None  # not finished: no reader sees half of it
+    store = shared.finish("m", store, {"t_losses": [1.5]})
+    assert store.read_only and [p.name for p in tmp_path.iterdir()] == ["m"]
+    with pytest.raises(RuntimeError, match="finished recording"):
+        store.put("torch update 2", "w", np.ones(3))
+    store.drop("torch update 1")
+    store.close()
+    found, extra = shared.find("m")
+    assert extra == {"t_losses": [1.5]} and np.array_equal(found.get("torch update 1", "w"), np.arange(3.0))
+    assert found.keys("before") == []
+
+    second = shared.start("m")  # a worker that recorded the same model at the same time
+    second.put("torch update 1", "w", np.arange(3.0))
+    second = shared.finish("m", second, {"t_losses": [1.5]})
+    assert np.array_equal(second.get("torch update 1", "w"), np.arange(3.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+    private = Recordings("")  # no shared folder: the store is the caller's, and goes when it is closed
+    store = private.finish("m", private.start("m"), {})
+    folder = store.dir
+    assert not store.read_only and private.find("m") is None
+    store.close()
+    assert not folder.exists()
+
+
+def test_the_training_checks_read_a_shared_recording_instead_of_stepping_the_torch_twin(tmp_path, monkeypatch):
+    """With a shared folder the first run records the torch twin's steps and a second run (another backend's
+    worker) computes the same rows from that recording; a recording with one update changed turns the second
+    run's step row red, so the rows do come from it."""
+    from twins_cli.parity import run_model
+    from twins_cli.parity.store import RECORDINGS_ENV
+
+    monkeypatch.setenv(RECORDINGS_ENV, str(tmp_path))
+    checks = ("train_loss", "gradients", "sgd_step_params", "sgd_step_bn_stats")
+    first = run_model("resnet18-cifar", size=16, checks=checks)
+    assert all(r.passed for r in first), [r.detail for r in first]
+    (folder,) = tmp_path.iterdir()
+    second = run_model("resnet18-cifar", size=16, checks=checks)
+    assert [(r.check, r.error) for r in second] == [(r.check, r.error) for r in first]
+
+    names = {(kind, key): file for kind, key, file in json.loads((folder / "manifest.json").read_text())["names"]}
+    update = folder / names[("torch update 1", "layer1.0.conv1.weight")]
+    np.save(update, np.load(update) * 1.01)
+    broken = {r.check: r for r in run_model("resnet18-cifar", size=16, checks=checks)}
+    assert not broken["sgd_step_params"].passed and "layer1.0.conv1.weight" in broken["sgd_step_params"].detail
+    assert broken["train_loss"].passed and broken["gradients"].passed
 
 
 def test_numpy_keeps_4kb_pages_in_the_suite_and_the_processes_it_starts():

@@ -22,7 +22,7 @@ from .memory import release_memory, trim_heap
 from .rows import Row, check_row
 from .sides import (disable_tf32, keras_device, keras_dtype, keras_labels, keras_values, labels_for,
                     randomize_keras_batchnorm, reference_twin)
-from .store import TensorStore
+from .store import Recordings, TensorStore
 from .variants import resolve
 
 
@@ -200,46 +200,60 @@ class ParityRun:
         options, aux_weight, task = self.info.parity_train_options, self.info.aux_weight, self.info.task
         # The recipe's L2 term is part of the training loss (vgg19_slim's 5e-4 on its conv kernels).
         weight_decay = self.recipe["weight_decay"]
-        store = TensorStore()
+        store = TensorStore()  # the Keras twin's states
+        # The torch twin's two steps are the same whichever Keras backend they are compared with: recorded once
+        # per run and model when the run's workers share a folder (`store.Recordings`: pspnet's torch side is
+        # 6-7 s of each backend's heavy job), else here.
+        recordings, recorded_as = Recordings(), self.recording_key()
+        found = recordings.find(recorded_as)
+        recording = None
         try:
-            # -- the torch twin's two steps, recorded
-            tmodel = self.torch_twin(**options).to(getattr(torch, dtype))
-            if self.optimizer == "adam":
-                t_opt = ttrain.adam(tmodel.parameters(), self.recipe["lr"], self.recipe["betas"])
+            if found is not None:
+                recording, saved = found
+                t_keys, stat_keys, t_losses = saved["t_keys"], saved["stat_keys"], saved["t_losses"]
             else:
-                t_opt = ttrain.sgd(tmodel.parameters(), SGD_LR, SGD_MOMENTUM)
-            parameters = dict(tmodel.named_parameters())
-            decayed = [parameters[k] for k in torch_weight_decay(tmodel, weight_decay)]
-            t_task_loss = ttrain.loss_for(task, aux_weight)
+                # -- the torch twin's two steps, recorded
+                recording = recordings.start(recorded_as)
+                tmodel = self.torch_twin(**options).to(getattr(torch, dtype))
+                if self.optimizer == "adam":
+                    t_opt = ttrain.adam(tmodel.parameters(), self.recipe["lr"], self.recipe["betas"])
+                else:
+                    t_opt = ttrain.sgd(tmodel.parameters(), SGD_LR, SGD_MOMENTUM)
+                parameters = dict(tmodel.named_parameters())
+                decayed = [parameters[k] for k in torch_weight_decay(tmodel, weight_decay)]
+                t_task_loss = ttrain.loss_for(task, aux_weight)
 
-            def t_loss(outputs, labels):
-                loss = t_task_loss(outputs, labels)
-                return loss + optim.l2_penalty(decayed, weight_decay) if decayed else loss
+                def t_loss(outputs, labels):
+                    loss = t_task_loss(outputs, labels)
+                    return loss + optim.l2_penalty(decayed, weight_decay) if decayed else loss
 
-            t_keys = [k for k, p in tmodel.named_parameters() if p.requires_grad]
-            stat_keys = [k for k in tmodel.state_dict() if k.endswith(("running_mean", "running_var"))]
-            out = {"t_param_keys": t_keys, "t_losses": [], "k_losses": [], "params": [], "stats": []}
-            for s, (x, y) in enumerate(zip(self.batches, self.labels), 1):
-                for k, v in tmodel.state_dict().items():
-                    store.put("before", k, v.detach().cpu().numpy())
-                t_y = torch.from_numpy(y)
-                loss, grads = ttrain.value_and_grad(tmodel, t_loss, torch.from_numpy(x).to(getattr(torch, dtype)),
-                                                    t_y.to(getattr(torch, dtype)) if t_y.is_floating_point() else t_y)
-                out["t_losses"].append(float(loss.detach()))
-                if s == 1:
-                    for k, g in grads.items():
-                        if g is not None:
-                            store.put("torch gradient", k, g.detach().cpu().numpy())
-                t_opt.step()
-                del grads
-                now = tmodel.state_dict()
-                for k in t_keys + stat_keys:
-                    store.put(f"torch update {s}", k, now[k].detach().cpu().numpy() - store.get("before", k))
-                store.drop("before")
-                del now
-            decayed.clear()
-            del tmodel, t_opt, parameters, loss  # the loss holds the last step's graph
-            trim_heap()
+                t_keys = [k for k, p in tmodel.named_parameters() if p.requires_grad]
+                stat_keys = [k for k in tmodel.state_dict() if k.endswith(("running_mean", "running_var"))]
+                t_losses = []
+                for s, (x, y) in enumerate(zip(self.batches, self.labels), 1):
+                    for k, v in tmodel.state_dict().items():
+                        recording.put("before", k, v.detach().cpu().numpy())
+                    t_y = torch.from_numpy(y)
+                    loss, grads = ttrain.value_and_grad(tmodel, t_loss, torch.from_numpy(x).to(getattr(torch, dtype)),
+                                                        t_y.to(getattr(torch, dtype)) if t_y.is_floating_point() else t_y)
+                    t_losses.append(float(loss.detach()))
+                    if s == 1:
+                        for k, g in grads.items():
+                            if g is not None:
+                                recording.put("torch gradient", k, g.detach().cpu().numpy())
+                    t_opt.step()
+                    del grads
+                    now = tmodel.state_dict()
+                    for k in t_keys + stat_keys:
+                        recording.put(f"torch update {s}", k, now[k].detach().cpu().numpy() - recording.get("before", k))
+                    recording.drop("before")
+                    del now
+                decayed.clear()
+                del tmodel, t_opt, parameters, loss  # the loss holds the last step's graph
+                trim_heap()
+                recording = recordings.finish(recorded_as, recording, {"t_keys": t_keys, "stat_keys": stat_keys,
+                                                                       "t_losses": t_losses})
+            out = {"t_param_keys": t_keys, "t_losses": list(t_losses), "k_losses": [], "params": [], "stats": []}
 
             # -- the Keras twin's two steps, each compared with the recording
             with keras_dtype(dtype):
@@ -295,22 +309,28 @@ class ParityRun:
                         if problem:
                             out["gradients"] = (float("inf"), problem)
                         else:
-                            err, key = worst(LazyMap(keras_grad, k_keys), store.view("torch gradient"), t_keys)
+                            err, key = worst(LazyMap(keras_grad, k_keys), recording.view("torch gradient"), t_keys)
                             out["gradients"] = (err, f"worst: {key}")
                         del by_path
-                        store.drop("torch gradient")
+                        recording.drop("torch gradient")
                     k_apply(k_grads)
                     del k_grads
-                    t_delta, k_delta = store.view(f"torch update {s}"), LazyMap(keras_delta, set(k_slots))
+                    t_delta, k_delta = recording.view(f"torch update {s}"), LazyMap(keras_delta, set(k_slots))
                     out["params"].append(worst(k_delta, t_delta, t_keys))
                     if stat_keys:
                         out["stats"].append(worst(k_delta, t_delta, stat_keys))
                     store.drop("before")
-                    store.drop(f"torch update {s}")
+                    recording.drop(f"torch update {s}")
                 store.drop("after")
         finally:
             store.close()
+            if recording is not None:
+                recording.close()
         return out
+
+    def recording_key(self) -> str:
+        """What the torch twin's recorded training steps depend on (besides the code): one folder name."""
+        return f"{self.name}-{self.size}px-batch{self.batch}-seed{self.seed}-{self.train_dtype}-{self.optimizer}"
 
     def train_loss(self, run: dict):
         err = abs(run["k_losses"][0] - run["t_losses"][0])

@@ -217,13 +217,20 @@ def run_parity(models, backends, *, batch=2, size=None, checks=None, quick=False
     QUICK_EXPORTS). `backends` may hold `torch_impl`, the torch twin's export rows. `parallel`: how many worker
     processes run at once (each mostly keeps one core busy; `run_shared`). `timeout`: seconds per worker (None:
     `JOB_TIMEOUT` per job of the plan). `keep_exports`: a folder where the workers leave each export artifact
-    that passed its check, with its report (`exports.KEEP_EXPORTS_ENV`). The rows come back in the order of
+    that passed its check, with its report (`exports.KEEP_EXPORTS_ENV`). The workers record the torch twin's
+    training steps once per model for all of them (`store.Recordings`). The rows come back in the order of
     `backends` either way."""
     from .exports import KEEP_EXPORTS_ENV
+    from .store import RECORDINGS_ENV
 
     plan = jobs(models, tuple(checks) if checks else ALL_CHECKS, quick=quick, size=size, batch=batch)
     timeout = timeout if timeout is not None else JOB_TIMEOUT * max(1, len(plan))
-    env = {KEEP_EXPORTS_ENV: str(Path(keep_exports).resolve())} if keep_exports else None
-    if parallel <= 1:
-        return [row for backend in backends for row in run_worker(backend, plan, timeout=timeout, log=log, env=env)]
-    return run_shared(plan, backends, parallel=parallel, timeout=timeout, log=log, env=env)
+    env = {KEEP_EXPORTS_ENV: str(Path(keep_exports).resolve())} if keep_exports else {}
+    # The torch twin's training recordings, shared by this run's workers (`store.Recordings`), unless the caller
+    # shares a folder already (`make test`'s three passes)
+    with tempfile.TemporaryDirectory(prefix="twins-recordings-") as recordings:
+        env[RECORDINGS_ENV] = os.environ.get(RECORDINGS_ENV) or recordings
+        if parallel <= 1:
+            return [row for backend in backends
+                    for row in run_worker(backend, plan, timeout=timeout, log=log, env=env)]
+        return run_shared(plan, backends, parallel=parallel, timeout=timeout, log=log, env=env)
