@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 # numpy with 4 KB pages in this process (where nothing imported numpy before) and the processes it starts, as the
@@ -270,7 +271,7 @@ def threads_beside(live: set[int], waiting: set[int], cores: int) -> int:
 
 
 def share_cores() -> int:
-    """The compute threads of the processes a test starts, set before each test (this process keeps its own):
+    """The compute threads of the processes a test starts, and of this process's torch, set before each test:
     half the cores while a session worker computes beside this process, all of them once none does: every worker
     has finished, or each one left waits for the heavy lock this process holds (for the heavy tests, while the
     worker has no light task left), and cannot go on before this process releases it, after its children end.
@@ -281,4 +282,9 @@ def share_cores() -> int:
     if threads != SHARE["threads"]:
         SHARE["threads"] = threads
         os.environ.update(thread_env(threads, USER_ENV))
+        # and this process's own torch (tensorflow's and XLA's pools are fixed at their start): the tests after
+        # the worker's end build and run torch twins in-process (vgg19_slim's, the parity tests' own runs)
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     return threads

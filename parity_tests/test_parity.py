@@ -335,6 +335,35 @@ def test_the_suite_gives_its_children_the_cores_a_waiting_worker_leaves(tmp_path
     assert mine.waiting_pids() == set()  # a non-blocking miss leaves no marker, a blocking wait removes its own
 
 
+def test_the_pytest_process_takes_every_core_for_its_torch_once_no_worker_computes(monkeypatch):
+    """`share_cores` sets this process's torch threads too: the tests after the worker's end run torch twins
+    in-process on every core, and on their share again while a worker computes beside them."""
+    import torch
+
+    from parity_tests import conftest
+
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    monkeypatch.setattr(conftest, "USER_ENV", {})
+    monkeypatch.setitem(conftest.SHARE, "threads", None)
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(conftest, "WORKERS", {})
+        assert conftest.share_cores() == conftest.CORES == torch.get_num_threads()
+
+        class Live:  # a worker still computing
+            class proc:
+                pid = 11
+
+                @staticmethod
+                def poll():
+                    return None
+
+        monkeypatch.setattr(conftest, "WORKERS", {"tensorflow": Live})
+        assert conftest.share_cores() == max(1, conftest.CORES // 2) == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_free_slot_helps_the_backend_still_running(monkeypatch):
     """When no backend waits for a slot, a second worker joins the backend with the most jobs not started; the
     two share the claims folder, so each job runs once, and the rows come back in the plan's order. Without
