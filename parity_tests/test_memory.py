@@ -73,7 +73,7 @@ def test_freezing_before_the_collection_would_keep_a_models_garbage_for_good():
 
 
 @pytest.mark.parametrize("module", ["twins_cli.parity.worker", "parity_tests.session_worker"])
-def test_the_worker_entry_points_freeze_between_models(module, monkeypatch):
+def test_the_worker_entry_points_freeze_between_models(module, monkeypatch, tmp_path):
     """Both worker processes (the parity engine's and the test session's) turn it on before their first task."""
     import importlib
 
@@ -88,16 +88,9 @@ def test_the_worker_entry_points_freeze_between_models(module, monkeypatch):
     main = entry.worker_main if module.endswith("parity.worker") else entry.main
     argv = ["--backend", "torch_impl", "--model", "resnet18", "--json-out", "unused.json"]
     if module.startswith("parity_tests"):
-        argv = ["--backend", "tensorflow", "--plan", str(write_empty_plan()), "--json-out", "unused.json",
-                "--recipes", "unused"]
+        plan = tmp_path / "plan.json"
+        plan.write_text("[]")
+        argv = ["--backend", "tensorflow", "--plan", str(plan), "--json-out", "unused.json", "--recipes", "unused"]
         monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     main(argv)
     assert calls[:2] == [True, "tasks"]
-
-
-def write_empty_plan() -> Path:
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="twins-plan-")) / "plan.json"
-    path.write_text("[]")
-    return path

@@ -16,11 +16,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# A folder shared by the parity workers of one run (set by `run_shared`, and by `make test` for its three passes):
+import numpy as np
+
+# A folder shared by the parity workers of one run (set by `run_parity`, and by `make test` for its three passes):
 # the torch twin's training recordings, one folder per model and setting (`Recordings`).
 RECORDINGS_ENV = "TWINS_PARITY_RECORDINGS"
-
-import numpy as np
 
 
 class TensorStore:
@@ -117,9 +117,9 @@ class Recordings:
         if not manifest.is_file():
             return None
         saved = json.loads(manifest.read_text())
-        store = TensorStore.__new__(TensorStore)
-        store.dir, store.written, store.read_only = self.dir / key, 0, True
-        store.names = {(kind, name): self.dir / key / file for kind, name, file in saved["names"]}
+        store = TensorStore.__new__(TensorStore)  # over a finished folder: nothing made, nothing written
+        store.dir, store.written, store.read_only = manifest.parent, 0, True
+        store.names = {(kind, name): manifest.parent / file for kind, name, file in saved["names"]}
         return store, saved["extra"]
 
     def start(self, key: str) -> TensorStore:
@@ -133,12 +133,10 @@ class Recordings:
             return store
         names = [[kind, name, path.name] for (kind, name), path in store.names.items()]
         (store.dir / "manifest.json").write_text(json.dumps({"names": names, "extra": extra}))
-        final = self.dir / key
         try:
-            os.rename(store.dir, final)
-        except OSError:  # another worker finished the same recording first: read that one
+            os.rename(store.dir, self.dir / key)
+        except OSError:  # another worker finished the same recording first (else: the rename's own error)
             shutil.rmtree(store.dir, ignore_errors=True)
-            return self.find(key)[0]
-        store.dir, store.read_only = final, True
-        store.names = {name: final / path.name for name, path in store.names.items()}
-        return store
+            if self.find(key) is None:
+                raise
+        return self.find(key)[0]  # whichever finished first: the same computation, read from its place
