@@ -18,6 +18,12 @@ with another worker's preparation.
 
 A caller running untimed work of its own beside the workers (`twins report` runs `twins explain`) holds the
 gate shared too: a `Gate` on the same file, `shared()` before the work and `close()` after it.
+
+On a GPU (`benchmarks.gpu`, `timed_only`) preparing holds nothing: with many workers alive, a gate that every
+preparing worker holds shared lets a timed loop start only when none is preparing, and the run would go one
+worker at a time. There a worker compiles (its first step) beside the others, and takes the gate exclusively for
+its remaining warm-up steps and its timed steps, so timed loops never overlap one another; what the first steps
+of other workers did on the GPU meanwhile is recorded (`first_step` intervals) and reported, not prevented.
 """
 from __future__ import annotations
 
@@ -27,6 +33,8 @@ import os
 import time
 
 MODES = {fcntl.LOCK_SH: "shared", fcntl.LOCK_EX: "exclusive"}
+FIRST_STEP = "first_step"
+PREPARE = "prepare"  # a timed-only gate's preparing: recorded, no lock held
 
 
 class Gate:
@@ -34,10 +42,13 @@ class Gate:
     its intervals). `intervals`: `[mode, start, end]` of every time it was held, on `time.monotonic()` (one
     clock for every process of the machine), for `overlaps`."""
 
-    def __init__(self, path: str | None, fd: int | None = None, since: float | None = None):
+    def __init__(self, path: str | None, fd: int | None = None, since: float | None = None,
+                 timed_only: bool = False):
         """`fd`: the gate file already open and held shared since `since`, inherited from the process that
-        started this one (`open_shared`), so that this process never runs a moment without the gate."""
+        started this one (`open_shared`), so that this process never runs a moment without the gate.
+        `timed_only`: `shared()` takes no lock (it still records its intervals); only `timed()` locks."""
         self.path = path
+        self.timed_only = timed_only
         self.mode = self.since = None
         if fd is not None:
             self.fd, self.mode, self.since = fd, fcntl.LOCK_SH, since if since is not None else time.monotonic()
@@ -49,7 +60,7 @@ class Gate:
         if self.mode == mode:
             return
         self.release()  # flock converts by releasing first; say so rather than pretend it is atomic
-        if self.fd is not None:
+        if self.fd is not None and not (self.timed_only and mode == fcntl.LOCK_SH):
             fcntl.flock(self.fd, mode)
         self.mode, self.since = mode, time.monotonic()
 
@@ -60,7 +71,9 @@ class Gate:
     def release(self) -> None:
         if self.mode is None:
             return
-        self.intervals.append([MODES[self.mode], self.since, time.monotonic()])  # before the others may go on
+        # before the others may go on; a timed-only gate's shared intervals held nothing: they are "prepare"
+        mode = PREPARE if self.timed_only and self.mode == fcntl.LOCK_SH else MODES[self.mode]
+        self.intervals.append([mode, self.since, time.monotonic()])
         if self.fd is not None:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         self.mode = None
@@ -73,6 +86,17 @@ class Gate:
             yield
         finally:
             self._lock(fcntl.LOCK_SH)
+
+    @contextlib.contextmanager
+    def first_step(self):
+        """Recorded only, on a timed-only gate: the first (compiling) step of a row, for the run to see which timed
+        loops it overlapped (otherwise the worker's shared hold covers it)."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            if self.timed_only:
+                self.intervals.append([FIRST_STEP, start, time.monotonic()])
 
     def close(self) -> None:
         self.release()
@@ -103,7 +127,29 @@ def overlaps(holders: dict[str, list]) -> list[str]:
                 if mode != "exclusive":
                     continue
                 for their_mode, their_start, their_end in theirs:
+                    if their_mode in (FIRST_STEP, PREPARE):  # recorded only: the lock did not cover them
+                        continue
                     if max(start, their_start) < min(end, their_end):
                         problems.append(f"{name}'s timed steps ({start:.3f}-{end:.3f} s) overlap {other}'s "
                                         f"{their_mode} hold ({their_start:.3f}-{their_end:.3f} s)")
     return problems
+
+
+def beside_first_steps(holders: dict[str, list]) -> dict[str, float]:
+    """Per holder, the seconds its timed loops (exclusive) overlapped another holder's first step: with a
+    `timed_only` gate another worker may compile, and autotune on the device, while one times."""
+    seconds = {}
+    for name, mine in holders.items():
+        total = 0.0
+        for mode, start, end in mine:
+            if mode != "exclusive":
+                continue
+            for other, theirs in holders.items():
+                if other == name:
+                    continue
+                for their_mode, their_start, their_end in theirs:
+                    if their_mode == FIRST_STEP:
+                        total += max(0.0, min(end, their_end) - max(start, their_start))
+        if total:
+            seconds[name] = round(total, 3)
+    return seconds

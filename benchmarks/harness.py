@@ -239,17 +239,19 @@ def _config_key(config: dict) -> tuple:
 
 def run_worker(backend: str, configs: list[dict], options: dict, env: dict, timeout_s: float,
                workdir: str, tag: str, verbose: bool = True, gate: str | None = None,
-               live: set | None = None) -> tuple[list[dict], dict, list[str]]:
+               live: set | None = None, gate_timed_only: bool = False) -> tuple[list[dict], dict, list[str]]:
     """Run one worker over `configs`; returns (rows, worker info, its output lines). Always one row
     per config: measured, or a failure row explaining why not. `gate`: the run's `benchmarks.gate` file
-    (None: the worker never waits); `live`: a set the process is in while it runs."""
+    (None: the worker never waits); `gate_timed_only`: the worker takes it for its timed loops only
+    (`benchmarks.gpu`), not shared while it prepares; `live`: a set the process is in while it runs."""
     job_path = os.path.join(workdir, f"{tag}.job.json")
     result_path = os.path.join(workdir, f"{tag}.rows.json")
     fd = since = None
-    if gate:  # held shared from before the process starts until it has exited (`gate.open_shared`)
+    if gate and not gate_timed_only:  # held shared from before the process starts until it has exited
         fd, since = open_gate_shared(gate)
     report.write_atomic(job_path, json.dumps({"backend": backend, "options": options, "configs": configs,
-                                              "gate": gate, "gate_fd": fd, "gate_since": since}))
+                                              "gate": gate, "gate_fd": fd, "gate_since": since,
+                                              "gate_timed_only": gate_timed_only}))
     command = [sys.executable, "-m", "benchmarks.worker", "--job", job_path, "--result", result_path]
     output: collections.deque[str] = collections.deque(maxlen=5000)
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 # Order matters: it is the order of the rows in every table and of the bars in the chart.
 TORCH_BACKENDS = ("torch", "torch-compile")
-KERAS_BACKENDS = ("keras-tensorflow", "keras-jax", "keras-torch")
+KERAS_BACKENDS = ("keras-tensorflow", "keras-jax", "keras-torch", "keras-torch-jit")
+# The Keras backends compiled with `jit_compile=True` rather than Keras' "auto" (which leaves the torch backend
+# eager): keras-torch-jit is the same Keras twin on the torch backend through Keras' torch.compile path.
+KERAS_JIT_BACKENDS = ("keras-torch-jit",)
 # Deployment runtimes: a twin exported by `twins export` (in a subprocess of the worker, which then holds only
 # the runtime) and run where it ships. backend -> (twin, Keras backend that exports it, export format).
 EXPORT_SOURCES = {
@@ -24,9 +27,10 @@ EXPORT_BACKENDS = tuple(EXPORT_SOURCES)
 BACKENDS = TORCH_BACKENDS + KERAS_BACKENDS + EXPORT_BACKENDS
 # What `--backends all` means: the eager and compiled framework paths of the throughput comparison. The export
 # runtimes are asked for by name, or all at once with `--backends deploy` (they export each model first).
-DEFAULT_BACKENDS = TORCH_BACKENDS + KERAS_BACKENDS
+# keras-torch-jit is asked for by name (the GPU table measures it: `benchmarks.gpu`).
+DEFAULT_BACKENDS = TORCH_BACKENDS + ("keras-tensorflow", "keras-jax", "keras-torch")
 # Value of KERAS_BACKEND for each Keras backend; Keras reads it once, at import.
-KERAS_BACKEND_ENV = {"keras-tensorflow": "tensorflow", "keras-jax": "jax", "keras-torch": "torch"}
+KERAS_BACKEND_ENV = {"keras-tensorflow": "tensorflow", "keras-jax": "jax", "keras-torch": "torch", "keras-torch-jit": "torch"}
 # The native reference every `ratio_to_torch` is computed against.
 REFERENCE_BACKEND = "torch"
 

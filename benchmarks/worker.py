@@ -26,7 +26,9 @@ What one step is, per backend and mode (synthetic data, created on the device on
   the logits (batch x 1000 floats) to the host; the torch rows leave them on the device.
   `jit_compile="auto"` resolves, per Keras' own rules, to XLA on jax, to XLA on tensorflow only
   when a GPU is visible (plain tf.function on a CPU-only machine), and to eager on the torch
-  backend; the `compiler` column says what it resolved to.
+  backend; the `compiler` column says what it resolved to. keras-torch-jit is keras-torch compiled with
+  `jit_compile=True`: Keras wraps its train and predict steps in `torch.compile` (inductor), measured as
+  it is.
   bfloat16 = the `mixed_bfloat16` dtype policy (bfloat16 compute, float32 variables).
 - A model with several outputs (or a segmentation map) gets one cross-entropy per output, summed,
   with labels shaped like the output minus its class axis; it is a stand-in objective that costs
@@ -54,8 +56,10 @@ mind, and across rows of one backend only roughly.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import gc
+import glob
 import importlib
 import json
 import math
@@ -63,6 +67,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 
@@ -161,15 +166,20 @@ def time_steps(step, sync, warmup: int, repeats: int):
     more untimed step there when a gate is in use (what waiting for it left cold is warm again, and
     the worker that ran last has settled)."""
     first_ms = None
-    for i in range(warmup):
+    # With a timed-only gate (`benchmarks.gpu`) only the first step (the compilation) runs beside other workers; the
+    # other warm-up steps run holding the gate, right before the timed ones.
+    beside = warmup if not GATE.timed_only else 1
+    for i in range(beside):
         start = time.perf_counter()
-        step()
-        sync()
+        with GATE.first_step() if i == 0 else contextlib.nullcontext():
+            step()
+            sync()
         if i == 0:
             first_ms = (time.perf_counter() - start) * 1e3
     times = []
     with GATE.timed():
-        if GATE.path:  # waited at the gate, maybe long, while another worker ran: one more step, untimed
+        # Waited at the gate, maybe long, while another worker ran: at least one more step, untimed.
+        for _ in range(max(warmup - beside, 1 if GATE.path else 0)):
             step()
             sync()
         for _ in range(repeats):
@@ -232,9 +242,16 @@ def require(module: str, backend: str):
         raise Unavailable(schema.STATUS_NOT_INSTALLED, f"{backend} needs {module}: {exc}") from None
 
 
-def setup_torch(backend: str, cuda: bool, tf32: bool):
-    """Import torch for a torch or keras-torch worker: CUDA present if asked for, TF32 as asked."""
+def setup_torch(backend: str, cuda: bool, tf32: bool, compile_backend: str | None = None):
+    """Import torch for a torch or keras-torch worker: CUDA present if asked for, TF32 as asked.
+    `compile_backend` (the rehearsal's option, `benchmarks.gpu`): every `torch.compile` of the process,
+    Keras' own included, uses that dynamo backend instead of inductor (`aot_eager`: the same graph capture
+    and autograd split, no code generation)."""
     torch = require("torch", backend)
+    if compile_backend:
+        import functools
+
+        torch.compile = functools.partial(torch.compile, backend=compile_backend)
     if cuda and not torch.cuda.is_available():
         raise Unavailable(
             schema.STATUS_NO_GPU,
@@ -253,7 +270,7 @@ class TorchRunner:
         self.options = options
         self.compiled = backend == "torch-compile"
         cuda = options["device"] == "cuda"
-        torch = setup_torch(backend, cuda, options["tf32"])
+        torch = setup_torch(backend, cuda, options["tf32"], options.get("compile_backend"))
         import torch_impl
 
         self.torch = torch
@@ -264,7 +281,7 @@ class TorchRunner:
                 f"bfloat16 was asked, but {torch.cuda.get_device_name()} does not support it in torch",
             )
         self.device = torch.device("cuda" if cuda else "cpu")
-        self.compiler = "inductor (torch.compile)" if self.compiled else "eager"
+        self.compiler = f"{options.get('compile_backend') or 'inductor'} (torch.compile)" if self.compiled else "eager"
         self.host_memory = ProcessPeakRss()
         self.device_name = torch.cuda.get_device_name() if cuda else "cpu"
 
@@ -346,6 +363,8 @@ class TorchRunner:
             "peak_mem_mb": peak_mb,
             "peak_mem_source": source,
             "compiler": self.compiler,
+            "step": step,  # for a profile of the warm step (`profile_steps`), not part of the row
+            "sync": self._sync,
         }
 
     def cleanup(self) -> None:
@@ -422,7 +441,7 @@ class KerasRunner:
         self.device_name = jax.devices()[0].device_kind if self.cuda else "cpu"
 
     def _setup_torch(self) -> None:
-        torch = setup_torch(self.backend, self.cuda, self.options["tf32"])
+        torch = setup_torch(self.backend, self.cuda, self.options["tf32"], self.options.get("compile_backend"))
         self.torch = torch
         self._versions["torch"] = torch.__version__
         self.device_name = torch.cuda.get_device_name() if self.cuda else "cpu"
@@ -486,7 +505,8 @@ class KerasRunner:
         return {
             "tensorflow": "XLA (jit_compile=True)" if jit else "tf.function (jit_compile=False)",
             "jax": "XLA (jax.jit)" if jit else "jax, no jit (jit_compile=False)",
-            "torch": "torch.compile (jit_compile=True)" if jit else "eager (jit_compile=False)",
+            "torch": (f"torch.compile{' ' + self.options['compile_backend'] if self.options.get('compile_backend') else ''}"
+                      " (jit_compile=True)") if jit else "eager (jit_compile=False)",
         }[self.framework]
 
     def _build(self, config: dict):
@@ -531,7 +551,7 @@ class KerasRunner:
         model.compile(
             optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE, momentum=MOMENTUM),
             loss=loss,
-            jit_compile="auto",
+            jit_compile=True if self.backend in schema.KERAS_JIT_BACKENDS else "auto",
         )
         x = self._to_device(x_host)
         y = keras.tree.map_structure(self._to_device, y_host)
@@ -551,6 +571,8 @@ class KerasRunner:
             "peak_mem_mb": peak_mb,
             "peak_mem_source": source,
             "compiler": self._compiler(model),
+            "step": step,
+            "sync": sync,
         }
 
     def cleanup(self) -> None:
@@ -682,6 +704,91 @@ class ExportRunner:
 
 
 # ---------------------------------------------------------------------------------------------
+# Where a row's time goes: a profile of its warm step (`benchmarks.gpu` asks for the rows of a missed target)
+
+PROFILED_STEPS = 3
+PROFILE_TOP = 15
+
+
+def _top_table(totals: dict, counts: dict, what: str) -> list[str]:
+    whole = sum(totals.values()) or 1.0
+    lines = [f"| {what} | total ms | calls | share |", "|---|--:|--:|--:|"]
+    for name, total in sorted(totals.items(), key=lambda kv: -kv[1])[:PROFILE_TOP]:
+        short = name if len(name) <= 90 else name[:87] + "..."
+        lines.append(f"| `{short.replace('|', '/')}` | {total:.2f} | {counts[name]} | {100 * total / whole:.1f} % |")
+    return lines
+
+
+def profile_torch(step, sync, cuda: bool) -> list[str]:
+    """torch.profiler over `PROFILED_STEPS` warm steps: the top kernels by device time (CUDA), or the top ops by
+    CPU time without a GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    start = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(PROFILED_STEPS):
+            step()
+            sync()
+    wall_ms = (time.perf_counter() - start) * 1e3
+    totals, counts = collections.defaultdict(float), collections.defaultdict(int)
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        value = device_us if cuda else event.self_cpu_time_total
+        if value:
+            totals[event.key] += value / 1e3
+            counts[event.key] += event.count
+    what = "kernel (self device time)" if cuda else "op (self CPU time)"
+    return [f"{PROFILED_STEPS} steps in {wall_ms:.1f} ms of wall time; the profiled "
+            f"{'device' if cuda else 'CPU'} time sums to {sum(totals.values()):.1f} ms", ""] + _top_table(totals, counts, what)
+
+
+def profile_jax(step, sync) -> list[str]:
+    """jax.profiler's trace of `PROFILED_STEPS` warm steps (its Perfetto JSON), summed per event name: the device
+    streams' events when the trace has any, else the host's."""
+    import gzip
+
+    import jax
+
+    with tempfile.TemporaryDirectory(prefix="twins-jax-profile-") as folder:
+        start = time.perf_counter()
+        with jax.profiler.trace(folder, create_perfetto_trace=True):
+            for _ in range(PROFILED_STEPS):
+                step()
+                sync()
+        wall_ms = (time.perf_counter() - start) * 1e3
+        traces = glob.glob(os.path.join(folder, "**", "*.trace.json.gz"), recursive=True)
+        if not traces:
+            return [f"{PROFILED_STEPS} steps in {wall_ms:.1f} ms; jax's profiler wrote no Perfetto trace"]
+        with gzip.open(traces[0], "rt") as f:
+            events = json.load(f)
+    events = events.get("traceEvents", events) if isinstance(events, dict) else events
+    names = {e.get("pid"): e.get("args", {}).get("name", "") for e in events
+             if e.get("ph") == "M" and e.get("name") == "process_name"}
+    device = {pid for pid, name in names.items() if "gpu" in name.lower() or "device" in name.lower()}
+    totals, counts = collections.defaultdict(float), collections.defaultdict(int)
+    for e in events:
+        if e.get("ph") != "X" or (device and e.get("pid") not in device):
+            continue
+        totals[e.get("name", "?")] += float(e.get("dur", 0)) / 1e3
+        counts[e.get("name", "?")] += 1
+    what = "device event" if device else "host event"
+    return [f"{PROFILED_STEPS} steps in {wall_ms:.1f} ms of wall time; {what}s sum to {sum(totals.values()):.1f} ms "
+            "(nested host events count more than once)", ""] + _top_table(totals, counts, what)
+
+
+def profile_steps(backend: str, options: dict, measured: dict) -> list[str]:
+    if schema.KERAS_BACKEND_ENV.get(backend) == "jax":
+        return profile_jax(measured["step"], measured["sync"])
+    return profile_torch(measured["step"], measured["sync"], options["device"] == "cuda")
+
+
+def wants_profile(options: dict, config: dict) -> bool:
+    wanted = (options.get("profile") or {}).get("keys", [])
+    return [config["model"], config["backend"], config["mode"], options["dtype"]] in wanted
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def make_runner(backend: str, options: dict):
@@ -719,12 +826,18 @@ def finished_row(config: dict, options: dict, measured: dict) -> dict:
     return row
 
 
+def row_summary(row: dict) -> str:
+    return (f"{row['samples_per_sec']:.1f} samples/s, median step {row['step_ms_median']:.2f} ms, first step "
+            f"{(row['first_step_ms'] or 0) / 1e3:.1f} s, compiler {row['compiler']}")
+
+
 def run_job(job: dict, result_path: str) -> None:
     global GATE
     backend, options, configs = job["backend"], job["options"], job["configs"]
     # Preparing, beside other workers' preparation: the gate the harness took for this process and passed on, held
     # until it exits (or, run without one, taken now, before the framework's import).
-    GATE = Gate(job.get("gate"), fd=job.get("gate_fd"), since=job.get("gate_since"))
+    GATE = Gate(job.get("gate"), fd=job.get("gate_fd"), since=job.get("gate_since"),
+                timed_only=bool(job.get("gate_timed_only")))
     GATE.shared()
     rows: list[dict] = []
     worker_info = {"backend": backend, "pid": os.getpid(), "versions": {}, "device_name": None}
@@ -761,7 +874,8 @@ def run_job(job: dict, result_path: str) -> None:
         label = f"{backend}: {config['model']} {config['mode']} batch {config['batch']} img {config['img_size']}"
         progress(f"{label}: measuring ({options['warmup']} warm-up + {timed_calls(config, options)} timed steps)")
         try:
-            row = finished_row(config, options, runner.measure(config))
+            measured = runner.measure(config)
+            row = finished_row(config, options, measured)
             progress(
                 f"{label}: {row['samples_per_sec']:.2f} samples/s, median step {row['step_ms_median']:.1f} ms"
                 + (f" (p90 {row['latency_ms_p90']:.1f}, p99 {row['latency_ms_p99']:.1f})" if config["mode"] == "latency" else "")
@@ -775,6 +889,18 @@ def run_job(job: dict, result_path: str) -> None:
             progress(f"{label}: {status}: {row['error']}")
         rows.append(row)
         save()
+        if row["status"] == schema.STATUS_OK and wants_profile(options, config):
+            title = f"{config['model']} {backend} {config['mode']} {options['dtype']} batch {config['batch']}"
+            try:
+                with GATE.timed():  # profiled steps run alone too: another worker may be timing
+                    lines = profile_steps(backend, options, measured)
+            except Exception as exc:  # a profile is extra; its failure is said where the profile would be
+                traceback.print_exc()
+                lines = [f"the profile failed: {describe_exception(exc)}"]
+            path = os.path.join(options["profile"]["dir"], f"profile-{backend}-{config['model']}-{config['mode']}.md")
+            report.write_atomic(path, "\n".join([f"## {title}", "", row_summary(row), ""] + lines) + "\n")
+            progress(f"{label}: profiled {PROFILED_STEPS} steps")
+        measured = None
         try:
             runner.cleanup()
         except Exception:  # cleanup is best effort; the next row resets its own counters
