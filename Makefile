@@ -30,7 +30,8 @@ export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES := 0
 # The browser tests render the report and the `twins explain` pages in headless Chromium, a Debian package.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test test-backend test-profile print-passes parity bench clean chromium
+.PHONY: demo test test-backend test-profile print-passes parity bench bench-gpu bench-gpu-plan bench-gpu-rehearse \
+	bench-gpu-wheels clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,6 +83,29 @@ parity: $(STAMP)
 # Throughput of resnet50 on all five backends (GPU when one is visible); see README "Benchmarks".
 bench: $(STAMP)
 	$(PY) -m benchmarks --models resnet50 --backends all --mode train,infer
+
+# The GPU table (README "The GPU table"), one part per GPU loan. Here, with the package registry: the plan and its
+# estimate, the rehearsal of every part on this CPU at toy sizes, and the wheels the GPU machine's image lacks (.whl/).
+# On the GPU machine (its own python3 with CUDA torch and jax, no registry, no .venv; .whl/ brought along):
+#   make bench-gpu [PART=n] [PREVIOUS=gpu.json of earlier parts, comma-separated] [GPU_OUT=folder]
+GPU_PYTHON ?= python3
+PART ?= 1
+GPU_OUT ?= reports/gpu
+GPU_WHEELS := keras namex optree
+
+bench-gpu-plan: $(STAMP)
+	$(PY) -m benchmarks.gpu plan
+
+bench-gpu-rehearse: $(STAMP)
+	$(PY) -m benchmarks.gpu run --profile rehearsal --part all --out reports/gpu-rehearsal
+
+bench-gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+		$$($(PY) -c "import importlib.metadata as m; print(' '.join(n + '==' + m.version(n) for n in '$(GPU_WHEELS)'.split()))")
+
+bench-gpu:
+	$(GPU_PYTHON) -m benchmarks.gpu run --part $(PART) --out $(GPU_OUT) $(if $(PREVIOUS),--previous $(PREVIOUS))
 
 clean:
 	rm -rf $(VENV) reports .cache
