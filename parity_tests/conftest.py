@@ -159,6 +159,22 @@ def _start_workers(items) -> None:
         WORKERS["parity_worker"] = Worker.for_pass(BACKEND)
     if "torch_export_worker" in wanted:
         WORKERS["torch_export_worker"] = Worker.torch_exports()
+    if any("gpu_rehearsal" in getattr(item, "fixturenames", ()) for item in items):
+        from parity_tests.gpu_rehearsal import Rehearsal
+
+        REHEARSAL["run"] = Rehearsal()  # started once the workers have finished (`pytest_runtest_setup`)
+
+
+# The GPU table's rehearsal (`parity_tests/gpu_rehearsal.py`): a background process of the pass's tail.
+REHEARSAL: dict = {"run": None}
+
+
+@pytest.fixture(scope="session")
+def gpu_rehearsal():
+    rehearsal = REHEARSAL["run"]
+    assert rehearsal is not None, "the rehearsal was not prepared at collection (conftest._start_workers)"
+    yield rehearsal
+    rehearsal.close()
 
 
 def _worker_fixture(name: str):
@@ -224,9 +240,12 @@ def big_in_process(item) -> bool:
 def rank(item) -> int:
     """0: the tests marked `heavy` (vgg19_slim trained from the slim checkpoint in a `twins` process, ~4 GB), first,
     while the pytest process is small; 1: the tests that run while the workers compute; 2: those that read the
-    workers' results; 3: the ones that grow the pytest process the most, after the workers have finished."""
+    workers' results; 3: the ones that grow the pytest process the most, after the workers have finished; 4: the
+    GPU rehearsal's test, which waits for the rehearsal started beside the tests of rank 3."""
     if heavy(item):
         return 0
+    if "gpu_rehearsal" in getattr(item, "fixturenames", ()):
+        return 4  # last: it waits for the rehearsal, which runs beside the tests of rank 3
     if big_in_process(item):
         return 3
     return 2 if any(name in WORKERS for name in getattr(item, "fixturenames", ())) else 1
@@ -258,6 +277,8 @@ def pytest_runtest_setup(item):
         for worker in WORKERS.values():
             if worker is not None:
                 worker.wait()
+        if REHEARSAL["run"] is not None:
+            REHEARSAL["run"].start()
     share_cores()
 
 
@@ -278,6 +299,9 @@ def share_cores() -> int:
     One thread each left a core idle for the last ~200 s of the tensorflow pass (the worker done at 825 s, the
     pass at 1034 s) and while the worker waited 168 s for the heavy lock. Returns the threads now."""
     live = {w.proc.pid for w in WORKERS.values() if w is not None and w.proc.poll() is None}
+    rehearsal = REHEARSAL["run"]
+    if rehearsal is not None and rehearsal.proc is not None and rehearsal.proc.poll() is None:
+        live.add(rehearsal.proc.pid)
     threads = threads_beside(live, HEAVY.waiting_pids() if HEAVY.held else set(), CORES)
     if threads != SHARE["threads"]:
         SHARE["threads"] = threads
