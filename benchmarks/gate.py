@@ -35,6 +35,7 @@ import time
 MODES = {fcntl.LOCK_SH: "shared", fcntl.LOCK_EX: "exclusive"}
 FIRST_STEP = "first_step"
 PREPARE = "prepare"  # a timed-only gate's preparing: recorded, no lock held
+BESIDE = "beside"  # untimed device work of a process that holds no gate (the GPU run's parity run)
 
 
 class Gate:
@@ -127,7 +128,7 @@ def overlaps(holders: dict[str, list]) -> list[str]:
                 if mode != "exclusive":
                     continue
                 for their_mode, their_start, their_end in theirs:
-                    if their_mode in (FIRST_STEP, PREPARE):  # recorded only: the lock did not cover them
+                    if their_mode in (FIRST_STEP, PREPARE, BESIDE):  # recorded only: no lock covered them
                         continue
                     if max(start, their_start) < min(end, their_end):
                         problems.append(f"{name}'s timed steps ({start:.3f}-{end:.3f} s) overlap {other}'s "
@@ -136,8 +137,8 @@ def overlaps(holders: dict[str, list]) -> list[str]:
 
 
 def beside_first_steps(holders: dict[str, list]) -> dict[str, float]:
-    """Per holder, the seconds its timed loops (exclusive) overlapped another holder's first step: with a
-    `timed_only` gate another worker may compile, and autotune on the device, while one times."""
+    """Per holder, the seconds its timed loops (exclusive) overlapped another holder's first step (or `BESIDE`
+    interval): with a `timed_only` gate another worker may compile, and autotune on the device, while one times."""
     seconds = {}
     for name, mine in holders.items():
         total = 0.0
@@ -148,7 +149,7 @@ def beside_first_steps(holders: dict[str, list]) -> dict[str, float]:
                 if other == name:
                     continue
                 for their_mode, their_start, their_end in theirs:
-                    if their_mode == FIRST_STEP:
+                    if their_mode in (FIRST_STEP, BESIDE):
                         total += max(0.0, min(end, their_end) - max(start, their_start))
         if total:
             seconds[name] = round(total, 3)

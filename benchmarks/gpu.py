@@ -48,6 +48,7 @@ import heapq
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,7 @@ from dataclasses import asdict, dataclass
 from twins import registry
 
 from benchmarks import harness, report, schema
-from benchmarks.gate import beside_first_steps
+from benchmarks.gate import BESIDE, beside_first_steps
 from benchmarks.gate import overlaps as gate_overlaps
 
 REPO_ROOT = harness.REPO_ROOT
@@ -80,6 +81,7 @@ BATCH_OVERRIDES = {"saliency_unet": 64, "pspnet": 16, "simclr_ssl": 1024, "simcl
 WALL_LIMIT_S = 480.0
 TARGET_TORCH_RESNET50_TRAIN = 3500.0  # img/s, torch-compile, bfloat16, channels-last, batch 256 (issue's target)
 TARGET_KERAS_JAX_RATIO = 0.9
+LOG_LINES = 400  # of each worker's output in logs.txt (a file that comes back from the GPU machine: 16 MiB at most)
 PROFILE_MISSES = 3  # keras-jax rows under the target profiled per part: the furthest under it
 
 PROFILES = {
@@ -122,10 +124,14 @@ def server_batch(model: str) -> int:
     return BATCH_OVERRIDES.get(model, SERVER_BATCH)
 
 
-def toy_size(model: str) -> int:
-    """A model's smallest input size that it accepts (the rehearsal's size)."""
+def toy_size(model: str, mode: str = "infer") -> int:
+    """A model's smallest input size that it accepts in `mode` (the rehearsal's size): inception_v3 trains its aux
+    head at 299 px only (`registry.inception_min_input_size`; the first full rehearsal found its training rows
+    failing at 75 px, its eval size)."""
     info = registry.get(model)
     size = info.min_input_size
+    if model == "inception_v3" and mode == "train":
+        size = registry.inception_min_input_size(training=True, aux_logits=True)
     while info.size_problem(size, size):
         size += 1
     return size
@@ -137,12 +143,14 @@ def resolve_models(models=None) -> list[str]:
     return harness.resolve_models(models)
 
 
-def plan(models=None, profile: str = "gpu", cal: dict | None = None) -> list[PlanRow]:
+def plan(models=None, profile: str = "gpu", cal: dict | None = None, part_s: float | None = None) -> list[PlanRow]:
     """Every row the run measures, in the order a deployment decision needs them, each with its part: part 1 is
-    every model on `torch` and `keras-jax` (train, infer, latency; resnet50's float32 rows; the parity run), then
-    each model on torch-compile, keras-torch and keras-torch-jit in turn, packed into parts of at most
-    `WALL_LIMIT_S` by the cost model at the GPU's sizes (`estimate`), and last the latency rows of the paths that
-    turn out among a model's fastest two. A rehearsal keeps the parts and runs them at toy sizes."""
+    every model on `torch` and `keras-jax` in bfloat16 (train, infer, latency; the parity run beside), then each
+    model on torch-compile, keras-torch and keras-torch-jit in turn, then resnet50 in float32 on the five paths,
+    packed into parts of at most `WALL_LIMIT_S` by the cost model at the GPU's sizes (`estimate`), and last the
+    latency rows of the paths that turn out among a model's fastest two. A rehearsal keeps the parts and runs
+    them at toy sizes. `part_s`: the parts' length (default `WALL_LIMIT_S`; the test's rehearsal of one model asks
+    for short parts, so that its plan has several)."""
     names = resolve_models(models)
     cal = cal or load_calibration()
     fp32 = [FP32_MODEL] if FP32_MODEL in names else []  # resnet50's float32 rows, when resnet50 is planned
@@ -154,27 +162,28 @@ def plan(models=None, profile: str = "gpu", cal: dict | None = None) -> list[Pla
                        backend in schema.TORCH_BACKENDS, 0, chosen)
 
     first = [row(m, b, mode, "bfloat16") for m in names for b in FIRST_BACKENDS for mode in ("train", "infer", "latency")]
-    first += [row(m, b, mode, "float32") for m in fp32 for b in FIRST_BACKENDS for mode in ("train", "infer")]
     groups = []  # one worker's rows each, in priority order
     for backend in GPU_BACKENDS:
         if backend in FIRST_BACKENDS:
             continue
         groups += [[row(m, backend, mode, "bfloat16") for mode in ("train", "infer")] for m in names]
-        groups += [[row(m, backend, mode, "float32") for mode in ("train", "infer")] for m in fp32]
+    # resnet50 in float32 (TF32 off) on every path, after every model's bfloat16 rows
+    groups += [[row(m, backend, mode, "float32") for mode in ("train", "infer")] for backend in GPU_BACKENDS
+               for m in fp32]
     groups.append([row(m, "fastest-two", "latency", "bfloat16", chosen=True) for m in names])
 
-    placed = [dataclasses.replace(r, part=1) for r in first]
-    part, current = 2, []
+    # part 1 holds `first` whatever its estimate; then each group joins the current part while it fits
+    placed, part, current = [], 1, [dataclasses.replace(r, part=1) for r in first]
     for group in groups:
         trial = [dataclasses.replace(r, part=part) for r in current + group]
-        if current and estimate(trial, gpu, cal, part, names)["wall_s"] > gpu["wall_limit_s"]:
+        if current and estimate(trial, gpu, cal, part, names)["wall_s"] > (part_s or gpu["wall_limit_s"]):
             placed += current
             part, current = part + 1, [dataclasses.replace(r, part=part + 1) for r in group]
         else:
             current = trial
     placed += current
     if PROFILES[profile]["toy"]:
-        placed = [dataclasses.replace(r, img_size=toy_size(r.model), batch=1 if r.mode == "latency" else 2)
+        placed = [dataclasses.replace(r, img_size=toy_size(r.model, r.mode), batch=1 if r.mode == "latency" else 2)
                   for r in placed]
     return placed
 
@@ -251,10 +260,17 @@ def _fit_line(points):
 ASSUMED = {
     "keras-torch-jit": "no CUDA row yet: compile 1.5x torch-compile's (Keras compiles its whole train step), "
                        "steps at torch-compile's rate, start as keras-torch's",
-    "layer_floor": "eager launch floor per layer and step: 30 us (torch), 15 us (compiled, jax); no CUDA "
-                   "batch-1 row yet",
-    "parity": "twins parity eval rows: 20 s start and 3 s + 0.02 s per layer per model and Keras backend "
-              "(the 2026-11-22 H100 parity run timed all seven checks of two models, not eval rows alone)",
+    "layer_floor": "per-layer floor of a step (launches): 30 us (torch), 15 us (compiled, jax); no CUDA batch-1 "
+                   "row yet. keras-torch's is measured: eager Keras on torch took the same time per layer for "
+                   "resnet18 and resnet50 (its dispatch, not the arithmetic, sets its step)",
+    "parity": "twins parity eval rows: 20 s start and 3 s + 0.02 s per layer per model, per Keras backend, the "
+              "backends one after the other (the 2026-11-22 H100 parity run timed all seven checks of two models, "
+              "not eval rows alone)",
+    "fixed": "10 s for the GPU probe and 10 s for writing the files; 20 TFLOP/s, 10 s and 15 s where a rate, a first "
+             "step or a start has no fit; 0.5 s per row and 5 s per profile on top of the steps",
+    "scale": "rates and first steps measured on an H100 at batch 64 hold on the H200 at the plan's batches (a "
+             "larger batch usually runs faster per image: the estimate leans long); each first-step line is fitted "
+             "through two points, resnet18 in bfloat16 and resnet50 in float32",
     "row_overhead": "1 s per row in a worker (build, data, optimiser) beside the first step",
     "side_by_side": "first steps (compilations) take as long beside five others on the 16-core GPU machine as "
                     "they took alone on the H100 machine of 2026-11-22 (16 cores)",
@@ -274,7 +290,9 @@ def calibrate(paths=None) -> dict:
         with open(path) as f:
             result = json.load(f)
         meta, rows = result["meta"], result["rows"]
-        options = meta["options"]
+        options = meta.get("options") or meta["settings"]  # benchmark.json / gpu.json
+        if "parts" in meta:  # a gpu.json: the rows its own workers measured, not those merged from earlier parts
+            rows = [r for r in rows if r.get("gpu_part") in meta["parts"]]
         spent = collections.defaultdict(float)  # backend -> seconds its rows account for
         for row in rows:
             if row["status"] != schema.STATUS_OK or row["mode"] == "latency":
@@ -293,7 +311,8 @@ def calibrate(paths=None) -> dict:
         for worker in meta["workers"]:
             walls[worker["backend"]].append(worker["wall_s"])
         for backend, seconds in spent.items():
-            starts[backend].append(max(0.0, (sum(walls[backend]) - seconds) / len(walls[backend])))
+            if walls[backend]:
+                starts[backend].append(max(0.0, (sum(walls[backend]) - seconds) / len(walls[backend])))
 
     def median(values):
         values = sorted(values)
@@ -371,6 +390,7 @@ class Job:
     prep_s: float = 0.0
     timed_s: float = 0.0
     profile_only: bool = False  # measured again for a profile of a row that missed a target: its row is not kept
+    first_error: str | None = None  # a retry's: what the row's first attempt said (kept if the retry cannot start)
 
 
 def make_jobs(rows: list[PlanRow], settings: dict, cal: dict) -> list[Job]:
@@ -396,19 +416,22 @@ def make_jobs(rows: list[PlanRow], settings: dict, cal: dict) -> list[Job]:
 
 
 def order_jobs(jobs: list[Job]) -> list[Job]:
-    """Longest preparation first (so the last compilations do not trail the timed loops), the part's order
-    of backends kept between equals."""
-    return sorted(jobs, key=lambda j: -j.prep_s)
+    """Native torch's workers first (short preparations: the timed loops start early, and every ratio is computed
+    against their rows, which a deadline must not cut), then the longest preparation first (so the last
+    compilations do not trail the timed loops); the part's order kept between equals."""
+    return sorted(jobs, key=lambda j: (j.backend != schema.REFERENCE_BACKEND, -j.prep_s))
 
 
 def parity_seconds(cal, models: list[str], settings: dict) -> float:
+    """`twins parity`'s eval rows: one worker per Keras backend, one after the other."""
     per_backend = 20.0 + sum(3.0 + 0.02 * model_stats(m, registry.get(m).input_size)["layers"] for m in models)
-    return per_backend  # the backends' workers run side by side (`twins parity` runs one per backend)
+    return per_backend * len(PARITY_BACKENDS)
 
 
 def slots_for(part: int, settings: dict) -> int:
-    """Workers alive at a time: part 1 leaves one share of the machine to the parity run beside them."""
-    return max(1, settings["side_by_side"] - (1 if part == 1 else 0))
+    """Workers alive at a time (the parity run of part 1 is one process more beside them: on the GPU machine,
+    seven processes on 16 cores)."""
+    return max(1, settings["side_by_side"])
 
 
 def simulate(jobs: list[Job], slots: int) -> float:
@@ -442,21 +465,32 @@ def estimate(rows: list[PlanRow], settings: dict, cal: dict, part: int, models: 
     (part 1), plus the GPU probe and the writing of the files. A part's latency rows chosen at run time are
     costed as one compiled path (torch-compile) per model entering its fastest two."""
     mine = [r for r in rows if r.part == part]
+    slots = slots_for(part, settings)
     jobs = make_jobs(mine, settings, cal)
-    for template in [r for r in mine if r.chosen_at_run_time]:
-        proxy = dataclasses.replace(template, backend="torch-compile", channels_last=True, chosen_at_run_time=False)
-        jobs.append(latency_job(proxy, settings, cal))
+    # after the part's workers: the latency rows chosen then (a keras-jax row under the target is profiled in its
+    # own worker, three steps more, when native torch's row was measured before it: `Runner.references`)
+    after = [latency_job(dataclasses.replace(r, backend="torch-compile", channels_last=True, chosen_at_run_time=False),
+                         settings, cal) for r in mine if r.chosen_at_run_time]
     parity = parity_seconds(cal, models, settings) if part == 1 else 0.0
-    wall = FIXED_S["probe"] + max(parity, simulate(jobs, slots_for(part, settings))) + FIXED_S["write"]
-    return {"part": part, "jobs": len(jobs), "rows": len(mine), "parity_s": round(parity, 1),
-            "prep_s": round(sum(j.prep_s for j in jobs), 1), "timed_s": round(sum(j.timed_s for j in jobs), 1),
-            "wall_s": round(wall, 1)}
+    main = max(parity, simulate(jobs, slots))
+    wall = FIXED_S["probe"] + main + (simulate(after, slots) if after else 0.0) + FIXED_S["write"]
+    return {"part": part, "jobs": len(jobs) + len(after), "rows": len(mine), "parity_s": round(parity, 1),
+            "prep_s": round(sum(j.prep_s for j in jobs + after), 1),
+            "timed_s": round(sum(j.timed_s for j in jobs + after), 1), "wall_s": round(wall, 1)}
 
 
 def latency_job(row: PlanRow, settings: dict, cal: dict) -> Job:
     job = Job(row.backend, [row], f"{row.backend}-{row.model}-latency")
     job.prep_s = start_seconds(cal, row.backend) + ROW_OVERHEAD_S + first_step_seconds(cal, row)
     job.timed_s = (settings["warmup"] - 1 + settings["latency_calls"]) * step_seconds(cal, row) + 0.5
+    return job
+
+
+def profile_job(row: PlanRow, settings: dict, cal: dict) -> Job:
+    """A worker that measures `row` again and profiles three of its warm steps (its row is not kept)."""
+    job = Job(row.backend, [row], f"{row.backend}-{row.model}-{row.mode}-{row.dtype}-profile", profile_only=True)
+    job.prep_s = start_seconds(cal, row.backend) + ROW_OVERHEAD_S + first_step_seconds(cal, row)
+    job.timed_s = (settings["warmup"] + settings["repeats"]) * step_seconds(cal, row) + 5.0
     return job
 
 
@@ -531,6 +565,7 @@ class Runner:
     def __init__(self, settings, cal, out_dir, workdir, deadline):
         self.settings, self.cal, self.out_dir, self.workdir, self.deadline = settings, cal, out_dir, workdir, deadline
         self.gate = os.path.join(workdir, "gate")
+        self.references = os.path.join(workdir, "torch_rows.json")
         self.rows: list[dict] = []
         self.workers: list[dict] = []
         self.logs: list[str] = []
@@ -546,20 +581,33 @@ class Runner:
         if self.left() < needed:
             why = (f"not started: the cost model expects this worker to take {needed:.0f} s and {max(self.left(), 0):.0f} s "
                    f"of the part's {settings['wall_limit_s']:.0f} s were left")
-            with self.lock:
-                self.rows += [schema.failed_row(_config(r), _options(r, settings), schema.STATUS_NOT_MEASURED, why)
-                              for r in job.rows]
             log(f"{job.tag}: {why}")
+            if job.profile_only:
+                return
+            status = schema.STATUS_NOT_MEASURED
+            if job.first_error:  # a retry that cannot start: the first attempt's reason stands
+                status, why = job.first_error.split(": ", 1)[0], f"{job.first_error} (measuring it again alone: {why})"
+            with self.lock:
+                self.rows += [schema.failed_row(_config(r), _options(r, settings), status, why) for r in job.rows]
             return
         options = _options(job.rows[0], settings)
-        if profile_keys:
-            options["profile"] = {"keys": [list(k) for k in profile_keys], "dir": self.workdir}
+        # rows asked for by key, and keras-jax rows under the target against the torch rows measured so far
+        options["profile"] = {"keys": [list(k) for k in profile_keys], "dir": self.workdir,
+                              "below": {"file": self.references, "ratio": TARGET_KERAS_JAX_RATIO,
+                                        "backends": ["keras-jax"]}}
         configs = [_config(r) for r in job.rows]
         timeout = min(harness.DEFAULT_TIMEOUT_S, max(self.left(), 1.0))
         log(f"{job.tag}: starting ({len(configs)} row(s); expected {job.prep_s:.0f} s preparing, {job.timed_s:.0f} s timed)")
-        rows, info, output = harness.run_worker(job.backend, configs, options, _env(job.backend, settings), timeout,
-                                                self.workdir, job.tag, verbose=False, gate=self.gate,
-                                                live=self.live, gate_timed_only=True)
+        try:
+            rows, info, output = harness.run_worker(job.backend, configs, options, _env(job.backend, settings), timeout,
+                                                    self.workdir, job.tag, verbose=False, gate=self.gate,
+                                                    live=self.live, gate_timed_only=True)
+        except Exception as exc:  # the harness's own failure: this job's rows say so, the part goes on
+            why = f"the harness could not run this worker: {type(exc).__name__}: {exc}"
+            rows = [schema.failed_row(c, options, schema.STATUS_ERROR, why) for c in configs]
+            info = {"backend": job.backend, "tag": job.tag, "returncode": None, "timed_out": False, "wall_s": 0.0,
+                    "rows": len(configs), "gate": []}
+            output = [why + "\n"]
         info["expected_prep_s"], info["expected_timed_s"] = round(job.prep_s, 1), round(job.timed_s, 1)
         for row in rows:  # one jax worker measured this row after another: its peak counter cannot say
             if row["backend"] == "keras-jax" and settings["device"] == "cuda" and row is not rows[0]:
@@ -571,8 +619,12 @@ class Runner:
         with self.lock:
             if not job.profile_only:
                 self.rows += rows
+            if job.backend == schema.REFERENCE_BACKEND:  # what the keras-jax workers compare themselves with
+                measured = {f"{r['model']}|{r['mode']}|{r['dtype']}": r["samples_per_sec"] for r in self.rows
+                            if r["backend"] == schema.REFERENCE_BACKEND and r["status"] == schema.STATUS_OK}
+                report.write_atomic(self.references, json.dumps(measured))
             self.workers.append(info)
-            self.logs += [f"===== {job.tag}: exit {info['returncode']}, {info['wall_s']} s =====\n"] + output
+            self.logs += [f"===== {job.tag}: exit {info['returncode']}, {info['wall_s']} s =====\n"] + output[-LOG_LINES:]
 
     def run_jobs(self, jobs: list[Job], slots: int, profile_keys=()) -> None:
         pool = ThreadPoolExecutor(max_workers=slots)
@@ -584,6 +636,11 @@ class Runner:
                 harness._kill_group(process)
             raise
         pool.shutdown()
+
+
+def _plan_row(r: dict, part: int) -> PlanRow:
+    return PlanRow(r["model"], r["backend"], r["mode"], r["dtype"], r["batch"], r["img_size"],
+                   r["backend"] in schema.TORCH_BACKENDS, part)
 
 
 def _job_has(job: Job, key) -> bool:
@@ -620,33 +677,48 @@ def target_misses(rows: list[dict], fp32_model: str = FP32_MODEL) -> list[dict]:
     return misses
 
 
-def run_parity(models: list[str], settings: dict, out_dir: str, timeout_s: float) -> dict:
+def run_parity(models: list[str], settings: dict, out_dir: str, timeout_s: float, live: set) -> dict:
     """`twins parity` eval rows of every model with Keras on this machine's device (TF32 off: the parity
-    engine turns it off), written as parity_gpu.json and parity_gpu.txt."""
+    engine turns it off), written as parity_gpu.json and parity_gpu.txt. Its own process group (`live` while it
+    runs), so a timeout or a stopped run ends its workers too; the interval it ran is returned (`BESIDE`)."""
     json_path = os.path.join(out_dir, "parity_gpu.json")
     env = _env("keras-jax", settings)
     env.pop("KERAS_BACKEND", None)
     command = [sys.executable, "-m", "twins_cli.main", "parity", ",".join(models), "--backends",
                ",".join(PARITY_BACKENDS), "--checks", "eval_output", "--json", json_path]
     started = time.monotonic()
-    try:
-        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                              timeout=max(timeout_s, 1.0))
-        text, code = done.stdout + done.stderr, done.returncode
-    except subprocess.TimeoutExpired as exc:
-        text = (exc.stdout or "") + (exc.stderr or "") if isinstance(exc.stdout, str) else ""
+    with tempfile.TemporaryFile(mode="w+") as output:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   text=True, start_new_session=True)
+        live.add(process)
+        try:
+            code = process.wait(timeout=max(timeout_s, 1.0))
+        except subprocess.TimeoutExpired:
+            harness._kill_group(process)
+            process.wait()
+            code = None
+        finally:
+            live.discard(process)
+        output.seek(0)
+        text = output.read()
+    if code is None:
         text += f"\n[bench-gpu] twins parity ran past its {timeout_s:.0f} s and was stopped\n"
-        code = None
+    ended = time.monotonic()
     report.write_atomic(os.path.join(out_dir, "parity_gpu.txt"), " ".join(command[1:]) + "\n\n" + text)
     rows = []
     if os.path.exists(json_path):
         with open(json_path) as f:
             payload = json.load(f)
         rows = payload["rows"] if isinstance(payload, dict) else payload
-    return {"command": "python " + " ".join(command[1:]), "exit": code, "wall_s": round(time.monotonic() - started, 1),
+    return {"command": "python " + " ".join(command[1:]), "exit": code, "wall_s": round(ended - started, 1),
             "rows": len(rows), "passed": sum(bool(r.get("passed")) for r in rows),
             "failed": [f"{r['model']} {r['backend']} {r['check']}: {r.get('error')}" for r in rows
-                       if not r.get("passed")]}
+                       if not r.get("passed")],
+            "interval": [BESIDE, started, ended]}
+
+
+def _stopped(signum, frame):
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
 
 
 KERAS_WHEELS = ("keras", "namex", "optree")  # what the GPU machine's image lacks of the project's imports
@@ -673,34 +745,48 @@ def ensure_keras(wheels: str | None) -> None:
 
 
 def run(part="1", models=None, profile: str = "gpu", out_dir: str = DEFAULT_OUT, previous=None,
-        compile_backend=None, side_by_side=None, wheels=None) -> dict:
+        compile_backend=None, side_by_side=None, wheels=None, part_s=None) -> dict:
     """Run one part of the plan (`plan` numbers them) or all of them in turn ("all"); write at most eight files into
     `out_dir`. `previous`: gpu.json files of earlier parts (a list, or comma-separated), merged. Returns the result."""
     started = time.monotonic()
     settings = _settings(profile, compile_backend=compile_backend, side_by_side=side_by_side)
     names = resolve_models(models)
     cal = load_calibration()
-    every = plan(names, profile, cal)
+    every = plan(names, profile, cal, part_s)
     known = parts_of(every)
-    if str(part) == "all":
+    text = str(part)
+    if text == "all":
         parts = known
-    elif str(part).isdigit() and int(part) in known:
-        parts = [int(part)]
+    elif text.isdigit() and int(text) in known:
+        parts = [int(text)]
+    elif text.endswith("-") and text[:-1].isdigit() and int(text[:-1]) in known:
+        parts = [p for p in known if p >= int(text[:-1])]
     else:
-        raise ValueError(f"part: expected one of {', '.join(map(str, known))} or all, got {part!r}")
-    gpu_rows = plan(names, "gpu", cal)
+        raise ValueError(f"part: expected one of {', '.join(map(str, known))}, N- (part N and those after it) or "
+                         f"all, got {part!r}")
+    gpu_rows = plan(names, "gpu", cal, part_s)
     # the GPU run's estimates of these parts (a rehearsal reports them too: its own CPU wall time is not what they model)
     estimates = [estimate(gpu_rows, PROFILES["gpu"], cal, p, names) for p in parts]
     wall_limit = settings["wall_limit_s"]
     deadline = started + wall_limit * len(parts) - FIXED_S["write"] if wall_limit else None
     os.makedirs(out_dir, exist_ok=True)
-    earlier, earlier_meta = [], {}
+    for name in OUT_FILES:  # what an earlier run left in the folder is not this run's (at most eight files come back)
+        if os.path.exists(os.path.join(out_dir, name)):
+            os.remove(os.path.join(out_dir, name))
+    earlier, earlier_meta = {}, {}
     for path in ([p for p in previous.split(",") if p] if isinstance(previous, str) else list(previous or [])):
         with open(path) as f:
             loaded = json.load(f)
-        earlier += loaded["rows"]
+        for r in loaded["rows"]:  # one row per key: a later file's measured row wins over an earlier one's
+            if r["status"] == schema.STATUS_OK or _key(r) not in earlier:
+                earlier[_key(r)] = r
         earlier_meta = {**loaded["meta"], **{k: v for k, v in earlier_meta.items() if v}}
         log(f"read {len(loaded['rows'])} rows of part(s) {loaded['meta'].get('parts')} from {path}")
+    earlier = [r for r in earlier.values() if r.get("gpu_part") not in parts]
+    missing = [p for p in known if p < min(parts) and not any(r.get("gpu_part") == p for r in earlier)]
+    if missing and any(r.chosen_at_run_time for r in every if r.part in parts):
+        log(f"warning: no rows of part(s) {', '.join(map(str, missing))} (--previous): the latency rows choose each "
+            "model's fastest two paths among the rows this run has")
 
     if settings["device"] == "cuda":
         ensure_keras(wheels)
@@ -713,74 +799,82 @@ def run(part="1", models=None, profile: str = "gpu", out_dir: str = DEFAULT_OUT,
     log(f"{profile}: parts {', '.join(map(str, parts))} of the plan, {len(names)} models, device {settings['device']}; "
         + "; ".join(f"part {e['part']} estimated {e['wall_s'] / 60:.1f} min on the GPU" for e in estimates))
     parity = None
+    if threading.current_thread() is threading.main_thread():  # a stop (SIGTERM) ends the workers too (`run_jobs`)
+        signal.signal(signal.SIGTERM, _stopped)
     with tempfile.TemporaryDirectory(prefix="twins-gpu-") as workdir:
         runner = Runner(settings, cal, out_dir, workdir, deadline)
         # the torch target's row is profiled where it is measured (three steps more, it has compiled already)
         profile_keys = [(FP32_MODEL if FP32_MODEL in names else names[0], "torch-compile", "train", "bfloat16")]
-        parity_thread = None
-        for p in parts:
-            mine = [r for r in every if r.part == p]
-            jobs = make_jobs(mine, settings, cal)
-            if p == 1:  # the parity run beside the workers
-                holder = {}
-                parity_thread = threading.Thread(target=lambda: holder.setdefault(
-                    "result", run_parity(parity_models(names), settings, out_dir,
-                                         min(runner.left(), harness.DEFAULT_TIMEOUT_S))))
-                parity_thread.start()
-            slots = slots_for(p, settings)
-            log(f"part {p}: {len(jobs)} workers, {slots} alive at a time")
-            runner.run_jobs(jobs, slots, profile_keys)
-            if p == 1 and parity_thread is not None:
-                parity_thread.join()
-                parity = holder.get("result")
-            chosen = [r for r in mine if r.chosen_at_run_time]
-            if chosen:  # the latency rows of the paths now among a model's fastest two, where not measured yet
-                latency_jobs = []
-                for template in chosen:
-                    measured = earlier + runner.rows
-                    done = {r["backend"] for r in measured if r["model"] == template.model and r["mode"] == "latency"
-                            and r["status"] == schema.STATUS_OK}
-                    for backend in fastest_paths(measured, template.model):
-                        if backend not in done:
-                            latency_jobs.append(latency_job(dataclasses.replace(
-                                template, backend=backend, channels_last=backend in schema.TORCH_BACKENDS,
-                                chosen_at_run_time=False), settings, cal))
-                log(f"part {p}: latency on paths newly among the fastest two: {len(latency_jobs)} worker(s)")
-                runner.run_jobs(order_jobs(latency_jobs), slots)
-        # rows that ran out of memory beside other workers: once more, alone, while time is left
-        again = [r for r in runner.rows if r["status"] == schema.STATUS_OOM]
-        if again:
-            log(f"{len(again)} row(s) ran out of GPU memory beside other workers: measuring them again alone")
-            runner.rows = [r for r in runner.rows if r["status"] != schema.STATUS_OOM]
-            retry = []
-            for r in again:
-                plan_row = PlanRow(r["model"], r["backend"], r["mode"], r["dtype"], r["batch"], r["img_size"],
-                                   r["backend"] in schema.TORCH_BACKENDS, parts[-1])
-                job = Job(r["backend"], [plan_row], f"{r['backend']}-{r['model']}-{r['mode']}-alone")
-                job.prep_s = start_seconds(cal, r["backend"]) + ROW_OVERHEAD_S + first_step_seconds(cal, plan_row)
-                job.timed_s = (settings["warmup"] - 1 + settings["repeats"]) * step_seconds(cal, plan_row)
-                retry.append(job)
-            runner.run_jobs(retry, 1)
+        try:
+            parity_thread = None
+            for p in parts:
+                mine = [r for r in every if r.part == p]
+                jobs = make_jobs(mine, settings, cal)
+                if p == 1:  # the parity run beside the workers
+                    holder = {}
+                    parity_thread = threading.Thread(daemon=True, target=lambda: holder.setdefault(
+                        "result", run_parity(parity_models(names), settings, out_dir,
+                                             min(runner.left(), harness.DEFAULT_TIMEOUT_S), runner.live)))
+                    parity_thread.start()
+                slots = slots_for(p, settings)
+                log(f"part {p}: {len(jobs)} workers, {slots} alive at a time")
+                before = len(runner.rows)
+                runner.run_jobs(jobs, slots, profile_keys)
+                if p == 1 and parity_thread is not None:
+                    parity_thread.join()
+                    parity = holder.get("result")
+                chosen = [r for r in mine if r.chosen_at_run_time]
+                if chosen:  # the latency rows of the paths now among a model's fastest two, where not measured yet
+                    latency_jobs = []
+                    for template in chosen:
+                        measured = earlier + runner.rows
+                        done = {r["backend"] for r in measured if r["model"] == template.model and r["mode"] == "latency"
+                                and r["status"] == schema.STATUS_OK}
+                        for backend in fastest_paths(measured, template.model):
+                            if backend not in done:
+                                latency_jobs.append(latency_job(dataclasses.replace(
+                                    template, backend=backend, channels_last=backend in schema.TORCH_BACKENDS,
+                                    chosen_at_run_time=False), settings, cal))
+                    log(f"part {p}: latency on paths newly among the fastest two: {len(latency_jobs)} worker(s)")
+                    runner.run_jobs(order_jobs(latency_jobs), slots)
+                for r in runner.rows[before:]:
+                    r["gpu_part"] = p  # which part measured it (gpu.json's rows; `calibrate` reads a part's own)
+            # rows that ran out of memory beside other workers: once more, alone, while time is left
+            again = [r for r in runner.rows if r["status"] == schema.STATUS_OOM]
+            if again:
+                log(f"{len(again)} row(s) ran out of GPU memory beside other workers: measuring them again alone")
+                runner.rows = [r for r in runner.rows if r["status"] != schema.STATUS_OOM]
+                retry = []
+                for r in again:
+                    plan_row = _plan_row(r, parts[-1])
+                    job = Job(r["backend"], [plan_row], f"{r['backend']}-{r['model']}-{r['mode']}-{r['dtype']}-alone",
+                              first_error=f"{r['status']}: {r['error']}")
+                    job.prep_s = start_seconds(cal, r["backend"]) + ROW_OVERHEAD_S + first_step_seconds(cal, plan_row)
+                    job.timed_s = (settings["warmup"] - 1 + settings["repeats"]) * step_seconds(cal, plan_row)
+                    retry.append(job)
+                before = len(runner.rows)
+                runner.run_jobs(retry, 1)
+                for r in runner.rows[before:]:
+                    r["gpu_part"] = parts[-1]
+        except BaseException:  # a stop (Ctrl-C, SIGTERM): no worker or parity process goes on on the GPU
+            for process in list(runner.live):
+                harness._kill_group(process)
+            raise
         # keras-jax rows under 0.9x torch: the worst few measured again in a worker of their own, profiled
         target_model = FP32_MODEL if FP32_MODEL in names else names[0]
         rows = earlier + runner.rows
         harness.add_ratios(rows)
         mine_now = {_key(r): r for r in runner.rows if r["status"] == schema.STATUS_OK}
+        profiled = {os.path.basename(p) for p in glob.glob(os.path.join(workdir, "profile-*.md"))}
         jax_misses = sorted((m for m in target_misses(rows, target_model)
-                             if m["row"][1] == "keras-jax" and tuple(m["row"]) in mine_now), key=lambda m: m["measured"])
+                             if m["row"][1] == "keras-jax" and tuple(m["row"]) in mine_now
+                             and f"profile-keras-jax-{m['row'][0]}-{m['row'][2]}-{m['row'][3]}.md" not in profiled),
+                            key=lambda m: m["measured"])
         wanted = [tuple(m["row"]) for m in jax_misses][:PROFILE_MISSES]
         rehearsed = (names[0], "keras-jax", "train", "bfloat16")
         if profile == "rehearsal" and not wanted and rehearsed in mine_now:
             wanted = [rehearsed]  # the rehearsal profiles its keras-jax training row whether or not it missed
-        profile_jobs = []
-        for key in wanted:
-            r = mine_now[key]
-            plan_row = PlanRow(r["model"], r["backend"], r["mode"], r["dtype"], r["batch"], r["img_size"], False,
-                               parts[-1])
-            job = Job(r["backend"], [plan_row], f"{r['backend']}-{r['model']}-{r['mode']}-profile", profile_only=True)
-            job.prep_s = start_seconds(cal, r["backend"]) + ROW_OVERHEAD_S + first_step_seconds(cal, plan_row)
-            job.timed_s = (settings["warmup"] + settings["repeats"]) * step_seconds(cal, plan_row) + 5.0
-            profile_jobs.append(job)
+        profile_jobs = [profile_job(_plan_row(mine_now[key], parts[-1]), settings, cal) for key in wanted]
         if profile_jobs:
             log(f"profiling {len(profile_jobs)} keras-jax row(s) under {TARGET_KERAS_JAX_RATIO}x torch: "
                 + ", ".join(" ".join(k) for k in wanted))
@@ -790,6 +884,8 @@ def run(part="1", models=None, profile: str = "gpu", out_dir: str = DEFAULT_OUT,
         profile_text = "".join(open(p).read() + "\n" for p in profiles)
 
     holders = {w["tag"]: w["gate"] for w in runner.workers}
+    if parity and parity.get("interval"):
+        holders["twins parity"] = [parity["interval"]]
     overlapping = gate_overlaps(holders)
     for problem in overlapping:
         log(f"warning: {problem}")
@@ -917,6 +1013,9 @@ def render_markdown(result: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+OUT_FILES = ("gpu.json", "gpu.md", "gpu.png", "plan.txt", "logs.txt", "profile.md", "parity_gpu.json", "parity_gpu.txt")
+
+
 def write(result: dict, out_dir: str, logs: list[str], plan_text: str, profile_text: str) -> list[str]:
     """gpu.json, gpu.md, gpu.png, plan.txt, logs.txt (and profile.md when a target was missed), each atomically;
     with parity_gpu.json and parity_gpu.txt (written by the parity run) at most eight files."""
@@ -950,7 +1049,8 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="all")
     p.add_argument("--profile", choices=sorted(PROFILES), default="gpu")
     r = sub.add_parser("run", help="measure a part of the plan (on the GPU machine; --profile rehearsal: this CPU)")
-    r.add_argument("--part", default="1", help="a part's number (`plan` lists them), or all (default: 1)")
+    r.add_argument("--part", default="1", help="a part's number (`plan` lists them), N- (part N and those after "
+                                               "it), or all (default: 1)")
     r.add_argument("--models", default="all")
     r.add_argument("--profile", choices=sorted(PROFILES), default="gpu")
     r.add_argument("--out", default=DEFAULT_OUT)
@@ -960,6 +1060,9 @@ def main(argv=None) -> int:
     r.add_argument("--compile-backend", default=None,
                    help="dynamo backend of every torch.compile (default inductor; the test's rehearsal: aot_eager)")
     r.add_argument("--side-by-side", type=int, default=None)
+    for sub_parser in (p, r):
+        sub_parser.add_argument("--part-seconds", type=float, default=None,
+                                help=f"the parts' length by the cost model (default: {WALL_LIMIT_S:.0f})")
     r.add_argument("--wheels", default=os.path.join(REPO_ROOT, ".whl"),
                    help="folder of wheels to install when keras is missing (the GPU machine; default .whl)")
     c = sub.add_parser("calibrate", help="fit the cost model to CUDA benchmark results and write gpu_calibration.json")
@@ -970,8 +1073,8 @@ def main(argv=None) -> int:
             settings = _settings(args.profile)
             names = resolve_models(args.models)
             cal = load_calibration()
-            every = plan(names, args.profile, cal)
-            gpu_rows = plan(names, "gpu", cal)
+            every = plan(names, args.profile, cal, args.part_seconds)
+            gpu_rows = plan(names, "gpu", cal, args.part_seconds)
             estimates = [estimate(gpu_rows, PROFILES["gpu"], cal, p, names) for p in parts_of(every)]
             sys.stdout.write(render_plan(every, estimates, settings, names, cal))
             return 0
@@ -981,7 +1084,7 @@ def main(argv=None) -> int:
             print(f"wrote {os.path.relpath(CALIBRATION_PATH, REPO_ROOT)} from {len(calibration['sources'])} result files")
             return 0
         result = run(args.part, args.models, args.profile, args.out, args.previous, args.compile_backend,
-                     args.side_by_side, args.wheels)
+                     args.side_by_side, args.wheels, args.part_seconds)
     except (ValueError, registry.UnknownModelError) as exc:
         print(f"python -m benchmarks.gpu: error: {exc}", file=sys.stderr)
         return 2

@@ -328,7 +328,8 @@ def run_worker(backend: str, configs: list[dict], options: dict, env: dict, time
         "versions": worker.get("versions", {}),
         "device_name": worker.get("device_name"),
         # what the worker recorded: its holds, the last one up to its last write (it lasts until the process exits)
-        "gate": worker.get("gate", []) + ([["shared", *worker["gate_held"]]] if worker.get("gate_held") else []),
+        "gate": worker.get("gate", []) + ([["prepare" if gate_timed_only else "shared", *worker["gate_held"]]]
+                                          if worker.get("gate_held") else []),
     }
     return rows, info, list(output)
 

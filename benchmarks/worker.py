@@ -783,9 +783,21 @@ def profile_steps(backend: str, options: dict, measured: dict) -> list[str]:
     return profile_torch(measured["step"], measured["sync"], options["device"] == "cuda")
 
 
-def wants_profile(options: dict, config: dict) -> bool:
-    wanted = (options.get("profile") or {}).get("keys", [])
-    return [config["model"], config["backend"], config["mode"], options["dtype"]] in wanted
+def wants_profile(options: dict, config: dict, row: dict) -> bool:
+    """A row asked for by key, or one slower than `ratio` x the reference rows the run has measured so far (the
+    `below` file the run keeps: {"model|mode|dtype": samples/s of native torch}), when it names this backend."""
+    wanted = options.get("profile") or {}
+    if [config["model"], config["backend"], config["mode"], options["dtype"]] in wanted.get("keys", []):
+        return True
+    below = wanted.get("below")
+    if not below or config["backend"] not in below["backends"] or not row.get("samples_per_sec"):
+        return False
+    try:
+        with open(below["file"]) as f:
+            reference = json.load(f).get(f"{config['model']}|{config['mode']}|{options['dtype']}")
+    except (OSError, ValueError):
+        return False
+    return bool(reference) and row["samples_per_sec"] < below["ratio"] * reference
 
 
 # ---------------------------------------------------------------------------------------------
@@ -889,7 +901,7 @@ def run_job(job: dict, result_path: str) -> None:
             progress(f"{label}: {status}: {row['error']}")
         rows.append(row)
         save()
-        if row["status"] == schema.STATUS_OK and wants_profile(options, config):
+        if row["status"] == schema.STATUS_OK and wants_profile(options, config, row):
             title = f"{config['model']} {backend} {config['mode']} {options['dtype']} batch {config['batch']}"
             try:
                 with GATE.timed():  # profiled steps run alone too: another worker may be timing
@@ -897,7 +909,7 @@ def run_job(job: dict, result_path: str) -> None:
             except Exception as exc:  # a profile is extra; its failure is said where the profile would be
                 traceback.print_exc()
                 lines = [f"the profile failed: {describe_exception(exc)}"]
-            path = os.path.join(options["profile"]["dir"], f"profile-{backend}-{config['model']}-{config['mode']}.md")
+            path = os.path.join(options["profile"]["dir"], f"profile-{backend}-{config['model']}-{config['mode']}-{options['dtype']}.md")
             report.write_atomic(path, "\n".join([f"## {title}", "", row_summary(row), ""] + lines) + "\n")
             progress(f"{label}: profiled {PROFILED_STEPS} steps")
         measured = None

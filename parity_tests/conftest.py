@@ -163,6 +163,7 @@ def _start_workers(items) -> None:
         from parity_tests.gpu_rehearsal import Rehearsal
 
         REHEARSAL["run"] = Rehearsal()  # started once the workers have finished (`pytest_runtest_setup`)
+        items[0].session.config.add_cleanup(REHEARSAL["run"].close)  # also when the session stops before its test
 
 
 # The GPU table's rehearsal (`parity_tests/gpu_rehearsal.py`): a background process of the pass's tail.

@@ -1,17 +1,20 @@
-"""The GPU table's rehearsal in `make test`: `python -m benchmarks.gpu run --profile rehearsal` for one model, every
-part of its plan, on this CPU at toy sizes, as a background process of the tensorflow pass.
+"""The GPU table's rehearsal in `make test`: `python -m benchmarks.gpu run --profile rehearsal` for one model, part 1
+then the parts after it (as two loans would run them), on this CPU at toy sizes, as a background process of the
+tensorflow pass.
 
 It starts once the session's workers have finished (conftest's `pytest_runtest_setup`, at the first test of rank 3,
 or when its test asks for it), so that it computes beside the last in-process tests rather than beside the parity
 workers, and its test runs last and waits for it. alexnet: the registered model with the fewest layers (21), so
 its compilations are the shortest; the test's rehearsal compiles with dynamo's `aot_eager` backend (the same graph
 capture and autograd split, no inductor code generation: `make bench-gpu-rehearse` compiles with inductor, as the
-GPU run does), and keeps one worker alive at a time (the pass's memory budget).
+GPU run does), and keeps two workers alive at a time (as the GPU run keeps six).
 """
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "alexnet"
 COMPILE_BACKEND = "aot_eager"
 TIMEOUT_S = 1200
+# The parts' length for the rehearsal's plan: the GPU cost model puts alexnet's whole plan in one 8-minute part; in
+# 90-second parts it has two (every path, then the latency rows chosen from them), so both runs and `--previous`
+# are rehearsed.
+PART_S = 90
 
 
 class Rehearsal:
@@ -30,10 +37,16 @@ class Rehearsal:
         self.proc: subprocess.Popen | None = None
         self.started = self.ended = None
 
-    def command(self) -> list[str]:
+    def command(self, part: str, out: str, previous: str | None = None) -> list[str]:
         return [sys.executable, "-m", "benchmarks.gpu", "run", "--profile", "rehearsal", "--models", MODEL,
-                "--part", "all", "--compile-backend", COMPILE_BACKEND, "--side-by-side", "1",
-                "--out", str(self.out / "out")]
+                "--part", part, "--part-seconds", str(PART_S), "--compile-backend", COMPILE_BACKEND,
+                "--side-by-side", "2", "--out", str(self.out / out)] + (["--previous", previous] if previous else [])
+
+    def script(self) -> str:
+        """Part 1 into part1/, then the parts after it into rest/, reading part 1's gpu.json: as two loans would."""
+        first = self.command("1", "part1")
+        rest = self.command("2-", "rest", str(self.out / "part1" / "gpu.json"))
+        return " && ".join(shlex.join(command) for command in (first, rest))
 
     def start(self) -> None:
         if self.proc is not None:
@@ -41,23 +54,31 @@ class Rehearsal:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
         self.log = open(self.out / "rehearsal.log", "w")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     preexec_fn=lambda: os.nice(5))  # the pytest process's tests come first
+        # niced: the pytest process's tests come first; a session of its own, so `close` ends its workers too
+        self.proc = subprocess.Popen(["nice", "-n", "5", "sh", "-c", self.script()], cwd=ROOT, env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self) -> tuple[int, str]:
         self.start()
         try:
             code = self.proc.wait(timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
+            self.close()
+            code = self.proc.returncode
         if self.ended is None:
             self.ended = time.monotonic()
-        self.log.close()
+        if not self.log.closed:
+            self.log.close()
         return code, (self.out / "rehearsal.log").read_text()
 
     def close(self) -> None:
+        """Ends a rehearsal still running (a stopped session: SIGTERM, which `benchmarks.gpu` turns into ending its
+        workers, each in a process group of its own), then removes its folder."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
         shutil.rmtree(self.out, ignore_errors=True)

@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks import gpu, schema
 from benchmarks.gate import beside_first_steps, overlaps
-from parity_tests.gpu_rehearsal import MODEL
+from parity_tests.gpu_rehearsal import MODEL, PART_S
 from twins import registry
 
 
@@ -41,11 +41,18 @@ def test_the_plan_has_every_model_on_the_five_backends_and_part_one_on_torch_and
             modes = {r.mode for r in gpu_plan if r.model == model and r.backend == backend and r.dtype == "bfloat16"}
             assert {"train", "infer"} <= modes, (model, backend, modes)
         first = [r for r in gpu_plan if r.model == model and r.part == 1]
-        assert {(r.backend, r.mode) for r in first if r.dtype == "bfloat16"} == {
+        assert {(r.backend, r.mode) for r in first if r.dtype == "bfloat16"} >= {
             (b, m) for b in gpu.FIRST_BACKENDS for m in ("train", "infer", "latency")}
         # each model's latency on its fastest two paths: chosen when the last part has every infer row
         assert any(r.chosen_at_run_time and r.model == model for r in gpu_plan)
-    assert all(r.backend in gpu.FIRST_BACKENDS for r in gpu_plan if r.part == 1)
+    # after part 1's rows, the rest in priority order: the compiled and Keras-on-torch paths, then float32; a part
+    # never holds a row of a lower priority than one in a later part
+    order = [b for b in gpu.GPU_BACKENDS if b not in gpu.FIRST_BACKENDS]
+    rest = [r for r in gpu_plan if not r.chosen_at_run_time and (r.backend not in gpu.FIRST_BACKENDS or
+                                                                r.dtype == "float32")]
+    ranks = [(r.dtype == "float32", order.index(r.backend) if r.backend in order else -1) for r in rest]
+    assert ranks == sorted(ranks) and [r.part for r in rest] == sorted(r.part for r in rest)
+    assert all(r.part == gpu.parts_of(gpu_plan)[-1] for r in gpu_plan if r.chosen_at_run_time)
     assert {(r.backend, r.mode) for r in gpu_plan if r.dtype == "float32"} == {
         (b, m) for b in gpu.GPU_BACKENDS for m in ("train", "infer")}
     assert {r.model for r in gpu_plan if r.dtype == "float32"} == {"resnet50"}
@@ -161,33 +168,64 @@ def test_a_timed_only_gate_lets_workers_compile_beside_each_other_and_time_apart
 def test_the_rehearsal_runs_every_part_of_the_plan_end_to_end(gpu_rehearsal):
     code, log = gpu_rehearsal.wait()
     assert code == 0, log[-4000:]
-    out = gpu_rehearsal.out / "out"
-    files = sorted(p.name for p in out.iterdir())
-    assert len(files) <= 8 and {"gpu.json", "gpu.md", "gpu.png", "plan.txt", "logs.txt", "parity_gpu.json",
-                                "parity_gpu.txt"} <= set(files), files
-    result = json.loads((out / "gpu.json").read_text())
+    first, rest = gpu_rehearsal.out / "part1", gpu_rehearsal.out / "rest"
+    for out in (first, rest):
+        files = sorted(p.name for p in out.iterdir())
+        assert len(files) <= 8 and {"gpu.json", "gpu.md", "gpu.png", "plan.txt", "logs.txt"} <= set(files), files
+    assert {"parity_gpu.json", "parity_gpu.txt", "profile.md"} <= {p.name for p in first.iterdir()}
+    part1 = json.loads((first / "gpu.json").read_text())
+    result = json.loads((rest / "gpu.json").read_text())
     meta, rows = result["meta"], result["rows"]
-    planned = gpu.plan([MODEL], "rehearsal")
-    assert meta["parts"] == gpu.parts_of(planned) and len(meta["parts"]) >= 2
-    # every planned row was measured, at the toy size, with its dtype; every backend's compiled path ran
+    planned = gpu.plan([MODEL], "rehearsal", part_s=PART_S)
+    assert gpu.parts_of(planned) == [1, 2] and part1["meta"]["parts"] == [1] and meta["parts"] == [2]
+    # the second run merged the first one's rows (each once) and measured the latency its plan chose
+    assert [r for r in rows if r.get("gpu_part") == 1] == part1["rows"]
+    assert {r.get("gpu_part") for r in rows} == {1, 2}
     measured = {(r["backend"], r["mode"], r["dtype"]) for r in rows if r["status"] == schema.STATUS_OK}
     for r in planned:
         if not r.chosen_at_run_time:
             assert (r.backend, r.mode, r.dtype) in measured, (r, [x["error"] for x in rows if x["status"] != "ok"])
     assert all(r["status"] == schema.STATUS_OK for r in rows), [r["error"] for r in rows if r["status"] != "ok"]
+    assert len({(r["backend"], r["mode"], r["dtype"]) for r in rows}) == len(rows)
     assert {r["img_size"] for r in rows} == {gpu.toy_size(MODEL)}
     assert next(r for r in rows if r["backend"] == "keras-torch-jit")["compiler"].startswith("torch.compile aot_eager")
-    # the latency of the model's fastest two paths by inference throughput
+    # the latency of the model's fastest two paths by inference throughput, p50 <= p90 <= p99 at batch 1
     assert set(gpu.fastest_paths(rows, MODEL)) <= {r["backend"] for r in rows if r["mode"] == "latency"}
     for r in rows:
         if r["mode"] == "latency":
             assert r["batch"] == 1 and r["latency_ms_p50"] <= r["latency_ms_p90"] <= r["latency_ms_p99"]
-    # the timed loops never overlapped; the parity run's eval rows passed
+    # two workers side by side in part 1: their timed loops never overlapped (what they overlapped of the others'
+    # compilations is measured); the parity run's eval rows passed, and the second run carries them
+    assert part1["meta"]["settings"]["side_by_side"] == 2 and part1["meta"]["timing_overlaps"] == []
     assert meta["timing_overlaps"] == []
     assert meta["parity"]["rows"] == 2 and meta["parity"]["passed"] == 2, meta["parity"]
-    # the profile of the rehearsal's profiled rows (a torch path and keras-jax) has its tables
-    profile = (out / "profile.md").read_text()
+    # the profiles: the torch target's row where it was measured, and the keras-jax training row in a worker of
+    # its own (the rehearsal profiles it whether or not it missed)
+    profile = (first / "profile.md").read_text()
     assert profile.count("| total ms | calls | share |") == 2, profile[:2000]
-    markdown = (out / "gpu.md").read_text()
+    assert "alexnet torch-compile train bfloat16" in profile and "alexnet keras-jax train bfloat16" in profile
+    markdown = (rest / "gpu.md").read_text()
     assert "## train · bfloat16" in markdown and "## batch-1 latency" in markdown and "## GPU parity" in markdown
-    assert (out / "plan.txt").read_text().splitlines()[-1].startswith("estimated wall time: ")
+    assert (first / "plan.txt").read_text().splitlines()[-1].startswith("estimated wall time: ")
+
+
+def test_without_keras_the_gpu_run_installs_the_carried_wheels_or_says_how_to_get_them(tmp_path, monkeypatch):
+    """The GPU machine's image has no keras: `ensure_keras` installs the wheels brought along (`make
+    bench-gpu-wheels`), and without them stops with what to run, before any worker starts."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "keras" else real(name, *a))
+    with pytest.raises(SystemExit, match="make bench-gpu-wheels"):
+        gpu.ensure_keras(str(tmp_path))
+    calls = []
+    monkeypatch.setattr(gpu.subprocess, "run", lambda command, **kw: calls.append(command))
+    monkeypatch.setattr(gpu.sys, "path", list(gpu.sys.path))
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    (tmp_path / "keras-3.15.1-py3-none-any.whl").write_bytes(b"")
+    gpu.ensure_keras(str(tmp_path))
+    (command,) = calls
+    assert command[1:4] == ["-m", "pip", "install"] and "--no-index" in command and "--no-deps" in command
+    assert command[-1].endswith("keras-3.15.1-py3-none-any.whl")
+    target = command[command.index("--target") + 1]
+    assert gpu.os.environ["PYTHONPATH"].split(gpu.os.pathsep) == [target, "/elsewhere"] and gpu.sys.path[0] == target
