@@ -803,8 +803,11 @@ def run(part="1", models=None, profile: str = "gpu", out_dir: str = DEFAULT_OUT,
         signal.signal(signal.SIGTERM, _stopped)
     with tempfile.TemporaryDirectory(prefix="twins-gpu-") as workdir:
         runner = Runner(settings, cal, out_dir, workdir, deadline)
-        # the torch target's row is profiled where it is measured (three steps more, it has compiled already)
+        # the torch target's row is profiled where it is measured (three steps more, it has compiled already); a
+        # rehearsal profiles its first model's keras-jax training row there too, whether or not it missed
         profile_keys = [(FP32_MODEL if FP32_MODEL in names else names[0], "torch-compile", "train", "bfloat16")]
+        if profile == "rehearsal":
+            profile_keys.append((names[0], "keras-jax", "train", "bfloat16"))
         try:
             parity_thread = None
             for p in parts:
@@ -871,9 +874,6 @@ def run(part="1", models=None, profile: str = "gpu", out_dir: str = DEFAULT_OUT,
                              and f"profile-keras-jax-{m['row'][0]}-{m['row'][2]}-{m['row'][3]}.md" not in profiled),
                             key=lambda m: m["measured"])
         wanted = [tuple(m["row"]) for m in jax_misses][:PROFILE_MISSES]
-        rehearsed = (names[0], "keras-jax", "train", "bfloat16")
-        if profile == "rehearsal" and not wanted and rehearsed in mine_now:
-            wanted = [rehearsed]  # the rehearsal profiles its keras-jax training row whether or not it missed
         profile_jobs = [profile_job(_plan_row(mine_now[key], parts[-1]), settings, cal) for key in wanted]
         if profile_jobs:
             log(f"profiling {len(profile_jobs)} keras-jax row(s) under {TARGET_KERAS_JAX_RATIO}x torch: "

@@ -299,10 +299,8 @@ def share_cores() -> int:
     worker has no light task left), and cannot go on before this process releases it, after its children end.
     One thread each left a core idle for the last ~200 s of the tensorflow pass (the worker done at 825 s, the
     pass at 1034 s) and while the worker waited 168 s for the heavy lock. Returns the threads now."""
+    # (the GPU rehearsal is not counted: it runs at the lowest priority, on what the tests leave idle)
     live = {w.proc.pid for w in WORKERS.values() if w is not None and w.proc.poll() is None}
-    rehearsal = REHEARSAL["run"]
-    if rehearsal is not None and rehearsal.proc is not None and rehearsal.proc.poll() is None:
-        live.add(rehearsal.proc.pid)
     threads = threads_beside(live, HEAVY.waiting_pids() if HEAVY.held else set(), CORES)
     if threads != SHARE["threads"]:
         SHARE["threads"] = threads

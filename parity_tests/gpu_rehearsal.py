@@ -54,8 +54,9 @@ class Rehearsal:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
         self.log = open(self.out / "rehearsal.log", "w")
         self.started = time.monotonic()
-        # niced: the pytest process's tests come first; a session of its own, so `close` ends its workers too
-        self.proc = subprocess.Popen(["nice", "-n", "5", "sh", "-c", self.script()], cwd=ROOT, env=env,
+        # at the lowest priority: the pytest process's tests come first, the rehearsal takes what they leave idle (they
+        # keep their share of the cores, `conftest.share_cores`); a session of its own, so `close` ends its workers
+        self.proc = subprocess.Popen(["nice", "-n", "19", "sh", "-c", self.script()], cwd=ROOT, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self) -> tuple[int, str]:

@@ -28,6 +28,10 @@ pytestmark = pytest.mark.keras
 
 KERAS_BACKEND = "keras-" + os.environ.get("KERAS_BACKEND", "tensorflow")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The tests that run no Keras backend (native torch, the export runtimes, the harness's own logic) compute the same
+# thing in every pass: they run in the tensorflow pass only.
+ONCE = pytest.mark.skipif(KERAS_BACKEND != "keras-tensorflow",
+                          reason="no Keras backend involved: runs in the tensorflow pass")
 TINY = dict(models=["resnet18"], modes=["infer"], batch_sizes=[1], img_size=32, warmup=1, repeats=2, verbose=False)
 
 
@@ -126,6 +130,7 @@ print(json.dumps(gate.intervals))
 """
 
 
+@ONCE
 def test_the_gate_keeps_timed_steps_apart(tmp_path):
     """Two processes that prepare, time and prepare again, started together: through one gate file no timed
     section overlaps the other process's holds (one waited for the other); with no gate they overlap, and
@@ -146,6 +151,7 @@ def test_the_gate_keeps_timed_steps_apart(tmp_path):
     assert problems and "timed steps" in problems[0] and "overlap" in problems[0]
 
 
+@ONCE
 def test_ratios_divide_by_the_torch_row_of_the_same_configuration():
     """Hand-made rows: two torch rows that differ only in batch (or dtype), a Keras row and a peer row for
     each; every ratio must use the torch row of its own model/mode/batch/dtype/size."""
@@ -161,16 +167,19 @@ def test_ratios_divide_by_the_torch_row_of_the_same_configuration():
     assert [r["ratio_to_torch"] for r in rows] == [1.0, 1.0, 1.0, 0.8, 0.5, 0.2, 0.75, None, None]
 
 
+@ONCE
 def test_unknown_backend_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown backend 'keras-mxnet'.*torch, torch-compile, keras-tensorflow"):
         benchmarks.run(backends=["torch", "keras-mxnet"], device="cpu", **TINY)
 
 
+@ONCE
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(registry.UnknownModelError, match=r"unknown model name 'resnet19'.*resnet18"):
         benchmarks.run(backends=["torch"], device="cpu", **{**TINY, "models": ["resnet19"]})
 
 
+@ONCE
 def test_warmup_zero_is_refused():
     """Warm-up is excluded from the timings, and the first step compiles: zero warm-up steps would put
     the compile into the median."""
@@ -178,6 +187,7 @@ def test_warmup_zero_is_refused():
         benchmarks.run(backends=["torch"], device="cpu", **{**TINY, "warmup": 0})
 
 
+@ONCE
 def test_command_line_rejects_an_unknown_backend():
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--backends", "torch,bogus"],
@@ -187,6 +197,7 @@ def test_command_line_rejects_an_unknown_backend():
     assert "unknown backend 'bogus'" in done.stderr
 
 
+@ONCE
 def test_backend_without_a_gpu_says_so_in_its_row(tmp_path):
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():
@@ -202,6 +213,7 @@ def test_backend_without_a_gpu_says_so_in_its_row(tmp_path):
     assert (tmp_path / "benchmark.png").stat().st_size > 0
 
 
+@ONCE
 def test_a_pair_left_out_of_a_sweep_is_a_row_that_says_why(tmp_path):
     """`skip` (what `make demo`'s quick sweep does with torch-compile's training step): the pair's rows are
     written with status "not measured" and the reason, no worker starts for them, and a pair that names no
@@ -218,6 +230,7 @@ def test_a_pair_left_out_of_a_sweep_is_a_row_that_says_why(tmp_path):
         benchmarks.run(backends=["torch"], device="cpu", skip={("torch-compile", "fit"): why}, **TINY)
 
 
+@ONCE
 def test_torch_worker_imports_no_keras_and_the_harness_no_framework():
     script = (
         "import sys\n"
@@ -233,6 +246,7 @@ def test_torch_worker_imports_no_keras_and_the_harness_no_framework():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@ONCE
 def test_crashed_worker_yields_rows_with_its_output_tail(tmp_path):
     # A Python that cannot start (PYTHONHOME pointing nowhere) stands for a worker that dies early.
     options = {"device": "cpu", "dtype": "float32", "warmup": 1, "repeats": 2, "channels_last": False, "tf32": False}
@@ -251,6 +265,7 @@ def test_crashed_worker_yields_rows_with_its_output_tail(tmp_path):
     assert info["returncode"] == 1 and info["timed_out"] is False
 
 
+@ONCE
 def test_worker_past_its_time_limit_yields_a_timeout_row():
     result = benchmarks.run(backends=["torch"], device="cpu", timeout_s=0.5, **TINY)
     (row,) = result["rows"]
@@ -339,6 +354,7 @@ def test_an_artifact_the_parity_run_kept_is_measured_and_not_exported_again(tmp_
     assert list(refused.iterdir()) == []
 
 
+@ONCE
 def test_percentiles_interpolate_as_numpy_does():
     import numpy as np
 
@@ -350,6 +366,7 @@ def test_percentiles_interpolate_as_numpy_does():
     assert percentile([5.0, 1.0, 3.0], 50) == 3.0 and percentile([2.0, 1.0], 50) == 1.5 and percentile([], 50) is None
 
 
+@ONCE
 def test_backend_groups_expand():
     assert harness.resolve_backends("all") == list(schema.DEFAULT_BACKENDS)
     assert harness.resolve_backends("torch,deploy") == ["torch", *schema.EXPORT_BACKENDS]

@@ -199,8 +199,8 @@ def test_the_rehearsal_runs_every_part_of_the_plan_end_to_end(gpu_rehearsal):
     assert part1["meta"]["settings"]["side_by_side"] == 2 and part1["meta"]["timing_overlaps"] == []
     assert meta["timing_overlaps"] == []
     assert meta["parity"]["rows"] == 2 and meta["parity"]["passed"] == 2, meta["parity"]
-    # the profiles: the torch target's row where it was measured, and the keras-jax training row in a worker of
-    # its own (the rehearsal profiles it whether or not it missed)
+    # the profiles: the torch target's row and the keras-jax training row where they were measured (the rehearsal
+    # profiles the latter whether or not it missed)
     profile = (first / "profile.md").read_text()
     assert profile.count("| total ms | calls | share |") == 2, profile[:2000]
     assert "alexnet torch-compile train bfloat16" in profile and "alexnet keras-jax train bfloat16" in profile
