@@ -31,7 +31,7 @@ export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES := 0
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test test-backend test-profile print-passes parity bench bench-gpu bench-gpu-plan bench-gpu-rehearse \
-	bench-gpu-wheels clean chromium
+	bench-gpu-wheels test-gpu-rehearsal clean chromium
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -98,6 +98,10 @@ bench-gpu-plan: $(STAMP)
 
 bench-gpu-rehearse: $(STAMP)
 	$(PY) -m benchmarks.gpu run --profile rehearsal --part all --out reports/gpu-rehearsal
+
+# The rehearsal's test (alexnet, both runs, aot_eager): what make test left out for its budget.
+test-gpu-rehearsal: $(STAMP)
+	TWINS_GPU_REHEARSAL=1 $(PY) -m pytest parity_tests/test_gpu_table.py -q -p no:cacheprovider
 
 bench-gpu-wheels: $(STAMP)
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
