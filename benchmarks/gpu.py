@@ -89,7 +89,7 @@ PROFILES = {
     "gpu": {"device": "cuda", "side_by_side": 6, "warmup": 5, "repeats": 20, "latency_calls": 100,
             "toy": False, "wall_limit_s": WALL_LIMIT_S},
     # the rehearsal on a CPU: the same plan and code at toy sizes (each model's smallest input, batch 2)
-    "rehearsal": {"device": "cpu", "side_by_side": 2, "warmup": 2, "repeats": 2, "latency_calls": 10,
+    "rehearsal": {"device": "cpu", "side_by_side": 2, "warmup": 1, "repeats": 1, "latency_calls": 5,
                   "toy": True, "wall_limit_s": None},
 }
 
@@ -1058,7 +1058,7 @@ def main(argv=None) -> int:
                    help="comma-separated gpu.json files of earlier parts: their rows are merged, and the latency rows "
                         "of the last part choose among all of them")
     r.add_argument("--compile-backend", default=None,
-                   help="dynamo backend of every torch.compile (default inductor; the test's rehearsal: aot_eager)")
+                   help="dynamo backend of every torch.compile (default inductor; the test's rehearsal: eager)")
     r.add_argument("--side-by-side", type=int, default=None)
     for sub_parser in (p, r):
         sub_parser.add_argument("--part-seconds", type=float, default=None,

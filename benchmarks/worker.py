@@ -246,12 +246,17 @@ def setup_torch(backend: str, cuda: bool, tf32: bool, compile_backend: str | Non
     """Import torch for a torch or keras-torch worker: CUDA present if asked for, TF32 as asked.
     `compile_backend` (the rehearsal's option, `benchmarks.gpu`): every `torch.compile` of the process,
     Keras' own included, uses that dynamo backend instead of inductor (`aot_eager`: the same graph capture
-    and autograd split, no code generation)."""
+    and autograd split, no code generation; `eager`: the graph capture alone), and dynamo compiles each frame once
+    (`cache_size_limit` 1: a frame Keras runs for every layer, such as `Layer.__call__`, is otherwise recompiled
+    for each of its first eight layers, most of a keras-torch-jit row's first step on the CPU)."""
     torch = require("torch", backend)
     if compile_backend:
         import functools
 
+        import torch._dynamo
+
         torch.compile = functools.partial(torch.compile, backend=compile_backend)
+        torch._dynamo.config.cache_size_limit = 1
     if cuda and not torch.cuda.is_available():
         raise Unavailable(
             schema.STATUS_NO_GPU,

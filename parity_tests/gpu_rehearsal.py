@@ -5,9 +5,10 @@ tensorflow pass.
 It starts once the session's workers have finished (conftest's `pytest_runtest_setup`, at the first test of rank 3,
 or when its test asks for it), so that it computes beside the last in-process tests rather than beside the parity
 workers, and its test runs last and waits for it. alexnet: the registered model with the fewest layers (21), so
-its compilations are the shortest; the test's rehearsal compiles with dynamo's `aot_eager` backend (the same graph
-capture and autograd split, no inductor code generation: `make bench-gpu-rehearse` compiles with inductor, as the
-GPU run does), and keeps two workers alive at a time (as the GPU run keeps six).
+its compilations are the shortest; the test's rehearsal compiles with dynamo's `eager` backend and each frame once
+(`benchmarks.worker.setup_torch`: the same graph capture, no autograd split or code generation; `make
+bench-gpu-rehearse` compiles with inductor, as the GPU run does), takes one warm-up and one timed step per row,
+and keeps two workers alive at a time (as the GPU run keeps six).
 """
 from __future__ import annotations
 
@@ -22,11 +23,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# `make test-gpu-rehearsal` sets it; `make test` does not run the rehearsal: inside the tensorflow pass it took the
-# pass from 15:02 (d8f1f4e) to 17:21 and 18:06 (acc8ba6, d9c895d), the passes over DESIGN.md's 25 minutes.
-ENV = "TWINS_GPU_REHEARSAL"
 MODEL = "alexnet"
-COMPILE_BACKEND = "aot_eager"
+COMPILE_BACKEND = "eager"
 TIMEOUT_S = 1200
 # The parts' length for the rehearsal's plan: the GPU cost model puts alexnet's whole plan in one 8-minute part; in
 # 90-second parts it has two (every path, then the latency rows chosen from them), so both runs and `--previous`
