@@ -99,9 +99,9 @@ bench-gpu-plan: $(STAMP)
 bench-gpu-rehearse: $(STAMP)
 	$(PY) -m benchmarks.gpu run --profile rehearsal --part all --out reports/gpu-rehearsal
 
-# The rehearsal's test alone (alexnet, both runs, dynamo's eager backend), as make test's tensorflow pass runs it.
+# The rehearsal's test (alexnet, both runs, dynamo's eager backend): what make test leaves out for its budget.
 test-gpu-rehearsal: $(STAMP)
-	$(PY) -m pytest parity_tests/test_gpu_table.py -q -p no:cacheprovider
+	TWINS_GPU_REHEARSAL=1 $(PY) -m pytest parity_tests/test_gpu_table.py -q -p no:cacheprovider
 
 bench-gpu-wheels: $(STAMP)
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

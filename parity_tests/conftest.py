@@ -159,7 +159,9 @@ def _start_workers(items) -> None:
         WORKERS["parity_worker"] = Worker.for_pass(BACKEND)
     if "torch_export_worker" in wanted:
         WORKERS["torch_export_worker"] = Worker.torch_exports()
-    if any("gpu_rehearsal" in getattr(item, "fixturenames", ()) for item in items):
+    from parity_tests.gpu_rehearsal import ENV as REHEARSAL_ENV
+
+    if os.environ.get(REHEARSAL_ENV) and any("gpu_rehearsal" in getattr(item, "fixturenames", ()) for item in items):
         from parity_tests.gpu_rehearsal import Rehearsal
 
         REHEARSAL["run"] = Rehearsal()  # started once the workers have finished (`pytest_runtest_setup`)

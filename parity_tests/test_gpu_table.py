@@ -10,6 +10,7 @@ on this CPU at toy sizes, end to end, with every file it writes (`parity_tests/g
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 from benchmarks import gpu, schema
 from benchmarks.gate import beside_first_steps, overlaps
 from parity_tests.gpu_rehearsal import COMPILE_BACKEND, MODEL, PART_S
+from parity_tests.gpu_rehearsal import ENV as REHEARSAL_ENV
 from twins import registry
 
 
@@ -165,6 +167,8 @@ def test_a_timed_only_gate_lets_workers_compile_beside_each_other_and_time_apart
     assert set(beside_first_steps(held)) <= {"w0", "w1"}
 
 
+@pytest.mark.skipif(not os.environ.get(REHEARSAL_ENV), reason=f"the rehearsal runs under make test-gpu-rehearsal "
+                    f"({REHEARSAL_ENV}=1): inside make test it puts the passes over the 25-minute budget")
 def test_the_rehearsal_runs_every_part_of_the_plan_end_to_end(gpu_rehearsal):
     code, log = gpu_rehearsal.wait()
     assert code == 0, log[-4000:]
