@@ -3,7 +3,10 @@ Twin of `torch_impl/weights.py`.
 
 A Keras layer's name is its torch twin's module path with `.` written as `-`, so one transpose rule
 per layer kind maps every model:
-  Conv2D            kernel (kh, kw, in, out)  <->  weight (out, in, kh, kw)
+  Conv2D            kernel (kh, kw, in, out)  <->  weight (out, in, kh, kw); with groups, in is in / groups on
+                                                   both sides (`keras_impl.layers.Conv2d` stores every grouped and
+                                                   depthwise kernel so)
+  DepthwiseConv2D   kernel (kh, kw, in, m)    <->  weight (in * m, 1, kh, kw) (Keras' own depthwise layer)
   Conv2DTranspose   kernel (kh, kw, out, in)  <->  weight (in, out, kh, kw)
   Dense             kernel (in, out)          <->  weight (out, in); after a Flatten of an (H, W, C)
                                                    map the input rows go from H*W*C to C*H*W order
@@ -21,6 +24,8 @@ import numpy as np
 
 from twins import checkpoints
 from twins.checkpoints import CheckpointMismatchError, LoadReport
+
+from .common import BatchNorm
 
 _BN_NAMES = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
@@ -88,6 +93,20 @@ def _dense_rules(layer):
                                   "transpose (in, out) -> (out, in)")
 
 
+def _depthwise_rules(layer):
+    """(to_torch, from_torch, rule) of a DepthwiseConv2D kernel: (kh, kw, in, m) holds output channel c * m + j at
+    [:, :, c, j], torch's (in * m, 1, kh, kw) at [c * m + j, 0]."""
+    kh, kw, channels, multiplier = tuple(layer.kernel.shape)
+
+    def to_torch(k):
+        return k.reshape(kh, kw, channels * multiplier).transpose(2, 0, 1)[:, None]
+
+    def from_torch(t):
+        return t[:, 0].transpose(1, 2, 0).reshape(kh, kw, channels, multiplier)
+
+    return to_torch, from_torch, "depthwise (kh, kw, in, m) -> (in * m, 1, kh, kw)"
+
+
 def _iter_layers(model):
     for layer in model.layers:
         if isinstance(layer, keras.Model):
@@ -103,7 +122,9 @@ def slots(model: keras.Model) -> list[Slot]:
         if not layer.weights:
             continue
         prefix = layer.name.replace("-", ".")
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            rules = {"kernel": _depthwise_rules(layer)}
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
             # (kh, kw, in, out) -> (out, in, kh, kw); a transposed conv stores (kh, kw, out, in) and
             # torch (in, out, kh, kw), so the same permutation serves both.
             what = "(kh, kw, out, in) -> (in, out, kh, kw)" if isinstance(layer, keras.layers.Conv2DTranspose) \
@@ -111,7 +132,7 @@ def slots(model: keras.Model) -> list[Slot]:
             rules = {"kernel": (*_transpose((3, 2, 0, 1)), f"transpose {what}")}
         elif isinstance(layer, keras.layers.Dense):
             rules = {"kernel": _dense_rules(layer)}
-        elif isinstance(layer, keras.layers.BatchNormalization) or type(layer).__name__ == "BatchNorm":
+        elif isinstance(layer, (keras.layers.BatchNormalization, BatchNorm)):
             rules = {}
         else:
             raise NotImplementedError(
