@@ -404,3 +404,31 @@ def test_each_hazard_broken_fails_the_comparison(hazard):
     with pytest.raises(AssertionError):
         compare(kit, module, size, training)
     del layers
+
+
+def test_the_bridge_maps_keras_own_depthwise_kernel_to_torchs_grouped_weight():
+    """Keras' DepthwiseConv2D holds (kh, kw, in, m), torch's depthwise Conv2d (groups=in) (in * m, 1, kh, kw) with
+    output channel c * m + j: the bridge's rule, checked through the same comparison (weights loaded through it,
+    gradients mapped back); the output channels taken in the other order (j * in + c) fail it."""
+    import keras
+    import torch
+
+    from keras_impl import weights
+
+    for multiplier, size in [(1, (7, 6)), (2, (5, 9))]:
+        compare(keras.layers.DepthwiseConv2D(3, strides=2, depth_multiplier=multiplier, name="m"),
+                torch.nn.Conv2d(4, 4 * multiplier, 3, 2, groups=4), (2, *size, 4))
+    rule = weights._depthwise_rules
+
+    def wrong(layer):
+        kh, kw, channels, m = tuple(layer.kernel.shape)
+        return (lambda k: k.transpose(3, 2, 0, 1).reshape(channels * m, 1, kh, kw),
+                lambda t: t.reshape(m, channels, kh, kw).transpose(2, 3, 1, 0), "wrong")
+
+    try:
+        weights._depthwise_rules = wrong
+        with pytest.raises(AssertionError):
+            compare(keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="m"), torch.nn.Conv2d(4, 8, 3, groups=4),
+                    (2, 7, 7, 4))
+    finally:
+        weights._depthwise_rules = rule

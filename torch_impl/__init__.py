@@ -49,5 +49,4 @@ def source_file(name: str) -> str:
     """The file of `name`'s builder (the twin file `twins explain` reads)."""
     import inspect
 
-    registry.get(name)  # an unknown name is refused with the list of names
-    return inspect.getsourcefile(_BUILDERS[name])
+    return inspect.getsourcefile(registry.builder(_BUILDERS, "torch", name))  # an unknown name: refused with the list

@@ -241,7 +241,87 @@ def inception_size_note(training: bool, aux_logits: bool) -> str:
     return f"inception_v3 needs {low}x{low} in eval and training mode without the aux head"
 
 
+# Twin pairs registered from outside this repository (`register`): name -> {"torch": "pkg.mod:builder", "keras": ...}.
+PLUGINS: dict[str, dict[str, str]] = {}
+ENTRY_POINT_GROUP = "twins.models"
+PLUGINS_ENV = "TWINS_PLUGINS"
+_DISCOVERY = {"done": False, "running": False}
+
+
+class PluginError(ImportError):
+    """A plugin module named by the `twins.models` entry points or `TWINS_PLUGINS` that could not be imported."""
+
+
+def _check_import_string(value, side: str, name: str) -> str:
+    module, _, attribute = (value or "").partition(":")
+    if not isinstance(value, str) or not module or not attribute or " " in value:
+        raise ValueError(f"register({name!r}): {side}= must name its builder as 'package.module:function', "
+                         f"got {value!r}")
+    return value
+
+
+def register(info: ModelInfo, *, torch: str, keras: str, replace: bool = False) -> ModelInfo:
+    """Register a twin pair from outside this repository: `info` (its name, input size, classifier head, task,
+    ...) and each side's builder as an import string, `"package.module:function"`, so that each side imports only
+    its own framework (`torch_impl.build(name)` imports the torch one, `keras_impl.build(name)` the Keras one).
+    The builders take the same keyword options as the built-in ones (`num_classes`, and the Keras side's
+    `input_shape`). A name already registered is refused unless `replace=True`, or unless it is the same
+    registration again (a module imported twice)."""
+    if not isinstance(info, ModelInfo):
+        raise TypeError(f"register() takes a twins.registry.ModelInfo, got {type(info).__name__}")
+    sides = {"torch": _check_import_string(torch, "torch", info.name),
+             "keras": _check_import_string(keras, "keras", info.name)}
+    if info.name in MODELS and not replace and PLUGINS.get(info.name) != sides:
+        where = "a built-in model" if info.name not in PLUGINS else f"registered with {PLUGINS[info.name]}"
+        raise ValueError(f"register(): the name {info.name!r} is taken ({where}); choose another name or pass "
+                         "replace=True")
+    MODELS[info.name] = info
+    PLUGINS[info.name] = sides
+    return info
+
+
+def unregister(name: str) -> None:
+    """Remove a pair `register` added (built-in models stay)."""
+    if name not in PLUGINS:
+        raise UnknownModelError(f"{name!r} was not registered by register(); registered: {', '.join(PLUGINS)}")
+    del PLUGINS[name]
+    del MODELS[name]
+
+
+def plugin_modules() -> list[tuple[str, str]]:
+    """`(where, module)` of every plugin module: the `twins.models` entry points of the installed distributions,
+    then `TWINS_PLUGINS` (comma-separated module names)."""
+    import importlib.metadata
+    import os
+
+    found = [(f"entry point {ep.name!r} of the twins.models group", ep.value)
+             for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    found += [(PLUGINS_ENV, module.strip()) for module in os.environ.get(PLUGINS_ENV, "").split(",") if module.strip()]
+    return found
+
+
+def discover() -> None:
+    """Import every plugin module once (`plugin_modules`); each calls `register` when imported. A module that
+    fails to import is an error that names it and where it was declared."""
+    import importlib
+
+    if _DISCOVERY["done"] or _DISCOVERY["running"]:
+        return
+    _DISCOVERY["running"] = True
+    try:
+        for where, module in plugin_modules():
+            try:
+                importlib.import_module(module.split(":")[0])
+            except Exception as error:
+                raise PluginError(f"the twins plugin module {module!r} ({where}) failed to import: "
+                                  f"{type(error).__name__}: {error}") from error
+        _DISCOVERY["done"] = True
+    finally:
+        _DISCOVERY["running"] = False
+
+
 def get(name: str) -> ModelInfo:
+    discover()
     try:
         return MODELS[name]
     except KeyError:
@@ -251,19 +331,45 @@ def get(name: str) -> ModelInfo:
 
 
 def names() -> list[str]:
+    discover()
     return list(MODELS)
 
 
+def plugin_builder(name: str, framework: str):
+    """The builder function a registered pair names for `framework` ("torch" or "keras"), imported."""
+    import importlib
+
+    target = PLUGINS[name][framework]
+    module, _, attribute = target.partition(":")
+    try:
+        found = importlib.import_module(module)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as error:
+        raise PluginError(f"{name!r} was registered with {framework} builder {target!r}, which cannot be imported: "
+                          f"{type(error).__name__}: {error}") from error
+    return found
+
+
 def available(builders: dict) -> list[str]:
-    """Registered names that have a builder, in registry order (`list_models()` of a twin package)."""
-    return [name for name in MODELS if name in builders]
+    """Registered names that have a builder, in registry order (`list_models()` of a twin package): the package's
+    own and the registered pairs'."""
+    discover()
+    return [name for name in MODELS if name in builders or name in PLUGINS]
+
+
+def builder(builders: dict, framework: str, name: str):
+    """The builder of `name` in a twin package (`builders`, its own) or among the registered pairs."""
+    get(name)
+    if name in builders:
+        return builders[name]
+    if name in PLUGINS:
+        return plugin_builder(name, framework.lower())
+    raise UnknownModelError(
+        f"model {name!r} has no {framework} builder yet; available: {', '.join(available(builders))}"
+    )
 
 
 def build_with(builders: dict, framework: str, name: str, **kwargs):
-    """Look `name` up in the registry, then in a twin package's `builders`, and build it."""
-    get(name)
-    if name not in builders:
-        raise UnknownModelError(
-            f"model {name!r} has no {framework} builder yet; available: {', '.join(available(builders))}"
-        )
-    return builders[name](**kwargs)
+    """Look `name` up in the registry, then in a twin package's `builders` or the registered pairs, and build it."""
+    return builder(builders, framework, name)(**kwargs)
