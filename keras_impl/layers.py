@@ -59,6 +59,13 @@ def torch_default_uniform(fan_in: int):
     return common.resolved(keras.initializers.RandomUniform(-bound, bound))
 
 
+def torch_default_kernel():
+    """torch's default init of a Conv2d, ConvTranspose2d or Linear weight, `kaiming_uniform_(a=sqrt(5))`:
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), which is Keras' variance scaling of 1/3 over the kernel's fan-in (for a
+    transposed conv's (kh, kw, out, in) kernel Keras' fan-in is out * kh * kw, torch's for its (in, out, kh, kw))."""
+    return keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+
+
 def _check_channels(layer, channels, expected, what):
     if channels is None:
         raise ValueError(f"{layer.name} ({type(layer).__name__}): the channel axis (last, NHWC) must be known when "
@@ -99,8 +106,7 @@ class Conv2d(common.Conv2D):
             strides = (1, 1)
         super().__init__(out_channels, kernel, strides=strides, padding="valid", dilation_rate=dilations,
                          groups=groups, use_bias=bias,
-                         kernel_initializer=kwargs.pop("kernel_initializer", None) or keras.initializers.VarianceScaling(
-                             1.0 / 3.0, mode="fan_in", distribution="uniform"), **kwargs)
+                         kernel_initializer=kwargs.pop("kernel_initializer", None) or torch_default_kernel(), **kwargs)
         self.torch_padding = padding
 
     def pads(self) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -189,11 +195,8 @@ class ConvTranspose2d(layers.Conv2DTranspose):
             raise ValueError(f"ConvTranspose2d: output_padding must be smaller than stride (torch's rule), got "
                              f"output_padding={output_padding} and stride={strides}")
         self.torch_bias_init = "bias_initializer" not in kwargs
-        # torch's fan_in of a transposed conv's weight (in, out, kh, kw) is out * kh * kw: Keras' fan_in of the
-        # kernel (kh, kw, out, in)
         super().__init__(out_channels, kernel, strides=strides, padding="valid", use_bias=bias,
-                         kernel_initializer=kwargs.pop("kernel_initializer", None) or keras.initializers.VarianceScaling(
-                             1.0 / 3.0, mode="fan_in", distribution="uniform"), **kwargs)
+                         kernel_initializer=kwargs.pop("kernel_initializer", None) or torch_default_kernel(), **kwargs)
         self.torch_padding, self.torch_output_padding = padding, output_padding
 
     def build(self, input_shape):
@@ -267,8 +270,8 @@ class Linear(layers.Dense):
     def __init__(self, out_features, bias=True, **kwargs):
         kwargs.pop("units", None)
         self.torch_bias_init = "bias_initializer" not in kwargs
-        super().__init__(out_features, use_bias=bias, kernel_initializer=kwargs.pop("kernel_initializer", None)
-                         or keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform"),
+        super().__init__(out_features, use_bias=bias,
+                         kernel_initializer=kwargs.pop("kernel_initializer", None) or torch_default_kernel(),
                          **kwargs)
 
     def build(self, input_shape):

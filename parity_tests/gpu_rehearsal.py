@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # `make test-gpu-rehearsal` sets it; `make test` leaves the rehearsal out: inside the tensorflow pass it took the
 # pass from 15:02 (d8f1f4e) to 17:21 and 18:06 (acc8ba6, d9c895d), the passes over DESIGN.md's 25 minutes; the
-# cheaper rehearsal of 7e0e2b0 (about 3.8 CPU-minutes against 5.2) is still ~2 CPU-minutes more than the margin.
+# cheaper rehearsal of 2208e67 (about 3.8 CPU-minutes against 5.2) is still ~2 CPU-minutes more than the margin.
 ENV = "TWINS_GPU_REHEARSAL"
 MODEL = "alexnet"
 COMPILE_BACKEND = "eager"
