@@ -27,6 +27,12 @@ class Mutation:
     apply: Callable
     # The optimiser of the parity engine's steps ("adam": the saliency recipe's, for the adam_step rows).
     optimizer: str = "sgd"
+    # The model and image height it breaks (the width: the parity engine's, `ModelInfo.parity_width`).
+    model: str = MODEL
+    size: int = SIZE
+    # Also run its rows on square images (their rows' meta: `square_control`), for a break that only another
+    # width than the height shows.
+    square_control: bool = False
 
 
 def _tamper_gradient(monkeypatch, path: str, tamper) -> None:
@@ -170,6 +176,25 @@ def stem_tap_after_pool(monkeypatch):
     monkeypatch.setattr(resnet, "stem_layers", stem_layers)
 
 
+def swapped_upsample_size(monkeypatch):
+    """PSPNet's corner-to-corner upsampling by its zoom (`AlignCornersResize`) takes the output's height from the
+    map's width and its width from the map's height: the same on a square image."""
+    from keras_impl import common
+
+    original = common.AlignCornersResize.call
+
+    def call(self, inputs):
+        if isinstance(inputs, (list, tuple)):
+            return original(self, inputs)
+        in_h, in_w = common.spatial_size(inputs)
+        out_h, out_w = (in_w - 1) * self.zoom + 1, (in_h - 1) * self.zoom + 1
+        rows = common.align_corners_matrix(in_h, out_h, inputs.dtype)
+        cols = common.align_corners_matrix(in_w, out_w, inputs.dtype)
+        return common.apply_separable(inputs, rows, cols, (in_h, in_w), (out_h, out_w))
+
+    monkeypatch.setattr(common.AlignCornersResize, "call", call)
+
+
 MUTATIONS = [
     Mutation("nan_gradient", "one NaN in the gradient of layer3.0.conv2 (not the first tensor)",
              {"gradients": r"worst: layer3\.0\.conv2\.weight$",
@@ -197,13 +222,16 @@ MUTATIONS = [
               "round_trip": r"torch -> Keras -> torch \S+ at fc\.\S+; Keras -> torch -> Keras (?!0\.0e\+00)\S+ at fc/",
               "exclude_restore": r"worst: fc\.\w+ \(Keras, full restore\)"}, unloaded_head),
     Mutation("stem_tap_after_pool", "the `stem` tap placed after the max-pool",
-             {"stage_outputs": r"^worst: stem: shape \(2, 64, 16, 16\) against the torch twin's \(2, 64, 32, 32\)"},
+             {"stage_outputs": r"^worst: stem: shape \(2, 64, 16, 14\) against the torch twin's \(2, 64, 32, 28\)"},
              stem_tap_after_pool),
     Mutation("keras_adam", "Keras' own Adam instead of torch's form (eps added to the uncorrected sqrt(v))",
              {"adam_step_params": r"step 1 over the bound"}, keras_adam, optimizer="adam"),
     Mutation("bn_momentum_adam", "BatchNorm momentum 0.01 instead of torch's 0.1, under Adam's steps",
              {"adam_step_bn_stats": r"step 1 over the bound: \S+ \(\S+\.running_(mean|var)\)"}, bn_momentum,
              optimizer="adam"),
+    Mutation("swapped_upsample_size", "PSPNet's final upsampling swaps the output's height and width (pspnet, 33x25)",
+             {"eval_output": r"output 0: shape \(2, \d+, 25, 33\) against the torch twin's \(2, \d+, 33, 25\)"},
+             swapped_upsample_size, model="pspnet", size=33, square_control=True),
 ]
 
 
@@ -212,8 +240,9 @@ def by_name(name: str) -> Mutation:
 
 
 def run_mutated(mutation: Mutation) -> list[dict]:
-    """The parity engine's rows of `mutation.red`'s checks on resnet18 at SIZE with the mutation applied (in the
-    session worker, or in the pytest process when it takes the task), the twins restored afterwards."""
+    """The parity engine's rows of `mutation.red`'s checks on its model (resnet18) at its size with the mutation
+    applied (in the session worker, or in the pytest process when it takes the task), the twins restored
+    afterwards; with `square_control`, then the same on square images, their rows marked `square_control`."""
     from dataclasses import asdict
 
     import pytest
@@ -226,7 +255,11 @@ def run_mutated(mutation: Mutation) -> list[dict]:
         # the torch side must not be compared with the clean twin's recording, nor leave its own to the next run
         monkeypatch.delenv(RECORDINGS_ENV, raising=False)
         mutation.apply(monkeypatch)
-        rows = [asdict(row) for row in run_model(MODEL, size=SIZE, checks=tuple(mutation.red),
+        rows = [asdict(row) for row in run_model(mutation.model, size=mutation.size, checks=tuple(mutation.red),
                                                  optimizer=mutation.optimizer)]
+        if mutation.square_control:
+            for row in run_model(mutation.model, size=mutation.size, width=mutation.size, checks=tuple(mutation.red),
+                                 optimizer=mutation.optimizer):
+                rows.append({**asdict(row), "meta": {**row.meta, "square_control": True}})
     release_memory(between_models=True)
     return rows

@@ -82,6 +82,53 @@ def test_float64_bounds_sit_above_their_measured_errors_and_below_float32_ones()
         assert bound_for("resnet50", check, "float32") == FLOAT32_BOUNDS[check]
 
 
+def test_eval_verdicts_are_graded_against_the_float64_truth():
+    """Issue 25's case (torchvision's vgg11_bn, 2 classes, 224 px): torch float32 8e-6 from the torch twin's float64
+    run, the Keras twin 1.2e-5 from it, so 1.2e-5 from torch float32 too: red under the plain 1e-5 comparison with
+    torch float32, green graded against the truth (bound: 2 x torch's own distance). A Keras twin off by 1e-3 stays
+    red, and where torch float32 is exact the bound is the check's own 1e-5."""
+    from twins_cli.parity.bounds import TORCH_FLOAT32_MULTIPLE
+    from twins_cli.parity.compare import graded
+
+    truth = np.random.RandomState(0).randn(2, 1000)
+    scale = np.abs(truth).max()
+    torch32, keras = truth.copy(), truth.copy()
+    torch32[0, 0] += 8e-6 * scale
+    keras[0, 1] += 1.2e-5 * scale
+    assert rel_err(keras, torch32) > FLOAT32_BOUNDS["eval_output"]  # the rule before grading: red
+
+    def grade(got, torch_side):
+        return graded({"out": got}, {"out": torch_side}, {"out": truth}, ["out"], FLOAT32_BOUNDS["eval_output"],
+                      TORCH_FLOAT32_MULTIPLE)
+
+    err, allowed, detail = grade(keras, torch32)
+    assert err == pytest.approx(1.2e-5) and allowed == pytest.approx(1.6e-5) and err <= allowed
+    assert detail == ("Keras 1.2e-05 from torch float64, torch float32 8.0e-06 (bound max(1e-05, 2 x 8.0e-06)); "
+                      "Keras against torch float32 1.2e-05")
+    err, allowed, _ = grade(truth * 1.001, torch32)
+    assert err == pytest.approx(1e-3) and err > allowed
+    err, allowed, _ = grade(keras, truth)
+    assert allowed == FLOAT32_BOUNDS["eval_output"] and err > allowed
+    err, allowed, detail = grade(keras.T, torch32)
+    assert err == math.inf and detail == "out: shape (1000, 2) against the torch twin's (2, 1000)"
+
+
+def test_a_gradient_that_is_zero_in_truth_is_graded_against_the_models_gradients():
+    """examples/mobilenet_v2's features.1.conv.2.bias: a BatchNorm shift that a training-mode BatchNorm follows, its
+    true gradient zero; both float64 twins hold rounding (3.4e-15 torch, 9.1e-15 apart), the model's largest
+    gradient is 5.4. Against rel_err's 1e-6 floor that was 9.1e-9, red under the 1e-9 bound; against
+    GRADIENT_SCALE_FLOOR of the model's scale it is 1.7e-10. A Keras gradient off by 1e-7 of the model's scale
+    there is red either way."""
+    from twins_cli.parity.bounds import GRADIENT_SCALE_FLOOR
+
+    bound, floor = FLOAT64_BOUNDS["gradients"][0], GRADIENT_SCALE_FLOOR * 5.4
+    torch_side = np.array([3.4e-15, -1.1e-15])
+    assert rel_err(torch_side + 9.1e-15, torch_side) > bound
+    graded_err = rel_err(torch_side + 9.1e-15, torch_side, floor)
+    assert graded_err == pytest.approx(9.1e-15 / floor) and graded_err < bound
+    assert rel_err(torch_side + 5.4e-7, torch_side, floor) > 1e3 * bound
+
+
 def test_the_tensor_store_reads_back_what_it_wrote_and_leaves_nothing():
     """The training checks' states, gradients and updates go to disk (`twins_cli.parity.store`): what comes back
     is bit for bit what went in, a missing key reads as no value (which `worst` names), and nothing is left."""

@@ -28,13 +28,13 @@ def abs_err(a, b) -> float:
     return err if np.isfinite(err) else float("inf")
 
 
-def rel_err(a, b) -> float:
-    """`max|a - b| / max(max|b|, 1e-6)`; `inf` when either side holds a NaN or an infinity."""
+def rel_err(a, b, floor: float = 1e-6) -> float:
+    """`max|a - b| / max(max|b|, floor)`; `inf` when either side holds a NaN or an infinity."""
     err = abs_err(a, b)
     if err == 0.0 or err == float("inf"):
         return err
     b = np.asarray(b)
-    return err / max(float(b.max()), -float(b.min()), 1e-6)
+    return err / max(float(b.max()), -float(b.min()), floor)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

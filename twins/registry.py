@@ -44,8 +44,8 @@ class ModelInfo:
     # ... after subtracting this: PSPNet needs (H - 1) % 8 == 0 (473, 713), so that its output-stride-8 map of
     # (H - 1) / 8 + 1 pixels upsamples onto the input's grid corner to corner (align_corners=True).
     size_offset: int = 0
-    # Square image size the parity suite and `twins parity` use by default: big enough that every
-    # stage has spatial extent > 1, small enough for a 2-core CPU.
+    # Image height the parity suite and `twins parity` use by default (the width is `parity_width(height)`, so
+    # no row is square): big enough that every stage has spatial extent > 1, small enough for a 2-core CPU.
     parity_size: int = 64
     # Torch module paths of auxiliary classifier heads (inception's `AuxLogits.fc`): in training mode
     # the torch twin returns `(logits, aux...)`, the Keras twin exposes them as extra outputs of a
@@ -61,6 +61,19 @@ class ModelInfo:
     # cross-entropy, accuracy), "saliency" (a sigmoid map, MSE, CC / KLD / SIM), "contrastive" (NT-Xent, kNN)
     # or "segmentation" (per-pixel logits, cross-entropy ignoring 255, mIoU and pixel accuracy).
     task: str = "classification"
+
+    def parity_width(self, height: int) -> int:
+        """The width the parity engine pairs with `height`, so that no parity row is square (a twin that confuses
+        height and width computes the same thing on a square image): the valid width nearest 7/8 of the height
+        below it, else the valid width nearest 17/16 of it above it, else (no other width fits) the height."""
+        below = [w for w in range(height - 1, 0, -1) if self.size_problem(height, w) is None]
+        if below:
+            return min(below, key=lambda w: (abs(w - height * 7 / 8), -w))
+        top = self.max_input_size or 2 * height
+        above = [w for w in range(height + 1, top + 1) if self.size_problem(height, w) is None]
+        if above:
+            return min(above, key=lambda w: (abs(w - height * 17 / 16), w))
+        return height
 
     def size_problem(self, height: int, width: int) -> str | None:
         """Why a `height` x `width` input does not fit this model, or None (both twins and the CLI ask)."""
@@ -252,6 +265,12 @@ class PluginError(ImportError):
     """A plugin module named by the `twins.models` entry points or `TWINS_PLUGINS` that could not be imported."""
 
 
+class PairError(ValueError):
+    """The two builders of a registered pair build twins whose weights do not correspond: Keras weights whose layer
+    names map to no torch key, torch keys with no Keras layer, or a key whose shapes differ (`keras_impl.build`
+    checks a registered pair the first time it builds it in a process)."""
+
+
 def _check_import_string(value, side: str, name: str) -> str:
     module, _, attribute = (value or "").partition(":")
     if not isinstance(value, str) or not module or not attribute or " " in value:
@@ -266,7 +285,9 @@ def register(info: ModelInfo, *, torch: str, keras: str, replace: bool = False) 
     its own framework (`torch_impl.build(name)` imports the torch one, `keras_impl.build(name)` the Keras one).
     The builders take the same keyword options as the built-in ones (`num_classes`, and the Keras side's
     `input_shape`). A name already registered is refused unless `replace=True`, or unless it is the same
-    registration again (a module imported twice)."""
+    registration again (a module imported twice). The installed plugins are discovered first (`discover`), so a name
+    is refused, or listed after them, the same whichever is imported first."""
+    discover()  # a no-op while discovery itself imports the plugin modules
     if not isinstance(info, ModelInfo):
         raise TypeError(f"register() takes a twins.registry.ModelInfo, got {type(info).__name__}")
     sides = {"torch": _check_import_string(torch, "torch", info.name),

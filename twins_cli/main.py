@@ -100,7 +100,9 @@ def main(argv=None) -> int:
                                     f"the export_* ones also on {TORCH_TWIN}, the torch twin)")
     p.add_argument("--json", help="write rows {model, backend, check, error, bound, passed} here")
     p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--size", type=int, default=None, help="square image size (default: the model's parity size)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image height (default: the model's parity size); the width is the valid size nearest 7/8 "
+                        "of it (registry.ModelInfo.parity_width), so no row is square")
     p.add_argument("--timeout", type=int, default=None,
                    help="seconds per backend's worker (default: 15 minutes per model in the plan)")
     p.set_defaults(func=cmd_parity)

@@ -91,7 +91,8 @@ def parity_table(rows: list[dict], backends: list[str]) -> str:
         meta = next((r["meta"] for r in mine if r["meta"]), {})
         options = meta.get("options") or {}
         built = f", built with {', '.join(f'{k}={v}' for k, v in options.items())}" if options else ""
-        lines.append(f"### {model}  (batch {meta.get('batch', '?')}, {meta.get('size', '?')}x{meta.get('size', '?')}, "
+        height = meta.get("size", "?")
+        lines.append(f"### {model}  (batch {meta.get('batch', '?')}, {height}x{meta.get('width', height)}, "
                      f"eval float32, train checks {meta.get('train_dtype', '?')}, Keras on {meta.get('device', '?')}, "
                      f"torch reference on cpu{built})")
         lines.append("")

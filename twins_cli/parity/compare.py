@@ -60,6 +60,33 @@ def key_set_problem(keras_keys, torch_keys, what: str) -> str | None:
 
 
 
+def graded(keras: dict, torch32: dict, truth: dict, keys, bound: float, multiple: float) -> tuple[float, float, str]:
+    """The eval checks' verdict against the truth (`truth`: the torch twin in float64): `(error, allowed, detail)`
+    where `error` is the Keras twin's distance from the truth (`rel_err`, the truth as the reference) and `allowed`
+    the larger of `bound` and `multiple` times torch float32's own distance from it, for the key that is furthest
+    over (or nearest) its allowance; the detail names the key and gives both distances and the Keras twin's distance
+    from torch float32 (the comparison before grading)."""
+    keys = list(keys)
+    if not keys:
+        raise ValueError("nothing to compare: the key list is empty")
+    result = None
+    for k in keys:
+        got, want, exact = keras.get(k), torch32.get(k), truth.get(k)
+        if got is None or want is None or exact is None:
+            return float("inf"), bound, f"no value for {k}"
+        if np.shape(got) != np.shape(exact):
+            return float("inf"), bound, f"{k}: shape {np.shape(got)} against the torch twin's {np.shape(exact)}"
+        k_err, t_err = rel_err(got, exact), rel_err(want, exact)
+        allowed = max(bound, multiple * t_err)
+        if result is None or k_err / allowed > result[0] / result[1]:
+            result = (k_err, allowed, k, t_err, rel_err(got, want))
+    k_err, allowed, k, t_err, plain = result
+    where = f"{k}: " if len(keys) > 1 else ""
+    return k_err, allowed, (f"{where}Keras {k_err:.1e} from torch float64, torch float32 {t_err:.1e} "
+                            f"(bound max({bound:.0e}, {multiple:g} x {t_err:.1e})); Keras against torch float32 "
+                            f"{plain:.1e}")
+
+
 def nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x
 

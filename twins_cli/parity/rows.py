@@ -28,12 +28,15 @@ class Row:
 
 
 def check_row(name: str, backend: str, check: str, bound: float, compute, meta: dict) -> Row:
-    """The row of one check: `compute()` returns `(error, detail)`; an export the limits record is a row that is
+    """The row of one check: `compute()` returns `(error, detail)`, or `(error, detail, bound)` where the check
+    makes its own bound (the graded eval checks, `compare.graded`); an export the limits record is a row that is
     not supported, any other exception a failed row saying what was raised (never a crashed parity run)."""
     from twins_cli.export import Unsupported
 
     try:
-        error, detail = compute()
+        result = compute()
+        # `(error, detail)`, or `(error, detail, bound)` for a check that grades against a bound of its own making
+        error, detail, bound = result if len(result) == 3 else (*result, bound)
     except Unsupported as exc:
         return Row(name, backend, check, None, bound, False, f"not supported: {exc}", meta, supported=False)
     except Exception as exc:
