@@ -33,10 +33,15 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 .PHONY: demo test test-backend test-profile print-passes parity bench bench-gpu bench-gpu-plan bench-gpu-rehearse \
 	bench-gpu-wheels test-gpu-rehearsal clean chromium
 
-$(STAMP): pyproject.toml constraints.txt
+# The MobileNetV2 example (README "Port your own model") is installed as a user installs their own twin pair: a
+# package of its own whose `twins.models` entry point registers it, so every tool and `make test` see it.
+EXAMPLES := examples/mobilenet_v2
+
+$(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(EXAMPLES))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev,export]"
+	$(PY) -m pip install -q -c constraints.txt --no-deps $(addprefix -e ,$(EXAMPLES))
 	touch $(STAMP)
 
 chromium:
@@ -108,7 +113,10 @@ bench-gpu-wheels: $(STAMP)
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 		$$($(PY) -c "import importlib.metadata as m; print(' '.join(n + '==' + m.version(n) for n in '$(GPU_WHEELS)'.split()))")
 
+# The GPU machine's python has no .venv: the examples are registered from the working tree (TWINS_PLUGINS).
 bench-gpu:
+	PYTHONPATH=$(subst $(eval) ,:,$(abspath $(EXAMPLES)))$${PYTHONPATH:+:$$PYTHONPATH} \
+	TWINS_PLUGINS=twins_mobilenet_v2.register$${TWINS_PLUGINS:+,$$TWINS_PLUGINS} \
 	$(GPU_PYTHON) -m benchmarks.gpu run --part $(PART) --out $(GPU_OUT) $(if $(PREVIOUS),--previous $(PREVIOUS))
 
 clean:

@@ -23,7 +23,12 @@ def torch_ids(models=MODELS):
 def test_both_registries_list_the_same_names():
     import keras_impl
 
-    assert torch_impl.list_models() == keras_impl.list_models() == MODELS + SIMCLR_MODELS + PSPNET_MODELS
+    from twins import registry
+
+    # the built-in twins, then the pairs registered from outside (make test installs examples/mobilenet_v2)
+    assert torch_impl.list_models() == keras_impl.list_models() == MODELS + SIMCLR_MODELS + PSPNET_MODELS + list(
+        registry.PLUGINS)
+    assert "mobilenet_v2" in registry.PLUGINS
 
 
 # ---------------------------------------------------------------------------------------------- torch

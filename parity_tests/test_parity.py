@@ -18,12 +18,14 @@ import pytest
 
 from parity_tests.conftest import BACKEND, model_params
 from parity_tests.mutations import MODEL as MUTATION_MODEL
-from twins_cli.parity import QUICK_SUITE, VARIANTS
+from twins_cli.parity import QUICK_SUITE, VARIANTS, names
 
 pytestmark = pytest.mark.keras
 
-# What `make test` runs per model: twins_cli.parity.QUICK_SUITE, also what `make demo` runs.
-SUITE = QUICK_SUITE
+# What `make test` runs per model, also what `make demo` runs: twins_cli.parity.QUICK_SUITE's entry, or every check
+# that applies for a name it leaves out (a pair registered from outside: examples/mobilenet_v2, which make test
+# installs).
+SUITE = {name: QUICK_SUITE.get(name) for name in names()}
 # Checks that do not apply: stage taps exist on the ResNets; the head restore needs a head; the
 # running-statistics step needs BatchNorm.
 WITH_STAGE_TAPS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "saliency_unet", *VARIANTS]
@@ -207,10 +209,14 @@ def test_the_session_plan_holds_every_models_quick_plan_heavy_models_first():
 
 
 def test_the_suite_names_every_registered_model_and_variant():
-    """A model registered later is not silently left out of `make test`'s parity rows."""
+    """A model registered later is not silently left out of `make test`'s parity rows: QUICK_SUITE names every
+    built-in model and variant (a pair registered from outside, which it cannot name, gets every check), and the
+    example installed by make test is among the suite's names."""
     from twins import registry
 
-    assert set(SUITE) == set(registry.names()) | set(VARIANTS)
+    assert set(QUICK_SUITE) == set(registry.MODELS) - set(registry.PLUGINS) | set(VARIANTS)
+    assert set(SUITE) == set(registry.names()) | set(VARIANTS) and "mobilenet_v2" in SUITE
+    assert SUITE["mobilenet_v2"] is None
 
 
 def test_the_quick_run_computes_each_models_plan(results):

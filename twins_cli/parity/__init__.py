@@ -11,7 +11,7 @@ The parts, one file each:
   and the first diverging layer; `checks`: the checks themselves (`ParityRun`, `run_model`); `exports`: the
   export rows; `rows`: a row and how a check becomes one;
 - `worker`: one backend's process; `launch`: starting it per backend and collecting its rows; `memory`:
-  releasing what a model left.
+  releasing what a model left; `gate`: `assert_twins`, the one call a CI test makes.
 
 A name is a registered model (`resnet50`) or a builder-option variant of one (`VARIANTS`:
 `resnet50-deep-dilated` is resnet50 with PSPNet's deep stem and dilated layer3/layer4), so the
@@ -60,6 +60,7 @@ from .checks import ParityRun, run_model
 from .compare import (LazyMap, first_divergence, key_set_problem, nchw_to_nhwc, nhwc_to_nchw, outputs_err,
                       worst)
 from .exports import export_format, export_row, run_torch_exports
+from .gate import assert_twins
 from .launch import installed_backends, run_parity, run_worker
 from .memory import release_memory
 from .plan import QUICK_EXPORTS, QUICK_SUITE, Job, jobs
