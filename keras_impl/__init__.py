@@ -43,57 +43,8 @@ def list_models() -> list[str]:
 
 
 def build(name: str, **kwargs) -> keras.Model:
-    """Build a registered model; `num_classes` and the builder's own options go in `kwargs`. A pair registered from
-    outside this package (`twins.registry.register`) is checked against its torch twin the first time it is built
-    in a process (`check_pair`)."""
-    model = registry.build_with(_BUILDERS, "Keras", name, **kwargs)
-    if name in registry.PLUGINS and name not in _CHECKED_PAIRS:
-        check_pair(name, model, kwargs)
-        _CHECKED_PAIRS.add(name)
-    return model
-
-
-_CHECKED_PAIRS: set[str] = set()
-
-
-def check_pair(name: str, model: keras.Model, options: dict) -> None:
-    """Raise `registry.PairError` listing, in one message, every Keras weight whose layer name maps to no key of
-    the torch twin's state_dict (`weights.slots`: the layer name with `-` for `.`, plus `weight`/`bias`/BatchNorm's
-    names), every torch key with no Keras weight, and every key whose shapes differ in torch's layout. The torch
-    twin is built with the same options (less the Keras-only `input_shape`); without torch installed, nothing is
-    checked."""
-    try:
-        import torch_impl
-    except ImportError:
-        return
-    from twins import checkpoints
-
-    from . import weights
-
-    torch_state = torch_impl.build(name, **{k: v for k, v in options.items() if k != "input_shape"}).state_dict()
-    try:
-        keras_slots = weights.slots(model)
-    except NotImplementedError as error:
-        raise registry.PairError(f"the registered pair {name!r}: {error}") from None
-    keras_shapes = {slot.key: tuple(slot.torch_shape) for slot in keras_slots}
-    torch_shapes = {k: tuple(v.shape) for k, v in torch_state.items() if not checkpoints.is_counter(k)}
-    layer_of = {slot.key: slot.variable.path.rsplit("/", 1)[0] for slot in keras_slots}
-    keras_only = [k for k in keras_shapes if k not in torch_shapes]
-    torch_only = [k for k in torch_shapes if k not in keras_shapes]
-    shapes = [k for k in keras_shapes if k in torch_shapes and keras_shapes[k] != torch_shapes[k]]
-    if not (keras_only or torch_only or shapes):
-        return
-    lines = [f"the registered pair {name!r} does not correspond: its Keras twin's weights (layer name with '-' for "
-             f"'.', then weight/bias/BatchNorm's names) and its torch twin's state_dict keys differ"]
-    if keras_only:
-        lines.append(f"  {len(keras_only)} Keras weights map to no torch key: "
-                     + ", ".join(f"{k} (layer {layer_of[k]})" for k in keras_only))
-    if torch_only:
-        lines.append(f"  {len(torch_only)} torch keys have no Keras layer: " + ", ".join(torch_only))
-    if shapes:
-        lines.append(f"  {len(shapes)} keys differ in shape (torch layout): "
-                     + ", ".join(f"{k} Keras {keras_shapes[k]} torch {torch_shapes[k]}" for k in shapes))
-    raise registry.PairError("\n".join(lines))
+    """Build a registered model; `num_classes` and the builder's own options go in `kwargs`."""
+    return registry.build_with(_BUILDERS, "Keras", name, **kwargs)
 
 
 def source_file(name: str) -> str:

@@ -161,7 +161,14 @@ def test_the_example_pair_builds_on_both_sides_with_torchvisions_layout():
 
 @TENSORFLOW_PASS
 def test_a_pair_whose_keras_layer_names_map_to_no_torch_key_is_refused_on_first_build(tmp_path, monkeypatch):
+    """`twins_cli.pair_check`, which importing twins_cli installs as the registry's first-build hook (every `twins`
+    tool, parity worker and benchmark imports it): the misnamed twin is refused with both sides' keys listed, and
+    the example itself passes the check."""
     import keras_impl
+    import twins_cli  # noqa: F401  (installs the check)
+    from twins_cli.pair_check import check_pair
+
+    assert twins_cli._check_pair in registry.FIRST_BUILD_HOOKS
 
     (tmp_path / "misnamed_twin.py").write_text(MISNAMED)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -177,6 +184,7 @@ def test_a_pair_whose_keras_layer_names_map_to_no_torch_key_is_refused_on_first_
     assert ("2 Keras weights map to no torch key: classifier.2.weight (layer classifier-2), classifier.2.bias "
             "(layer classifier-2)") in message, message
     assert "2 torch keys have no Keras layer: classifier.1.weight, classifier.1.bias" in message, message
+    check_pair("mobilenet_v2", "Keras", keras_impl.build("mobilenet_v2", num_classes=3), {"num_classes": 3})
 
 
 @TENSORFLOW_PASS

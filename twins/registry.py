@@ -267,8 +267,9 @@ class PluginError(ImportError):
 
 class PairError(ValueError):
     """The two builders of a registered pair build twins whose weights do not correspond: Keras weights whose layer
-    names map to no torch key, torch keys with no Keras layer, or a key whose shapes differ (`keras_impl.build`
-    checks a registered pair the first time it builds it in a process)."""
+    names map to no torch key, torch keys with no Keras layer, or a key whose shapes differ (`twins_cli.pair_check`,
+    run on the first build of a registered pair's Keras twin in a process that imports `twins_cli`: every `twins`
+    tool, the parity workers, the benchmarks)."""
 
 
 def _check_import_string(value, side: str, name: str) -> str:
@@ -391,6 +392,26 @@ def builder(builders: dict, framework: str, name: str):
     )
 
 
+# Called as `hook(name, framework, model, options)` after the first build of a registered pair's twin on one side
+# in a process (`framework`: "torch" or "Keras"): `twins_cli` installs the pair check (`twins_cli.pair_check`),
+# which needs both frameworks and so cannot live in this core or in either twin package.
+FIRST_BUILD_HOOKS: list = []
+_FIRST_BUILT: set = set()
+
+
+def on_first_build(hook) -> None:
+    """Call `hook(name, framework, model, options)` after the first build of each registered pair's twin on each side
+    in this process (once per hook)."""
+    if hook not in FIRST_BUILD_HOOKS:
+        FIRST_BUILD_HOOKS.append(hook)
+
+
 def build_with(builders: dict, framework: str, name: str, **kwargs):
-    """Look `name` up in the registry, then in a twin package's `builders` or the registered pairs, and build it."""
-    return builder(builders, framework, name)(**kwargs)
+    """Look `name` up in the registry, then in a twin package's `builders` or the registered pairs, and build it; a
+    registered pair's first build on a side runs the `FIRST_BUILD_HOOKS`."""
+    model = builder(builders, framework, name)(**kwargs)
+    if name in PLUGINS and (framework, name) not in _FIRST_BUILT:
+        for hook in FIRST_BUILD_HOOKS:
+            hook(name, framework, model, kwargs)
+        _FIRST_BUILT.add((framework, name))
+    return model

@@ -9,7 +9,7 @@ The parts, one file each:
 - `plan`: the quick plan of `make test` and `make demo` (`QUICK_SUITE`) and the jobs a worker runs;
 - `sides`: the torch reference, the batches' labels, the float64 switches; `compare`: the metric over tensors
   and the first diverging layer; `checks`: the checks themselves (`ParityRun`, `run_model`); `exports`: the
-  export rows; `rows`: a row and how a check becomes one;
+  export rows; `rows`: a row and how a check becomes one; `table`: the Markdown table of rows;
 - `worker`: one backend's process; `launch`: starting it per backend and collecting its rows; `memory`:
   releasing what a model left; `gate`: `assert_twins`, the one call a CI test makes.
 

@@ -13,6 +13,7 @@ import sys
 
 from .bounds import ALL_CHECKS, BACKENDS, EXPORT_CHECKS, TORCH_EXPORT_CHECKS, TORCH_TWIN
 from .launch import installed_backends, run_parity
+from .table import parity_table
 from .variants import resolve
 
 
@@ -42,8 +43,6 @@ def assert_twins(name: str, backends=None, checks=None, *, size: int | None = No
     rows = run_parity([name], backends, batch=batch, size=size, checks=checks, timeout=timeout, log=log)
     failed = [r for r in rows if not r["passed"] and r.get("supported", True)]
     if failed or not rows:
-        from twins_cli.report import parity_table
-
         exports = [c for c in checks if c in EXPORT_CHECKS]
         summary = (f"{len(failed)} of {len(rows)} parity rows of {name} failed" if rows
                    else f"no parity row of {name} was computed (checks: {', '.join(checks)}; exports: "
