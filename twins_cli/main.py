@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--size", type=int, default=None,
                    help="image height (default: the model's parity size); the width is the valid size nearest 7/8 "
-                        "of it (registry.ModelInfo.parity_width), so no row is square")
+                        "of it, at least 3/4 (registry.ModelInfo.parity_width), so no row is square")
     p.add_argument("--timeout", type=int, default=None,
                    help="seconds per backend's worker (default: 15 minutes per model in the plan)")
     p.set_defaults(func=cmd_parity)
