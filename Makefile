@@ -5,7 +5,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# The project and its dependencies (.installed), then the examples (.installed-examples), each redone when its own
+# files change: a .venv made before an example was added installs just the example.
+BASE_STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-examples
 PYTEST_ARGS := parity_tests -q -p no:cacheprovider --durations=15
 PYTEST := $(PY) -m pytest $(PYTEST_ARGS)
 # The passes of `make test`: everything under tensorflow, then the Keras tests (marker `keras`) under jax and torch.
@@ -37,10 +40,13 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 # package of its own whose `twins.models` entry point registers it, so every tool and `make test` see it.
 EXAMPLES := examples/mobilenet_v2
 
-$(STAMP): pyproject.toml constraints.txt $(addsuffix /pyproject.toml,$(EXAMPLES))
+$(BASE_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev,export]"
+	touch $(BASE_STAMP)
+
+$(STAMP): $(BASE_STAMP) $(addsuffix /pyproject.toml,$(EXAMPLES))
 	$(PY) -m pip install -q -c constraints.txt --no-deps $(addprefix -e ,$(EXAMPLES))
 	touch $(STAMP)
 

@@ -111,6 +111,10 @@ def test_eval_verdicts_are_graded_against_the_float64_truth():
     assert allowed == FLOAT32_BOUNDS["eval_output"] and err > allowed
     err, allowed, detail = grade(keras.T, torch32)
     assert err == math.inf and detail == "out: shape (1000, 2) against the torch twin's (2, 1000)"
+    overflowed = torch32.copy()
+    overflowed[1, 1] = np.inf  # torch float32 overflowed where float64 did not: no bound is widened by it
+    err, allowed, _ = grade(keras, overflowed)
+    assert allowed == FLOAT32_BOUNDS["eval_output"] and err > allowed
 
 
 def test_a_gradient_that_is_zero_in_truth_is_graded_against_the_models_gradients():

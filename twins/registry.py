@@ -36,6 +36,9 @@ class ModelInfo:
     std: tuple[float, float, float] = IMAGENET_STD
     # Smallest spatial size the architecture accepts (every stride still leaves >= 1 pixel).
     min_input_size: int = 32
+    # Smallest size its training mode accepts where that is larger (inception_v3 with its aux head: 299): the parity
+    # engine's width stays at or above it wherever its height is (`parity_width`).
+    train_min_input_size: int | None = None
     # Largest spatial size it accepts, where there is one (vgg19_slim squeezes a map that must be 1x1).
     max_input_size: int | None = None
     # Height and width must be multiples of this (saliency_unet: 32, its decoder doubles the map back onto
@@ -68,8 +71,11 @@ class ModelInfo:
         below it and at least 3/4 of it, else the valid width nearest 17/16 of it above it, else (no other width
         fits) the height. Not narrower than 3/4: saliency_unet at 64x32 (its only narrower width) leaves layer4's
         training-mode BatchNorms 4 values per channel, and its float64 Adam steps then differ by 3.8e-3 between
-        two correct twins (bound 1e-6; 1.6e-8 at 64x64): it gets 64x96."""
-        below = [w for w in range(height - 1, -(-3 * height // 4) - 1, -1) if self.size_problem(height, w) is None]
+        two correct twins (bound 1e-6; 1.6e-8 at 64x64): it gets 64x96. Nor narrower than the training mode's
+        minimum where the height meets it (inception_v3 at 299: 299x318; at 75, eval only, 75x80)."""
+        train = self.train_min_input_size if self.train_min_input_size and height >= self.train_min_input_size else 0
+        low = max(-(-3 * height // 4), train)
+        below = [w for w in range(height - 1, low - 1, -1) if self.size_problem(height, w) is None]
         if below:
             return min(below, key=lambda w: (abs(w - height * 7 / 8), -w))
         top = self.max_input_size or 2 * height
@@ -147,7 +153,9 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("squeezenet1_0", "squeezenet", 224, ("classifier.1",), min_input_size=21, parity_size=64,
                   parity_train_options={"dropout": 0.0}),
         ModelInfo("densenet121", "densenet", 224, ("classifier",), min_input_size=29, parity_size=64),
+        # training mode with the aux head needs 299 (INCEPTION_MIN_TRAIN_SIZE_WITH_AUX, below)
         ModelInfo("inception_v3", "inception", 299, ("AuxLogits.fc", "fc"), min_input_size=75,
+                  train_min_input_size=299,
                   parity_size=299, aux_heads=("AuxLogits.fc",), parity_train_options={"dropout": 0.0},
                   notes="aux logits returned in training mode only; BatchNorm eps 1e-3"),
         # fc6, a 7x7 VALID conv on pool5's map (input / 32, floored), must leave fc8 at 1x1: 224..255 px.
@@ -300,6 +308,8 @@ def register(info: ModelInfo, *, torch: str, keras: str, replace: bool = False) 
         where = "a built-in model" if info.name not in PLUGINS else f"registered with {PLUGINS[info.name]}"
         raise ValueError(f"register(): the name {info.name!r} is taken ({where}); choose another name or pass "
                          "replace=True")
+    if PLUGINS.get(info.name) != sides:  # new builders: checked again on their first build
+        _FIRST_BUILT.difference_update({(side, name) for side, name in set(_FIRST_BUILT) if name == info.name})
     MODELS[info.name] = info
     PLUGINS[info.name] = sides
     return info
@@ -311,6 +321,7 @@ def unregister(name: str) -> None:
         raise UnknownModelError(f"{name!r} was not registered by register(); registered: {', '.join(PLUGINS)}")
     del PLUGINS[name]
     del MODELS[name]
+    _FIRST_BUILT.difference_update({(side, name) for side, built in set(_FIRST_BUILT) if built == name})
 
 
 def plugin_modules() -> list[tuple[str, str]]:

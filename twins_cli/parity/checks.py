@@ -165,6 +165,9 @@ class ParityRun:
                         if self.has_stage_taps():
                             for k, v in model.forward_stages(x).items():
                                 store.put("stage", k, v.numpy())
+                except BaseException:
+                    store.close()  # its folder goes: the next check's try starts from nothing, and fails as this did
+                    raise
                 finally:
                     self.reference.float()
                 found = recordings.finish(key, store, {}), {}
