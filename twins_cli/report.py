@@ -271,8 +271,8 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
         "",
         "## Parity matrix",
         "",
-        "Each cell: checks passed on that Keras backend, and the eval-output relative error against the "
-        "torch twin (bound 1e-5). Checks (those that apply to the model): " + ", ".join(f"`{c}`" for c in CHECKS) + ". Details per model below.",
+        "Each cell: checks passed on that Keras backend, and the eval output's relative error against the torch "
+        "twin run in float64 (bound 1e-5, or 2x torch float32's own distance where larger). Checks (those that apply to the model): " + ", ".join(f"`{c}`" for c in CHECKS) + ". Details per model below.",
         "",
         parity_matrix(parity_rows, columns),
         "",
