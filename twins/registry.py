@@ -309,7 +309,7 @@ def register(info: ModelInfo, *, torch: str, keras: str, replace: bool = False) 
         raise ValueError(f"register(): the name {info.name!r} is taken ({where}); choose another name or pass "
                          "replace=True")
     if PLUGINS.get(info.name) != sides:  # new builders: checked again on their first build
-        _FIRST_BUILT.difference_update({(side, name) for side, name in set(_FIRST_BUILT) if name == info.name})
+        _forget_first_builds(info.name)
     MODELS[info.name] = info
     PLUGINS[info.name] = sides
     return info
@@ -321,7 +321,12 @@ def unregister(name: str) -> None:
         raise UnknownModelError(f"{name!r} was not registered by register(); registered: {', '.join(PLUGINS)}")
     del PLUGINS[name]
     del MODELS[name]
-    _FIRST_BUILT.difference_update({(side, name) for side, built in set(_FIRST_BUILT) if built == name})
+    _forget_first_builds(name)
+
+
+def _forget_first_builds(name: str) -> None:
+    """`name`'s next build on either side runs the first-build hooks again (its builders changed or went)."""
+    _FIRST_BUILT.difference_update({(side, built) for side, built in set(_FIRST_BUILT) if built == name})
 
 
 def plugin_modules() -> list[tuple[str, str]]:

@@ -25,7 +25,7 @@ from twins_cli.convert import cmd_convert
 from twins_cli.dp_parity import add_parser as add_dp_parity_parser
 from twins_cli.explain import add_parser as add_explain_parser
 from twins_cli.export import add_parser as add_export_parser
-from twins_cli.parity import ALL_CHECKS, BACKENDS, TORCH_EXPORT_CHECKS, TORCH_TWIN
+from twins_cli.parity import ALL_CHECKS, BACKENDS, TORCH_TWIN
 from twins_cli.report import build_report, parity_table
 from twins_cli.train import add_parsers as add_training_parsers
 
@@ -64,9 +64,7 @@ def _parse_checks(text: str | None) -> list[str] | None:
 def cmd_parity(args) -> int:
     models = _parse_models(args.models)
     checks = _parse_checks(args.checks)
-    backends = _parse_backends(args.backends) if args.backends else parity.installed_backends()
-    if not args.backends and (checks is None or set(checks) & set(TORCH_EXPORT_CHECKS)):
-        backends.append(TORCH_TWIN)  # the torch twin's own exports
+    backends = _parse_backends(args.backends) if args.backends else parity.default_backends(checks)
     rows = parity.run_parity(models, backends, batch=args.batch, size=args.size, checks=checks, timeout=args.timeout)
     print(parity_table(rows, backends))
     if args.json:

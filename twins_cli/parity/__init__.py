@@ -61,7 +61,7 @@ from .compare import (LazyMap, first_divergence, key_set_problem, nchw_to_nhwc, 
                       worst)
 from .exports import export_format, export_row, run_torch_exports
 from .gate import assert_twins
-from .launch import installed_backends, run_parity, run_worker
+from .launch import default_backends, installed_backends, run_parity, run_worker
 from .memory import release_memory
 from .plan import QUICK_EXPORTS, QUICK_SUITE, Job, jobs
 from .rows import Row, check_row, failed_row

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sys
 
-from .bounds import ALL_CHECKS, BACKENDS, EXPORT_CHECKS, TORCH_EXPORT_CHECKS, TORCH_TWIN
-from .launch import installed_backends, run_parity
+from .bounds import ALL_CHECKS, BACKENDS, EXPORT_CHECKS, TORCH_TWIN
+from .launch import default_backends, run_parity
 from .table import parity_table
 from .variants import resolve
 
@@ -31,11 +31,7 @@ def assert_twins(name: str, backends=None, checks=None, *, size: int | None = No
     if unknown or not checks:
         raise ValueError(f"unknown check(s) {', '.join(unknown) or '(none given)'}; expected a subset of "
                          f"{', '.join(ALL_CHECKS)}")
-    if backends is None:
-        backends = installed_backends()
-        if set(checks) & set(TORCH_EXPORT_CHECKS):
-            backends.append(TORCH_TWIN)
-    backends = list(backends)
+    backends = default_backends(checks) if backends is None else list(backends)
     wrong = [b for b in backends if b not in BACKENDS + (TORCH_TWIN,)]
     if wrong or not backends:
         raise ValueError(f"unknown backend(s) {', '.join(wrong) or '(none given)'}; expected a subset of "

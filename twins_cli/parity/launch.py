@@ -211,6 +211,17 @@ def run_shared(plan: list[Job], backends, *, parallel: int, timeout=1800, log=sy
 JOB_TIMEOUT = 900
 
 
+def default_backends(checks=None) -> list[str]:
+    """The backends of a parity run that names none: every installed Keras backend, and the torch twin's own export
+    rows (`TORCH_TWIN`) when the checks (None: all) include one of its exports."""
+    from .bounds import TORCH_EXPORT_CHECKS, TORCH_TWIN
+
+    backends = installed_backends()
+    if checks is None or set(checks) & set(TORCH_EXPORT_CHECKS):
+        backends.append(TORCH_TWIN)
+    return backends
+
+
 def run_parity(models, backends, *, batch=2, size=None, checks=None, quick=False, timeout: float | None = None,
                log=sys.stderr, parallel: int = 1, keep_exports: str | None = None) -> list[dict]:
     """Run the parity worker for `models` once per backend. `quick`: each model's QUICK_SUITE plan (and
