@@ -24,18 +24,27 @@ from twins_cli.parity.memory import PARITY_ENV
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def user_env(lean: bool = False) -> dict:
-    """The environment of a `twins` command the tests start: this pass's Keras backend, and tensorflow with its
-    defaults as a user has it, or with `lean` as the suite's own processes run it (without oneDNN, whose pool
-    keeps its high-water mark, `twins_cli.parity.memory.PARITY_ENV`: vgg19_slim's Keras training from the slim
-    checkpoint peaked at 5.6 GB with it, 4.1 GB without)."""
+# The Keras backend of the `twins` processes that a backend-free test starts (the tensorflow pass's end-to-end runs of
+# the CLI, marked "backend-free" where they skip the other passes): Keras on torch, the cheapest to start and to run
+# a few steps on (no tensorflow import, no graph traced: pspnet's Keras training run at 17 px took 30 s there, 69 s
+# on tensorflow). Keras' fit on each backend is the recipe-parity tests' subject, and a `twins train` process on
+# each backend the killed-run tests' (`test_train.py`).
+BACKEND_FREE = "torch"
+
+
+def user_env(lean: bool = False, backend: str | None = None) -> dict:
+    """The environment of a `twins` command the tests start: `backend` (default: this pass's Keras backend), and
+    tensorflow with its defaults as a user has it, or with `lean` as the suite's own processes run it (without
+    oneDNN, whose pool keeps its high-water mark, `twins_cli.parity.memory.PARITY_ENV`: vgg19_slim's Keras
+    training from the slim checkpoint peaked at 5.6 GB with it, 4.1 GB without)."""
     env = {k: v for k, v in os.environ.items() if k not in PARITY_ENV}
-    return {**env, "KERAS_BACKEND": BACKEND, "TF_CPP_MIN_LOG_LEVEL": "3", **(PARITY_ENV if lean else {})}
+    return {**env, "KERAS_BACKEND": backend or BACKEND, "TF_CPP_MIN_LOG_LEVEL": "3", **(PARITY_ENV if lean else {})}
 
 
-def twins_cli(*args, timeout=600, lean=False, **kwargs) -> subprocess.CompletedProcess:
-    """`twins ARGS` in a process of its own (the Keras backend of this pass); `lean`: see `user_env`."""
-    env = {**user_env(lean), "PYTHONUNBUFFERED": "1"}
+def twins_cli(*args, timeout=600, lean=False, backend=None, **kwargs) -> subprocess.CompletedProcess:
+    """`twins ARGS` in a process of its own, on Keras backend `backend` (default: this pass's); `lean`: see
+    `user_env`."""
+    env = {**user_env(lean, backend), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "twins_cli.main", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout, **kwargs)
 
@@ -77,3 +86,8 @@ def run_killed(args, run: Path, lean=False) -> str:
     output = proc.communicate()[0]
     assert proc.returncode == -signal.SIGKILL, f"the run ended before it could be killed:\n{output}"
     return output
+
+
+def backend_free(*args, **kwargs) -> subprocess.CompletedProcess:
+    """`twins_cli` for a backend-free test: its Keras processes on `BACKEND_FREE`."""
+    return twins_cli(*args, backend=BACKEND_FREE, **kwargs)

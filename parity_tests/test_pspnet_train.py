@@ -68,19 +68,19 @@ def test_twins_train_evaluate_and_predict_pspnet_across_the_frameworks(tmp_path)
     score), the torch run's best weights scored by the Keras twin to the mIoU its own history recorded, and
     `twins predict` writing palette masks at each image's size (class indices `read_label` reads back) and
     overlays, with each image's mIoU against its label; then what a user gets wrong first."""
-    from parity_tests.cli import refused, twins_cli
+    from parity_tests.cli import backend_free, refused
     from twins.data import read_image, read_label
     from twins.shapes import make_shapes
 
     if BACKEND != "tensorflow":
         pytest.skip("the CLI's PSPNet path is backend-free; the segmentation recipe is compared per backend above")
     data = tmp_path / "voc"
-    done = twins_cli("shapes", str(data), "--layout", "voc", "--train", "6", "--val", "4", "--size", "24")
+    done = backend_free("shapes", str(data), "--layout", "voc", "--train", "6", "--val", "4", "--size", "24")
     assert done.returncode == 0 and "PASCAL VOC layout" in done.stdout, done.stderr
     common = ["--data", str(data), "--epochs", "1", "--batch-size", "3", "--img-size", str(SIZE), "--workers", "0"]
     runs = {f: tmp_path / f"psp-{f}" for f in ("torch", "keras")}
     for framework, out in runs.items():
-        done = twins_cli("train", "pspnet", "--framework", framework, "--out", str(out), *common)
+        done = backend_free("train", "pspnet", "--framework", framework, "--out", str(out), *common)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "6 train / 4 val images, 4 classes (background, disc, square, triangle)" in done.stdout
         assert ("cross-entropy over labelled pixels (255 ignored) + 0.4 x aux, SGD lr 0.01 -> 0.0 (poly decay) "
@@ -90,15 +90,15 @@ def test_twins_train_evaluate_and_predict_pspnet_across_the_frameworks(tmp_path)
         assert history["score"] == "miou" and 0 <= history["epochs"][0]["val"]["miou"] <= 1
         assert (out / "classes.txt").read_text().split() == ["background", "disc", "square", "triangle"]
     val = json.loads((runs["torch"] / "history.json").read_text())["epochs"][0]["val"]
-    done = twins_cli("evaluate", "pspnet", "--framework", "keras", "--weights", str(runs["torch"] / "best.safetensors"),
-                     "--data", str(data), "--img-size", str(SIZE))
+    done = backend_free("evaluate", "pspnet", "--framework", "keras", "--weights",
+                        str(runs["torch"] / "best.safetensors"), "--data", str(data), "--img-size", str(SIZE))
     assert done.returncode == 0, done.stderr
     assert f"miou {val['miou']:.4f} acc {val['acc']:.4f}" in done.stdout.splitlines()[-1]
     images = sorted((data / "JPEGImages").glob("val_*.jpg"))[:2]
     out = tmp_path / "masks"
-    done = twins_cli("predict", "pspnet", *map(str, images), "--framework", "keras", "--weights",
-                     str(runs["torch"] / "best.safetensors"), "--img-size", str(SIZE), "--out", str(out),
-                     "--masks", str(data / "SegmentationClass"), "--classes", str(runs["torch"] / "classes.txt"))
+    done = backend_free("predict", "pspnet", *map(str, images), "--framework", "keras", "--weights",
+                        str(runs["torch"] / "best.safetensors"), "--img-size", str(SIZE), "--out", str(out),
+                        "--masks", str(data / "SegmentationClass"), "--classes", str(runs["torch"] / "classes.txt"))
     assert done.returncode == 0, done.stderr
     for image in images:
         mask = read_label(out / f"{image.stem}.png")

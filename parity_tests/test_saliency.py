@@ -262,7 +262,7 @@ def test_twins_train_evaluate_and_predict_a_saliency_run(tmp_path):
 
     import cv2
 
-    from parity_tests.cli import refused, twins_cli
+    from parity_tests.cli import backend_free, refused
     from twins.shapes import make_salicon
 
     if BACKEND != "tensorflow":
@@ -271,9 +271,9 @@ def test_twins_train_evaluate_and_predict_a_saliency_run(tmp_path):
     torch.manual_seed(5)
     resnet = checkpoints.write(tmp_path / "resnet50.safetensors", state_dict_numpy(torch_impl.build("resnet50")))
     run = tmp_path / "run"
-    done = twins_cli("train", "saliency_unet", "--framework", "torch", "--data", str(data), "--out", str(run),
-                     "--epochs", "1", "--batch-size", "2", "--img-size", str(SIZE), "--workers", "0",
-                     "--weights", str(resnet))
+    done = backend_free("train", "saliency_unet", "--framework", "torch", "--data", str(data), "--out", str(run),
+                        "--epochs", "1", "--batch-size", "2", "--img-size", str(SIZE), "--workers", "0",
+                        "--weights", str(resnet))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 train / 2 val image + saliency-map pairs, conv1, bn1, layer1, layer2 frozen" in done.stdout
     assert "MSE, Adam lr 0.001 betas 0.9/0.99; 2 steps per epoch" in done.stdout
@@ -286,14 +286,14 @@ def test_twins_train_evaluate_and_predict_a_saliency_run(tmp_path):
     trainable = (run / "trainable.txt").read_text().split()
     assert "layer3.0.conv1.weight" in trainable and not [n for n in trainable if n.startswith(("layer1", "layer2"))]
     best = str(run / "best.safetensors")
-    done = twins_cli("evaluate", "saliency_unet", "--framework", "keras", "--weights", best, "--data", str(data),
-                     "--img-size", str(SIZE))
+    done = backend_free("evaluate", "saliency_unet", "--framework", "keras", "--weights", best, "--data", str(data),
+                        "--img-size", str(SIZE))
     assert done.returncode == 0, done.stderr
     scores = dict(zip(*[iter(done.stdout.splitlines()[-1].split())] * 2))
     assert all(abs(float(scores[k]) - val[k]) <= 5e-5 for k in ("loss", "cc", "kld", "sim")), (scores, val)  # 4 decimals
     image = data / "image" / "val" / "val_00000.jpg"
-    done = twins_cli("predict", "saliency_unet", str(image), "--framework", "torch", "--weights", best,
-                     "--masks", str(data / "mask" / "val"), "--out", str(tmp_path / "pred"), "--img-size", str(SIZE))
+    done = backend_free("predict", "saliency_unet", str(image), "--framework", "torch", "--weights", best,
+                        "--masks", str(data / "mask" / "val"), "--out", str(tmp_path / "pred"), "--img-size", str(SIZE))
     assert done.returncode == 0, done.stderr
     assert "val_00000.png" in done.stdout and " cc " in done.stdout
     panel = cv2.imread(str(tmp_path / "pred" / "val_00000.png"))

@@ -123,7 +123,7 @@ def test_twins_train_ssl_then_sl_across_the_frameworks(tmp_path):
     """A Keras SSL run fine-tuned by torch, a torch SSL run probed linearly by Keras (its encoder frozen, so its
     conv kernels come out as the SSL run left them), the kNN monitor in history.json, the log and TensorBoard,
     the Keras run's kNN accuracy recomputed by the torch twin, and the errors of --init-from."""
-    from parity_tests.cli import refused, twins_cli
+    from parity_tests.cli import BACKEND_FREE, backend_free, refused
     from twins.shapes import make_cifar10
 
     if BACKEND != "tensorflow":
@@ -132,7 +132,8 @@ def test_twins_train_ssl_then_sl_across_the_frameworks(tmp_path):
     common = ["--data", str(data), "--epochs", "1", "--batch-size", "8", "--workers", "0"]
     ssl = {f: tmp_path / f"ssl-{f}" for f in ("keras", "torch")}
     for framework, out in ssl.items():
-        done = twins_cli("train", "simclr_ssl", "--framework", framework, "--out", str(out), "--knn-k", "5", *common)
+        done = backend_free("train", "simclr_ssl", "--framework", framework, "--out", str(out), "--knn-k", "5",
+                            *common)
         assert done.returncode == 0, done.stdout + done.stderr
         assert "20 train / 10 val images, two views each; labels of 10 classes" in done.stdout
         assert "NT-Xent (temperature 0.5) of view pairs, SGD lr 0.3 -> 0.0 (cosine decay) momentum 0.9" in done.stdout
@@ -142,21 +143,22 @@ def test_twins_train_ssl_then_sl_across_the_frameworks(tmp_path):
         assert list((out / "tensorboard").glob("events*"))
     # The torch twin recomputes the Keras run's kNN accuracy from its best weights.
     knn = json.loads((ssl["keras"] / "history.json").read_text())["epochs"][0]["val"]["knn"]
-    done = twins_cli("evaluate", "simclr_ssl", "--framework", "torch", "--weights", str(ssl["keras"] / "best.safetensors"),
-                     "--data", str(data), "--knn-k", "5")
+    done = backend_free("evaluate", "simclr_ssl", "--framework", "torch", "--weights",
+                        str(ssl["keras"] / "best.safetensors"), "--data", str(data), "--knn-k", "5")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == f"knn {knn:.4f}"
     # Keras SSL -> torch fine-tuning of the whole SL model.
-    done = twins_cli("train", "simclr_sl", "--framework", "torch", "--init-from", str(ssl["keras"]),
-                     "--out", str(tmp_path / "sl-torch"), *common)
+    done = backend_free("train", "simclr_sl", "--framework", "torch", "--init-from", str(ssl["keras"]),
+                        "--out", str(tmp_path / "sl-torch"), *common)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "(simclr_ssl, keras/tensorflow, best epoch): its enc starts this simclr_sl; its projector left out" in done.stdout
+    assert (f"(simclr_ssl, keras/{BACKEND_FREE}, best epoch): its enc starts this simclr_sl; its projector left out"
+            in done.stdout)
     assert "loaded 100, skipped 6, missing 0, unexpected 0, mismatched 0" in done.stdout
     assert "parameters to update (62)" in done.stdout
     # torch SSL -> Keras linear probe: only `linear` trains, the encoder's kernels are the SSL run's.
     probe = tmp_path / "sl-keras"
-    done = twins_cli("train", "simclr_sl", "--framework", "keras", "--init-from", str(ssl["torch"]),
-                     "--feature-extract", "--out", str(probe), *common)
+    done = backend_free("train", "simclr_sl", "--framework", "keras", "--init-from", str(ssl["torch"]),
+                        "--feature-extract", "--out", str(probe), *common)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (probe / "trainable.txt").read_text().split() == ["linear.weight", "linear.bias"]
     before, after = (checkpoints.read(p) for p in (ssl["torch"] / "best.safetensors", probe / "best.safetensors"))

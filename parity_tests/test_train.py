@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from parity_tests.cli import refused, run_killed, twins_cli
+from parity_tests.cli import backend_free, refused, run_killed, twins_cli
 from parity_tests.conftest import BACKEND
 from twins import checkpoints
 from twins.runs import RunDir
@@ -163,7 +163,7 @@ def test_evaluate_predict_and_plot_across_frameworks(shapes, tmp_path):
     common = ["--weights", str(weights), "--img-size", str(SIZE)]
     outs = {}
     for framework in ("torch", "keras"):
-        done = twins_cli("evaluate", "resnet18", "--framework", framework, "--data", str(shapes), *common)
+        done = backend_free("evaluate", "resnet18", "--framework", framework, "--data", str(shapes), *common)
         assert done.returncode == 0, done.stderr
         outs[framework] = done.stdout.splitlines()[1]
     loss = {f: float(line.split()[1]) for f, line in outs.items()}
@@ -173,13 +173,13 @@ def test_evaluate_predict_and_plot_across_frameworks(shapes, tmp_path):
     image = next((shapes / "val" / "disc").iterdir())
     preds = {}
     for framework in ("torch", "keras"):
-        done = twins_cli("predict", "resnet18", str(image), "--framework", framework, "--classes", str(classes),
-                         "--top-k", "2", *common)
+        done = backend_free("predict", "resnet18", str(image), "--framework", framework, "--classes", str(classes),
+                            "--top-k", "2", *common)
         assert done.returncode == 0, done.stderr
         preds[framework] = done.stdout.strip().split(": ", 1)[1].split(", ")
     assert [p.split()[0] for p in preds["torch"]] == [p.split()[0] for p in preds["keras"]]
     assert all(abs(float(a.split()[1]) - float(b.split()[1])) < 2e-3 for a, b in zip(preds["torch"], preds["keras"]))
-    bad = twins_cli("predict", "resnet18", str(tmp_path / "classes.txt"), "--classes", str(classes), *common)
+    bad = backend_free("predict", "resnet18", str(tmp_path / "classes.txt"), "--classes", str(classes), *common)
     assert bad.returncode == 2 and "unreadable image" in bad.stderr
 
 
