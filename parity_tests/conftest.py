@@ -87,6 +87,21 @@ TENSORFLOW_PASS_ONLY = ("resnet34", "resnet50", "resnet101", "resnet152", "dense
 LARGER_VARIANTS = ("resnet34", "resnet101", "resnet152")
 
 
+def keras_contract_build(name: str, **kwargs):
+    """`keras_impl.build` for the Keras contract tests. On jax their initial values are drawn by numpy from their
+    initializers' distributions (`keras_impl.common.initial_values_drawn_by_numpy`, as the parity engine's): a
+    `jax.random` draw compiles a program for each new variable shape, and a model's first build cost 10 s
+    (squeezenet1_0) where numpy took 0.6 s. The tests ask for finite outputs and non-zero gradients of the
+    twin as built, whichever values it starts from."""
+    import contextlib
+
+    import keras_impl
+    from keras_impl.common import initial_values_drawn_by_numpy
+
+    with initial_values_drawn_by_numpy(0) if BACKEND == "jax" else contextlib.nullcontext():
+        return keras_impl.build(name, **kwargs)
+
+
 def skip_off_tensorflow(model_name: str, *, larger_variants: bool = False) -> None:
     """`larger_variants`: the test is one of those LARGER_VARIANTS leave to resnet18 / resnet50."""
     if larger_variants and model_name in LARGER_VARIANTS:

@@ -63,6 +63,7 @@ def twins_from(name: str, initial: dict, **options):
     import keras_impl
     import torch_impl
     from keras_impl import train as ktrain
+    from keras_impl.common import initial_values_not_drawn
     from keras_impl.weights import load_torch_state_dict
     from torch_impl import train as ttrain
 
@@ -71,7 +72,8 @@ def twins_from(name: str, initial: dict, **options):
             model = torch_impl.build(name, **options)
             model.load_state_dict(initial)
             return model.double(), ttrain
-        model = keras_impl.build(name, **options)
+        with initial_values_not_drawn():  # every variable is loaded next, strictly
+            model = keras_impl.build(name, **options)
         load_torch_state_dict(model, initial)
         return model, ktrain
 
@@ -87,6 +89,7 @@ def classification(out: Path) -> dict:
     import keras_impl
     import torch_impl
     from keras_impl import train as ktrain
+    from keras_impl.common import initial_values_not_drawn
     from keras_impl.weights import load_torch_state_dict
     from torch_impl import train as ttrain
     from twins.data import BatchPlan, ImageFolder, train_transform, val_transform
@@ -105,7 +108,8 @@ def classification(out: Path) -> dict:
     def build(framework, lr):
         if framework == "torch":
             return tmodel.double(), ttrain
-        model = keras_impl.build("resnet18", num_classes=2)
+        with initial_values_not_drawn():  # every variable is loaded next, strictly
+            model = keras_impl.build("resnet18", num_classes=2)
         load_torch_state_dict(model, initial)
         return model, ktrain
 

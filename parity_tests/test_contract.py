@@ -9,7 +9,7 @@ import torch
 
 import torch_impl
 from parity_tests.conftest import (BACKEND, GRADIENT_OPTIONS, MODELS, PSPNET_MODELS, RESNETS, SIMCLR_MODELS, TORCHVISION_MODELS,
-                                  contract_size, model_params, output_shape, skip_off_tensorflow,
+                                  contract_size, keras_contract_build, model_params, output_shape, skip_off_tensorflow,
                                   torchvision_parameter_count, torchvision_state_dict)
 from twins import registry
 
@@ -71,7 +71,8 @@ def test_torch_stage_outputs_have_documented_channels_and_strides(model_name):
 @torch_ids(TORCHVISION_MODELS)
 def test_torch_state_dict_is_torchvisions_key_for_key(model_name):
     """Keys, shapes and order against torchvision's own listing (the committed manifest)."""
-    model = torch_impl.build(model_name)
+    with torch.device("meta"):  # keys and shapes only: no memory, no initial value drawn
+        model = torch_impl.build(model_name)
     ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
     assert ours == torchvision_state_dict(model_name)
     assert sum(p.numel() for p in model.parameters()) == torchvision_parameter_count(model_name)
@@ -123,10 +124,8 @@ def test_unknown_model_name_is_refused_by_both_registries():
 def test_keras_output_shape_and_finite(model_name):
     import keras
 
-    import keras_impl
-
     skip_off_tensorflow(model_name, larger_variants=True)
-    model = keras_impl.build(model_name, num_classes=5)
+    model = keras_contract_build(model_name, num_classes=5)
     size = contract_size(model_name)
     out = keras.ops.convert_to_numpy(model(np.random.randn(2, size, size, 3).astype("float32"), training=False))
     assert out.shape == output_shape(model_name, 2, size, 5, "nhwc")
@@ -137,13 +136,12 @@ def test_keras_output_shape_and_finite(model_name):
 @model_params()
 def test_every_keras_parameter_gets_a_gradient(model_name):
     """Every torch parameter, named from the torch twin, has a finite non-zero Keras gradient."""
-    import keras_impl
     from keras_impl import training
     from keras_impl.weights import to_torch_layout
 
     skip_off_tensorflow(model_name, larger_variants=True)
     options = GRADIENT_OPTIONS.get(model_name, {})
-    model = keras_impl.build(model_name, num_classes=3, **options)
+    model = keras_contract_build(model_name, num_classes=3, **options)
     size = contract_size(model_name)
     x = np.random.randn(2, size, size, 3).astype("float32")
     task = registry.get(model_name).task
@@ -151,7 +149,8 @@ def test_every_keras_parameter_gets_a_gradient(model_name):
         if task == "saliency" else np.array([0, 2])
     _, grads = training.value_and_grad(model, training.loss_for(task), x, target)
     grads = to_torch_layout(model, training.gradients_numpy(model, grads))
-    parameters = {n for n, _ in torch_impl.build(model_name, num_classes=3, **options).named_parameters()}
+    with torch.device("meta"):  # the torch twin's parameter names only
+        parameters = {n for n, _ in torch_impl.build(model_name, num_classes=3, **options).named_parameters()}
     assert set(grads) == parameters
     dead = [p for p, g in grads.items() if g is None or not np.isfinite(g).all() or np.abs(g).max() == 0.0]
     assert not dead, f"no gradient for {dead}"
@@ -162,10 +161,8 @@ def test_every_keras_parameter_gets_a_gradient(model_name):
 def test_keras_stage_outputs_have_documented_channels_and_strides(model_name):
     import keras
 
-    import keras_impl
-
     skip_off_tensorflow(model_name, larger_variants=True)
-    model = keras_impl.build(model_name, include_top=False)
+    model = keras_contract_build(model_name, include_top=False)
     names = ["stem", "layer1", "layer2", "layer3", "layer4"]
     taps = keras.Model(model.input, [model.get_layer(n).output for n in names])
     outs = taps(np.random.randn(1, SIZE, SIZE, 3).astype("float32"))
@@ -178,6 +175,7 @@ def test_keras_stage_outputs_have_documented_channels_and_strides(model_name):
 @model_params(TORCHVISION_MODELS)
 def test_keras_variables_are_named_and_shaped_as_torchvisions(model_name):
     import keras_impl
+    from keras_impl.common import initial_values_not_drawn
     from keras_impl.weights import torch_state_dict
 
     if BACKEND != "tensorflow":
@@ -186,7 +184,8 @@ def test_keras_variables_are_named_and_shaped_as_torchvisions(model_name):
         # inception_v3 and densenet121 op by op costs 30 and 17 s on jax.
         pytest.skip("the Keras variables' names and shapes are backend-free; checked in the tensorflow pass")
 
-    model = keras_impl.build(model_name)
+    with initial_values_not_drawn():  # names and shapes only: no initial value is drawn
+        model = keras_impl.build(model_name)
     exported = {k: tuple(v.shape) for k, v in torch_state_dict(model).items()}
     assert exported == {k: s for k, s in torchvision_state_dict(model_name) if not k.endswith("num_batches_tracked")}
     assert all("." not in layer.name for layer in model.layers)
