@@ -15,8 +15,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from parity_tests.conftest import BACKEND
 from twins_cli.parity.memory import PARITY_ENV
@@ -71,6 +73,31 @@ def refused(*args) -> subprocess.CompletedProcess:
         os.chdir(cwd)
     assert code != 0, f"twins {' '.join(map(str, args))} was expected to be refused; it ran:\n{out.getvalue()}"
     return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def twins_started(*args, lean=False, backend=None) -> Callable[[], subprocess.CompletedProcess]:
+    """`twins ARGS` started in a process of its own beside what the test does next (two runs that do not depend
+    on each other use both cores where one would leave a core idle); returns a function that waits for it and
+    returns what `twins_cli` would have."""
+    env = {**user_env(lean, backend), "PYTHONUNBUFFERED": "1"}
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # no pipe to fill while nobody reads
+    proc = subprocess.Popen([sys.executable, "-m", "twins_cli.main", *args], cwd=ROOT, env=env, stdout=out,
+                            stderr=err, text=True)
+
+    def result(timeout=600) -> subprocess.CompletedProcess:
+        try:
+            proc.wait(timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0), err.seek(0)
+        try:
+            return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+        finally:
+            out.close(), err.close()
+
+    return result
 
 
 def run_killed(args, run: Path, lean=False) -> str:

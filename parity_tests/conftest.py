@@ -88,11 +88,12 @@ LARGER_VARIANTS = ("resnet34", "resnet101", "resnet152")
 
 
 def keras_contract_build(name: str, **kwargs):
-    """`keras_impl.build` for the Keras contract tests. On jax their initial values are drawn by numpy from their
-    initializers' distributions (`keras_impl.common.initial_values_drawn_by_numpy`, as the parity engine's): a
-    `jax.random` draw compiles a program for each new variable shape, and a model's first build cost 10 s
-    (squeezenet1_0) where numpy took 0.6 s. The tests ask for finite outputs and non-zero gradients of the
-    twin as built, whichever values it starts from."""
+    """`keras_impl.build` for the Keras contract tests (and the tests that need a twin with realistic values, not
+    particular ones). On jax the initial values are drawn by numpy from their initializers' distributions
+    (`keras_impl.common.initial_values_drawn_by_numpy`, as the parity engine's): a `jax.random` draw compiles a
+    program for each new variable shape, and a model's first build cost 10 s (squeezenet1_0) where numpy took
+    0.6 s. The tests ask for shapes, finite outputs and non-zero gradients of the twin as built, whichever values
+    it starts from."""
     import contextlib
 
     import keras_impl

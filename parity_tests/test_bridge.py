@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import torch_impl
+from parity_tests.conftest import keras_contract_build
 from torch_impl.weights import state_dict_numpy
 from twins import checkpoints
 from twins.checkpoints import CheckpointMismatchError
@@ -23,10 +24,9 @@ def keras_numpy(model):
 
 
 def test_resnet18_checkpoint_into_resnet50_fails_with_one_message_listing_everything():
-    import keras_impl
     from keras_impl.weights import load_torch_state_dict
 
-    model = keras_impl.build("resnet50")
+    model = keras_contract_build("resnet50")
     before = keras_numpy(model)
     with pytest.raises(CheckpointMismatchError) as info:
         load_torch_state_dict(model, torch_impl.build("resnet18").state_dict())
@@ -40,12 +40,11 @@ def test_resnet18_checkpoint_into_resnet50_fails_with_one_message_listing_everyt
 
 
 def test_unexpected_keys_are_listed_and_counters_ignored():
-    import keras_impl
     from keras_impl.weights import load_torch_state_dict
 
     state = state_dict_numpy(torch_impl.build("resnet18"))
     state["extra.weight"] = np.zeros(3, np.float32)
-    model = keras_impl.build("resnet18")
+    model = keras_contract_build("resnet18")
     with pytest.raises(CheckpointMismatchError, match=r"unexpected keys.*\n\s+extra.weight"):
         load_torch_state_dict(model, state)
     report = load_torch_state_dict(model, state, strict=False)
@@ -56,7 +55,6 @@ def test_unexpected_keys_are_listed_and_counters_ignored():
 def test_checkpoint_files_load_through_the_bridge(tmp_path, suffix):
     import keras
 
-    import keras_impl
     from keras_impl.weights import load_torch_state_dict
 
     torch.manual_seed(1)
@@ -66,7 +64,7 @@ def test_checkpoint_files_load_through_the_bridge(tmp_path, suffix):
         torch.save(source.state_dict(), path)
     else:
         checkpoints.write(path, state_dict_numpy(source))
-    model = keras_impl.build("resnet18", num_classes=4)
+    model = keras_contract_build("resnet18", num_classes=4)
     assert load_torch_state_dict(model, path).ok
     x = np.random.RandomState(0).randn(2, 3, 32, 32).astype(np.float32)
     with torch.no_grad():

@@ -9,6 +9,7 @@ import torch
 
 import torch_impl
 from parity_tests import seed_pspnet as seed
+from parity_tests.conftest import keras_contract_build
 from torch_impl.losses import segmentation_cross_entropy as torch_segmentation_ce
 from torch_impl.weights import load_state_dict
 from twins_cli.parity import randomize_batchnorm, rel_err
@@ -113,11 +114,13 @@ def test_the_seeds_weights_through_the_bridge_match_on_this_backend():
     import keras
 
     import keras_impl
+    from keras_impl.common import initial_values_not_drawn
     from keras_impl.training import training_view
     from keras_impl.weights import load_torch_state_dict
 
     theirs = seed_module(dropout=0.0)
-    model = keras_impl.build("pspnet", dropout=0.0)
+    with initial_values_not_drawn():  # every variable is loaded next, strictly
+        model = keras_impl.build("pspnet", dropout=0.0)
     report = load_torch_state_dict(model, theirs.state_dict(), strict=True)
     assert not report.missing and not report.unexpected and not report.mismatched
     x = batch(EVAL_SIZE)
@@ -169,14 +172,14 @@ def test_input_sizes_the_output_size_and_the_seeds_options():
 def test_the_keras_twin_refuses_the_same_sizes_and_options():
     import keras_impl
 
-    model = keras_impl.build("pspnet", num_classes=3)
+    model = keras_contract_build("pspnet", num_classes=3)
     with pytest.raises(ValueError, match=r"8k \+ 1.*got 64x64; the nearest sizes that work are 57x57 and 65x65"):
         model(np.zeros((1, 64, 64, 3), np.float32))
     with pytest.raises(ValueError, match="NCHW"):
         model(np.zeros((1, 3, 33, 33), np.float32))
     with pytest.raises(ValueError, match="zoom_factor must be one of"):
         keras_impl.build("pspnet", zoom_factor=3)
-    assert keras_impl.build("pspnet", num_classes=3, zoom_factor=2)(np.zeros((1, 33, 33, 3), np.float32)).shape == \
+    assert keras_contract_build("pspnet", num_classes=3, zoom_factor=2)(np.zeros((1, 33, 33, 3), np.float32)).shape == \
         (1, 9, 9, 3)
 
 

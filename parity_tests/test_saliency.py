@@ -54,9 +54,11 @@ def test_the_seeds_state_dict_through_the_bridge_matches_on_this_backend(seed_un
     import keras
 
     import keras_impl
+    from keras_impl.common import initial_values_not_drawn
     from keras_impl.weights import load_torch_state_dict
 
-    model = keras_impl.build("saliency_unet")
+    with initial_values_not_drawn():  # every variable is loaded next, strictly
+        model = keras_impl.build("saliency_unet")
     assert load_torch_state_dict(model, seed_unet.state_dict()).ok
     x = batch(SIZE, 96, seed=1)  # square inputs: the parity rows (saliency_unet's eval_output) on the same twins
     with torch.no_grad():

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from parity_tests.cli import backend_free, refused, run_killed, twins_cli
+from parity_tests.cli import backend_free, refused, run_killed, twins_cli, twins_started
 from parity_tests.conftest import BACKEND
+from parity_tests.recipes import BROKEN_RUNS_ON
 from twins import checkpoints
 from twins.runs import RunDir
 from twins.shapes import make_shapes
@@ -52,16 +53,20 @@ def test_recipe_parity_torch_loop_against_keras_fit(parity_worker):
     assert t["train"]["step_lrs"] == k["train"]["step_lrs"] and t["train"]["step_lrs"][0] > t["train"]["step_lrs"][3]
     diff = np.abs(np.subtract(t["train"]["step_losses"], k["train"]["step_losses"]))
     assert diff.max() < RECIPE_BOUND, diff
-    # The comparison can fail: a Keras learning rate 10% off moves the losses after the first step past it.
-    off = np.abs(np.subtract(t["train"]["step_losses"], runs["keras-lr-off"]["epochs"][0]["train"]["step_losses"]))
-    assert off[0] < RECIPE_BOUND < off[1:].min(), off
+    # The comparison can fail: a Keras learning rate 10% off moves the losses after the first step past it (the
+    # broken run is made in the torch pass, `recipes.BROKEN_RUNS_ON`).
+    off = None
+    if BACKEND == BROKEN_RUNS_ON:
+        off = np.abs(np.subtract(t["train"]["step_losses"], runs["keras-lr-off"]["epochs"][0]["train"]["step_losses"]))
+        assert off[0] < RECIPE_BOUND < off[1:].min(), off
     assert abs(t["val"]["loss"] - k["val"]["loss"]) < RECIPE_BOUND and t["val"]["acc"] == k["val"]["acc"]
     # Both best.safetensors hold the same weights, in torch layout, loadable on either side.
     a, b = checkpoints.read(out / "torch" / "best.safetensors"), checkpoints.read(out / "keras" / "best.safetensors")
     assert {k for k in a if not k.endswith("num_batches_tracked")} == set(b)
     weights_err = max(np.abs(a[k] - b[k]).max() / max(np.abs(a[k]).max(), 1e-6) for k in b)
     print(f"recipe parity on {BACKEND}: step losses {diff.max():.2g}, val loss "
-          f"{abs(t['val']['loss'] - k['val']['loss']):.2g}, weights {weights_err:.2g}, lr off {off[1:].min():.2g}")
+          f"{abs(t['val']['loss'] - k['val']['loss']):.2g}, weights {weights_err:.2g}"
+          + (f", lr off {off[1:].min():.2g}" if off is not None else ""))
     assert weights_err < 1e-4
 
 
@@ -101,10 +106,11 @@ def test_a_killed_run_resumes_with_the_losses_of_an_uninterrupted_one(food, imag
             str(imagenet_squeezenet), "--epochs", "2", "--img-size", "32", "--batch-size", "2", "--lr", "0.01",
             "--lr-end", "0.001", "--weight-decay", "5e-4", "--checkpoint-every", "2", "--val-every", "3",
             "--preprocess", "food101", "--margin", "4", "--drop-last", "--workers", "0"]
-    whole = twins_cli(*base, "--out", str(tmp_path / "whole"))
+    whole = twins_started(*base, "--out", str(tmp_path / "whole"))  # beside the run that is killed
+    killed = run_killed([*base, "--out", str(tmp_path / "killed")], tmp_path / "killed")
+    whole = whole()
     assert whole.returncode == 0, whole.stdout + whole.stderr
     assert "has 1000 classes, the data 2: the classifier (classifier.1) starts fresh" in whole.stdout, whole.stdout
-    killed = run_killed([*base, "--out", str(tmp_path / "killed")], tmp_path / "killed")
     assert "loaded 50, skipped 2, missing 0, unexpected 0, mismatched 0" in killed, killed
     state = json.loads((tmp_path / "killed" / "resume.json").read_text())
     assert (state["epoch"], state["batch"], state["step"]) == (0, 2, 2)  # 4 steps per epoch
