@@ -43,12 +43,16 @@ def user_env(lean: bool = False, backend: str | None = None) -> dict:
     return {**env, "KERAS_BACKEND": backend or BACKEND, "TF_CPP_MIN_LOG_LEVEL": "3", **(PARITY_ENV if lean else {})}
 
 
+def _twins_process(args, lean: bool, backend: str | None) -> tuple[list[str], dict]:
+    """The command line and environment of a `twins ARGS` process (`twins_cli`, `twins_started`)."""
+    return [sys.executable, "-m", "twins_cli.main", *args], {**user_env(lean, backend), "PYTHONUNBUFFERED": "1"}
+
+
 def twins_cli(*args, timeout=600, lean=False, backend=None, **kwargs) -> subprocess.CompletedProcess:
     """`twins ARGS` in a process of its own, on Keras backend `backend` (default: this pass's); `lean`: see
     `user_env`."""
-    env = {**user_env(lean, backend), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "twins_cli.main", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
+    command, env = _twins_process(args, lean, backend)
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def refused(*args) -> subprocess.CompletedProcess:
@@ -79,10 +83,9 @@ def twins_started(*args, lean=False, backend=None) -> Callable[[], subprocess.Co
     """`twins ARGS` started in a process of its own beside what the test does next (two runs that do not depend
     on each other use both cores where one would leave a core idle); returns a function that waits for it and
     returns what `twins_cli` would have."""
-    env = {**user_env(lean, backend), "PYTHONUNBUFFERED": "1"}
+    command, env = _twins_process(args, lean, backend)
     out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # no pipe to fill while nobody reads
-    proc = subprocess.Popen([sys.executable, "-m", "twins_cli.main", *args], cwd=ROOT, env=env, stdout=out,
-                            stderr=err, text=True)
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
 
     def result(timeout=600) -> subprocess.CompletedProcess:
         try:

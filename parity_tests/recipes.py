@@ -98,12 +98,7 @@ def classification(out: Path) -> dict:
     term on the conv kernels is in the loss; a Keras rate 10% off is the broken run (`BROKEN_RUNS_ON`)."""
     import torch
 
-    import keras_impl
     import torch_impl
-    from keras_impl import train as ktrain
-    from keras_impl.common import initial_values_not_drawn
-    from keras_impl.weights import load_torch_state_dict
-    from torch_impl import train as ttrain
     from twins.data import BatchPlan, ImageFolder, train_transform, val_transform
     from twins.runs import Recipe
     from twins.shapes import make_shapes
@@ -114,16 +109,9 @@ def classification(out: Path) -> dict:
     plans = (BatchPlan(train, batch, train_transform(size), shuffle=True, seed=0),
              BatchPlan(val, batch, val_transform(size), shuffle=False))
     torch.manual_seed(0)
-    tmodel = torch_impl.build("resnet18", num_classes=2)
-    initial = {k: v.clone() for k, v in tmodel.state_dict().items()}
+    initial = torch_impl.build("resnet18", num_classes=2).state_dict()
 
-    def build(framework, lr):
-        if framework == "torch":
-            return tmodel.double(), ttrain
-        with initial_values_not_drawn():  # every variable is loaded next, strictly
-            model = keras_impl.build("resnet18", num_classes=2)
-        load_torch_state_dict(model, initial)
-        return model, ktrain
+    build = twins_from("resnet18", initial, num_classes=2)
 
     def fit(name, framework, lr, model, trainer, run):
         recipe = Recipe(model="resnet18", framework=framework, data=str(shapes), epochs=1, batch_size=batch, lr=lr,
