@@ -64,6 +64,9 @@ class ModelInfo:
     # cross-entropy, accuracy), "saliency" (a sigmoid map, MSE, CC / KLD / SIM), "contrastive" (NT-Xent, kNN)
     # or "segmentation" (per-pixel logits, cross-entropy ignoring 255, mIoU and pixel accuracy).
     task: str = "classification"
+    # Where the torch twin's state_dict keys come from: the checkpoints that load into it with `strict=True`
+    # (the model cards of the documentation site say it).
+    key_source: str = ""
 
     def parity_width(self, height: int) -> int:
         """The width the parity engine pairs with `height`, so that no parity row is square (a twin that confuses
@@ -141,27 +144,36 @@ def size_problem(model: str, height: int, width: int, *, min_size: int = 1, max_
 MODELS: dict[str, ModelInfo] = {
     info.name: info
     for info in [
-        ModelInfo("resnet18", "resnet", 224, ("fc",), notes=_RESNET_NOTE),
-        ModelInfo("resnet34", "resnet", 224, ("fc",), notes=_RESNET_NOTE),
-        ModelInfo("resnet50", "resnet", 224, ("fc",), notes=_RESNET_NOTE),
-        ModelInfo("resnet101", "resnet", 224, ("fc",), notes=_RESNET_NOTE),
-        ModelInfo("resnet152", "resnet", 224, ("fc",), notes=_RESNET_NOTE),
+        ModelInfo("resnet18", "resnet", 224, ("fc",), notes=_RESNET_NOTE,
+                  key_source="torchvision's resnet18 state_dict"),
+        ModelInfo("resnet34", "resnet", 224, ("fc",), notes=_RESNET_NOTE,
+                  key_source="torchvision's resnet34 state_dict"),
+        ModelInfo("resnet50", "resnet", 224, ("fc",), notes=_RESNET_NOTE,
+                  key_source="torchvision's resnet50 state_dict"),
+        ModelInfo("resnet101", "resnet", 224, ("fc",), notes=_RESNET_NOTE,
+                  key_source="torchvision's resnet101 state_dict"),
+        ModelInfo("resnet152", "resnet", 224, ("fc",), notes=_RESNET_NOTE,
+                  key_source="torchvision's resnet152 state_dict"),
         ModelInfo("alexnet", "alexnet", 224, ("classifier.6",), min_input_size=63, parity_size=64,
-                  parity_train_options={"dropout": 0.0}),
+                  parity_train_options={"dropout": 0.0}, key_source="torchvision's alexnet state_dict"),
         ModelInfo("vgg11_bn", "vgg", 224, ("classifier.6",), min_input_size=32, parity_size=32,
-                  parity_train_options={"dropout": 0.0}),
+                  parity_train_options={"dropout": 0.0}, key_source="torchvision's vgg11_bn state_dict"),
         ModelInfo("squeezenet1_0", "squeezenet", 224, ("classifier.1",), min_input_size=21, parity_size=64,
-                  parity_train_options={"dropout": 0.0}),
-        ModelInfo("densenet121", "densenet", 224, ("classifier",), min_input_size=29, parity_size=64),
+                  parity_train_options={"dropout": 0.0}, key_source="torchvision's squeezenet1_0 state_dict"),
+        ModelInfo("densenet121", "densenet", 224, ("classifier",), min_input_size=29, parity_size=64,
+                  key_source="torchvision's densenet121 state_dict"),
         # training mode with the aux head needs 299 (INCEPTION_MIN_TRAIN_SIZE_WITH_AUX, below)
         ModelInfo("inception_v3", "inception", 299, ("AuxLogits.fc", "fc"), min_input_size=75,
                   train_min_input_size=299,
                   parity_size=299, aux_heads=("AuxLogits.fc",), parity_train_options={"dropout": 0.0},
-                  notes="aux logits returned in training mode only; BatchNorm eps 1e-3"),
+                  notes="aux logits returned in training mode only; BatchNorm eps 1e-3",
+                  key_source="torchvision's inception_v3 state_dict (AuxLogits included)"),
         # fc6, a 7x7 VALID conv on pool5's map (input / 32, floored), must leave fc8 at 1x1: 224..255 px.
         ModelInfo("vgg19_slim", "vgg_slim", 224, ("fc8",), min_input_size=224, max_input_size=255,
                   parity_size=224, parity_train_options={"dropout": 0.0}, mean=(0.0, 0.0, 0.0),
-                  std=(1.0, 1.0, 1.0), notes="TF-slim layout; pixels in [0, 1] (the seed's Food-101 pipeline)"),
+                  std=(1.0, 1.0, 1.0), notes="TF-slim layout; pixels in [0, 1] (the seed's Food-101 pipeline)",
+                  key_source="TF-slim's vgg_19 checkpoint variables, `/` as `.` (vgg_19/conv1/conv1_1/weights is "
+                             "conv1.conv1_1.weight; `twins convert` reads the TF checkpoint)"),
         # The "classifier" is the output block `conv_0` (conv + BN to `num_classes` maps, 1 by default): what
         # a restore into another output count leaves fresh. 32 px is the smallest input (layer4 at 1x1); the
         # parity checks take 64: at 32, with batch 2, each training-mode BatchNorm of layer4 and conv_5 sees two
@@ -169,6 +181,8 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("saliency_unet", "saliency", 256, ("conv_0",), num_classes=1, mean=(0.0, 0.0, 0.0),
                   std=(1.0, 1.0, 1.0), min_input_size=32, size_multiple=32, parity_size=64, task="saliency",
                   notes="the seed's Unet(resnet50); pixels in [0, 1]; sigmoid map of the input's size",
+                  key_source="seed 000's Unet(resnet50) state_dict (its encoder torchvision's resnet50 keys, so an "
+                             "ImageNet resnet50 checkpoint loads into it without `fc`)",
                   extra={"backbone": "resnet50", "decoder": SALIENCY_DECODER, "frozen": SALIENCY_FROZEN,
                          "size_why": "the encoder halves the map five times and the decoder doubles it back "
                                      "onto the encoder's skip maps"}),
@@ -178,10 +192,13 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("simclr_ssl", "simclr", 32, ("projector.2",), num_classes=128, mean=CIFAR_MEAN, std=CIFAR_STD,
                   min_input_size=8, parity_size=32, task="contrastive",
                   notes="the seed's SSL: CIFAR resnet18 encoder `enc` + MLP `projector`; (feature, projection)",
+                  key_source="seed 003's SSL state_dict (`enc.` + torchvision's resnet18 keys without `fc`, "
+                             "`projector.`)",
                   extra={"encoder": ("enc",), "feature_dim": 512}),
         ModelInfo("simclr_sl", "simclr", 32, ("linear",), num_classes=10, mean=CIFAR_MEAN, std=CIFAR_STD,
                   min_input_size=8, parity_size=32,
                   notes="the seed's SL: CIFAR resnet18 encoder `enc` + `linear` classifier",
+                  key_source="seed 003's SL state_dict (`enc.` + torchvision's resnet18 keys without `fc`, `linear.`)",
                   # `twins train simclr_sl --init-from RUN`: what a run of another model hands over.
                   extra={"encoder": ("enc",), "feature_dim": 512, "init_from": {"simclr_ssl": ("enc",)}}),
         # PSPNet (seed 004): ResNet-50 with the deep stem, dilated layer3/layer4 (output stride 8), the pyramid
@@ -192,6 +209,8 @@ MODELS: dict[str, ModelInfo] = {
         ModelInfo("pspnet", "pspnet", 473, ("cls.4", "aux.4"), num_classes=21, min_input_size=9, size_multiple=8,
                   size_offset=1, parity_size=33, aux_heads=("aux",), aux_weight=0.4, task="segmentation",
                   parity_train_options={"dropout": 0.0},
+                  key_source="seed 004's PSPNet state_dict (hszhao/semseg: `layer0.*` deep stem, `layer1..4`, `ppm`, "
+                             "`cls`, `aux`; a DataParallel `module.` prefix stripped)",
                   notes="the seed's PSPNet(layers=50): deep-stem dilated ResNet, PPM, cls + aux heads; logits of "
                         "(H - 1) / 8 * zoom_factor + 1 pixels; labels 255 ignored",
                   extra={"size_why": "the output-stride-8 map of (size - 1) / 8 + 1 pixels is upsampled corner to "

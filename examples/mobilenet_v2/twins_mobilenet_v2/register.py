@@ -10,6 +10,7 @@ INFO = register(
         # dropout off in the twins the parity engine trains (two frameworks never draw the same masks)
         parity_train_options={"dropout": 0.0},
         notes="torchvision's MobileNetV2 (width 1.0): inverted residuals with depthwise 3x3 convs and ReLU6",
+        key_source="torchvision's mobilenet_v2 state_dict (checked against torchvision_keys.json)",
     ),
     torch="twins_mobilenet_v2.torch_model:mobilenet_v2",
     keras="twins_mobilenet_v2.keras_model:mobilenet_v2",
