@@ -167,8 +167,8 @@ def test_a_timed_only_gate_lets_workers_compile_beside_each_other_and_time_apart
     assert set(beside_first_steps(held)) <= {"w0", "w1"}
 
 
-@pytest.mark.skipif(not os.environ.get(REHEARSAL_ENV), reason=f"the rehearsal runs under make test-gpu-rehearsal "
-                    f"({REHEARSAL_ENV}=1): inside make test it puts the passes over the 25-minute budget")
+@pytest.mark.skipif(not os.environ.get(REHEARSAL_ENV), reason=f"the rehearsal runs where {REHEARSAL_ENV}=1: make "
+                    "test's tensorflow pass, make test-gpu-rehearsal")
 def test_the_rehearsal_runs_every_part_of_the_plan_end_to_end(gpu_rehearsal):
     code, log = gpu_rehearsal.wait()
     assert code == 0, log[-4000:]
