@@ -33,7 +33,7 @@ export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES := 0
 # The browser tests render the report and the `twins explain` pages in headless Chromium, a Debian package.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: demo test test-backend test-profile print-passes parity bench bench-gpu bench-gpu-plan bench-gpu-rehearse \
+.PHONY: docs demo test test-backend test-profile print-passes parity bench bench-gpu bench-gpu-plan bench-gpu-rehearse \
 	bench-gpu-wheels test-gpu-rehearsal clean chromium
 
 # The MobileNetV2 example (README "Port your own model") is installed as a user installs their own twin pair: a
@@ -43,7 +43,7 @@ EXAMPLES := examples/mobilenet_v2
 $(BASE_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev,export]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[all,dev,export,docs]"
 	touch $(BASE_STAMP)
 
 $(STAMP): $(BASE_STAMP) $(addsuffix /pyproject.toml,$(EXAMPLES))
@@ -58,10 +58,10 @@ chromium:
 # `keras`) under jax and torch. The backend is fixed when keras is first imported. The three passes share the
 # torch twin's recorded training steps (`twins_cli.parity.store.Recordings`: the same whichever Keras backend they
 # are compared with) in a folder of this run's, removed at its end whatever the outcome.
-test: $(STAMP) chromium
+test: $(STAMP) chromium $(DOCS_SHIM)
 	rec=$$(mktemp -d /tmp/twins-recordings-XXXXXX) && trap 'rm -rf "$$rec"' EXIT && \
 	export TWINS_PARITY_RECORDINGS="$$rec" && \
-	KERAS_BACKEND=tensorflow $(PYTEST) $(PASS_tensorflow) && \
+	TWINS_GPU_REHEARSAL=1 KERAS_BACKEND=tensorflow $(PYTEST) $(PASS_tensorflow) && \
 	KERAS_BACKEND=jax $(PYTEST) $(PASS_jax) && \
 	KERAS_BACKEND=torch $(PYTEST) $(PASS_torch)
 
@@ -81,6 +81,24 @@ print-passes:
 # One backend only: make test-backend BACKEND=jax
 test-backend: $(STAMP) chromium
 	KERAS_BACKEND=$(BACKEND) $(PYTEST)
+
+# The documentation site (README "Documentation"): Markdown under docs/, the model cards and the `twins explain`
+# pages generated at build time (tools/docs_hooks.py), built strict (a broken link or a missing page fails) into
+# site/, readable offline from file:// (Material's offline plugin; no fonts or scripts from a CDN). The one script
+# the offline search loads from a CDN, iframe-worker's shim, comes from the npm registry once and is served from
+# the site itself.
+DOCS_SHIM := .cache/docs/iframe-worker-shim.js
+IFRAME_WORKER := iframe-worker@1.0.4
+export NO_MKDOCS_2_WARNING := 1
+
+$(DOCS_SHIM):
+	mkdir -p $(@D) && tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	(cd "$$tmp" && npm pack -q $(IFRAME_WORKER) >/dev/null && tar xzf iframe-worker-*.tgz package/shim/index.js) && \
+	mv "$$tmp/package/shim/index.js" $@
+
+docs: $(STAMP) $(DOCS_SHIM)
+	$(PY) -m mkdocs build --strict --site-dir site
+	@echo "the site: file://$(CURDIR)/site/index.html"
 
 # The main job: parity for every model and backend plus a quick benchmark sweep, as one report.
 demo: $(STAMP)
@@ -110,7 +128,7 @@ bench-gpu-plan: $(STAMP)
 bench-gpu-rehearse: $(STAMP)
 	$(PY) -m benchmarks.gpu run --profile rehearsal --part all --out reports/gpu-rehearsal
 
-# The rehearsal's test (alexnet, both runs, dynamo's eager backend): what make test leaves out for its budget.
+# The rehearsal's test alone (alexnet, both runs, dynamo's eager backend); make test runs it in its tensorflow pass.
 test-gpu-rehearsal: $(STAMP)
 	TWINS_GPU_REHEARSAL=1 $(PY) -m pytest parity_tests/test_gpu_table.py -q -p no:cacheprovider
 

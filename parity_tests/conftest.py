@@ -189,6 +189,24 @@ REHEARSAL: dict = {"run": None}
 
 
 @pytest.fixture(scope="session")
+def explained(tmp_path_factory):
+    """The report's `twins explain all` (build_report's step, a subprocess) over a parity file of one row: the
+    pages test_explain.py checks and the documentation site's test (test_docs.py) builds with. Once per session:
+    the vgg19_slim-named page test runs at the end of the run, which would end a module fixture and make it again
+    (39 s)."""
+    import io
+
+    from twins_cli.report import explain_pages
+
+    out = tmp_path_factory.mktemp("report")
+    (out / "parity.json").write_text(json.dumps([{"model": "resnet50", "backend": "jax", "check": "eval_output",
+                                                  "error": 3e-7, "bound": 1e-5, "passed": True, "detail": ""}]))
+    log = io.StringIO()
+    table = explain_pages(out, log)
+    return out / "explain", table, log.getvalue()
+
+
+@pytest.fixture(scope="session")
 def gpu_rehearsal():
     rehearsal = REHEARSAL["run"]
     assert rehearsal is not None, "the rehearsal was not prepared at collection (conftest._start_workers)"

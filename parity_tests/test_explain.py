@@ -96,23 +96,6 @@ def test_docstrings_are_checked_from_both_sides(tmp_path):
                         "head": "its docstring names head_fn, which the Keras file does not define"}
 
 
-@pytest.fixture(scope="session")
-def explained(tmp_path_factory):
-    """The report's `twins explain all` (build_report's step, a subprocess) over a parity file of one row. Once
-    per session: conftest moves the vgg19_slim-named page test to the end of the run, which would end a module
-    fixture and make it again (39 s)."""
-    import io
-
-    from twins_cli.report import explain_pages
-
-    out = tmp_path_factory.mktemp("report")
-    (out / "parity.json").write_text(json.dumps([{"model": "resnet50", "backend": "jax", "check": "eval_output",
-                                                  "error": 3e-7, "bound": 1e-5, "passed": True, "detail": ""}]))
-    log = io.StringIO()
-    table = explain_pages(out, log)
-    return out / "explain", table, log.getvalue()
-
-
 def test_explain_writes_a_page_per_registered_model_and_they_mirror(explained):
     out, table, log = explained
     assert (out / "index.json").is_file(), log
