@@ -21,7 +21,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 # 2-core virtual machines a huge page that was not touched recently is slow to fault in: a fresh 2 GB numpy array
 # took 28.5 s (24.7 s of it in the kernel) against 1.5 s with 4 KB pages; tensorflow's, torch's and jax's own
 # allocations do not ask. The parity checks, the bridge and the checkpoint readers are numpy: every process the
-# make targets start keeps 4 KB pages (README "Tests"). `NUMPY_MADVISE_HUGEPAGE=1 make ...` restores numpy's default.
+# make targets start keeps 4 KB pages (docs/tests.md). `NUMPY_MADVISE_HUGEPAGE=1 make ...` restores numpy's default.
 export NUMPY_MADVISE_HUGEPAGE ?= 0
 # JAX compiles every op the first time a process runs it (a Keras model's first build on jax: ~10 s for
 # saliency_unet, 0.7 s the second time); the tests, the parity workers and the CLI runs they start are many
@@ -36,7 +36,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 .PHONY: docs demo test test-backend test-profile print-passes parity bench bench-gpu bench-gpu-plan bench-gpu-rehearse \
 	bench-gpu-wheels test-gpu-rehearsal clean chromium
 
-# The MobileNetV2 example (README "Port your own model") is installed as a user installs their own twin pair: a
+# The MobileNetV2 example (docs/port-your-own-model.md) is installed as a user installs their own twin pair: a
 # package of its own whose `twins.models` entry point registers it, so every tool and `make test` see it.
 EXAMPLES := examples/mobilenet_v2
 
@@ -105,15 +105,15 @@ demo: $(STAMP)
 	$(PY) -m twins_cli.main report --quick --out reports/latest
 
 # The full parity matrix: every check for every model and variant on every installed backend
-# (make test runs a subset for some models, QUICK_SUITE in twins_cli/parity.py, as make demo; see README "Tests").
+# (make test runs a subset for some models, QUICK_SUITE in twins_cli/parity.py, as make demo; see docs/tests.md).
 parity: $(STAMP)
 	$(PY) -m twins_cli.main parity all --json reports/parity-all.json
 
-# Throughput of resnet50 on all five backends (GPU when one is visible); see README "Benchmarks".
+# Throughput of resnet50 on all five backends (GPU when one is visible); see docs/benchmarks.md.
 bench: $(STAMP)
 	$(PY) -m benchmarks --models resnet50 --backends all --mode train,infer
 
-# The GPU table (README "The GPU table"), one part per GPU loan. Here, with the package registry: the plan and its
+# The GPU table (docs/gpu-table.md), one part per GPU loan. Here, with the package registry: the plan and its
 # estimate, the rehearsal of every part on this CPU at toy sizes, and the wheels the GPU machine's image lacks (.whl/).
 # On the GPU machine (its own python3 with CUDA torch and jax, no registry, no .venv; .whl/ brought along):
 #   make bench-gpu [PART=n] [PREVIOUS=gpu.json of earlier parts, comma-separated] [GPU_OUT=folder]

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # `make test` sets it for its tensorflow pass (and `make test-gpu-rehearsal` for the rehearsal's test alone). It was
 # left out of make test from 91615c6 while the passes were over DESIGN.md's 25 minutes; since the fast-feedback
-# cuts (0035762 to f67fc89) the passes leave room for it: README "Tests", docs/tests.md "Measured".
+# cuts (0035762 to f67fc89) the passes leave room for it: docs/tests.md, docs/tests.md "Measured".
 ENV = "TWINS_GPU_REHEARSAL"
 MODEL = "alexnet"
 COMPILE_BACKEND = "eager"

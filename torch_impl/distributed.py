@@ -66,7 +66,7 @@ def gather(value) -> list:
 def global_step_values(loss: float, correct: int | None, size: int) -> tuple[float, int | None, int]:
     """A step's loss, correct count and batch size over the global batch: the mean of the replicas' losses (every
     replica holds as many rows, `twins.distributed.split_problem`, so for a mean over rows this is the global
-    batch's; pspnet's mean over labelled pixels and NT-Xent are per-replica quantities, README "Scaling out"), the
+    batch's; pspnet's mean over labelled pixels and NT-Xent are per-replica quantities, docs/scaling-out.md), the
     sum of the counts."""
     if not dist.is_initialized():
         return loss, correct, size

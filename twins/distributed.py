@@ -6,7 +6,7 @@ every batch. The torch twin runs one process per replica under torchrun (`torch_
 DistributedSampler); the Keras twin one process over R devices on jax (`keras_impl.distributed`: Keras'
 DataParallel). Either way the replicas of step i hold, together, exactly the rows of batch i of a
 single-process run with batch G (`twins.data.BatchPlan`), so both frameworks and any replica count see the
-same pixels in the same steps; what differs is where BatchNorm takes its statistics (README "Scaling out").
+same pixels in the same steps; what differs is where BatchNorm takes its statistics (docs/scaling-out.md).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from .bounds import ALL_CHECKS, EXPORT_CHECKS, TRAIN_CHECKS
 
 # The quick parity run, what `make test` and `make demo` (`twins report --quick`) compute per model: every
 # check that applies (None), or these checks, at this size (None: the model's parity size). The
-# rest runs in `make parity` (README "Parity"): resnet34 and the two resnet18 variants share every
+# rest runs in `make parity` (docs/parity.md): resnet34 and the two resnet18 variants share every
 # layer type with resnet18 (the variants' own wiring is what their eval and stage rows check), and
 # resnet101/152 with resnet50; resnet50's training checks run on resnet50-deep-dilated's Bottleneck
 # blocks (the same code, with the deep stem and dilation on top); alexnet's round trip and head restore are the bridge's generic code;
