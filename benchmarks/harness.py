@@ -539,7 +539,7 @@ def run(
         f"batch {', '.join(map(str, batches))}; {sum(len(c) for _, c, _ in jobs)} rows in "
         f"{len(jobs)} worker(s), " + ("one at a time" if side_by_side == 1 or len(jobs) == 1 else
                                       f"{min(side_by_side, len(jobs))} preparing side by side, timing one at a time"))
-    if load_before and load_before[0] > 0.5 * (os.cpu_count() or 1):
+    if schema.contended(load_before, os.cpu_count()):
         log(f"warning: load average {load_before[0]:.2f} on {os.cpu_count()} CPUs before starting; "
             "other processes compete for the CPU and the timings will be noisy")
 
@@ -649,7 +649,7 @@ def run(
         "load_warning": (
             f"load average {load_before[0]:.2f} on {os.cpu_count()} CPUs before the run: other "
             "processes were competing for the CPU, timings are noisy"
-            if load_before and load_before[0] > 0.5 * (os.cpu_count() or 1) else None
+            if schema.contended(load_before, os.cpu_count()) else None
         ),
         "git": _git_state(),
         "workers": workers,

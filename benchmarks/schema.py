@@ -87,6 +87,26 @@ STATUS_CRASHED = "worker crashed"
 STATUS_NOT_APPLICABLE = "not applicable"
 STATUS_NOT_MEASURED = "not measured"  # left out of a smaller sweep on purpose; the row says why
 
+# A run is contended when the 1-minute load average before it is over this many times the CPU count: other processes
+# then compete for the cores (multi-threaded rows such as torch eager's suffer most), so its timings and ratios are
+# noisy. The one rule behind the harness's warning (`meta["load_warning"]`) and the report's marks (`contention`).
+CONTENDED_LOAD_PER_CPU = 0.5
+
+
+def contended(load_average, cpu_count) -> bool:
+    """Whether a run that started at `load_average` (os.getloadavg()'s triple, or None) on `cpu_count` CPUs was
+    contended (`CONTENDED_LOAD_PER_CPU`)."""
+    return bool(load_average) and load_average[0] > CONTENDED_LOAD_PER_CPU * (cpu_count or 1)
+
+
+def contention(meta: dict | None) -> str | None:
+    """"load 4.27 on 2 CPUs" when the run a benchmark's `meta` describes was contended (`contended`, on the load
+    average and CPU count it recorded), else None (an idle run, or a meta that recorded no load average)."""
+    meta = meta or {}
+    load, cpus = meta.get("load_average_before"), meta.get("cpu_count")
+    return f"load {load[0]:.2f} on {cpus or '?'} CPUs" if contended(load, cpus) else None
+
+
 # Lines a worker writes to stderr with this prefix are progress messages the harness echoes; every
 # other line (framework warnings, tracebacks) only goes to the worker's log and its failure tail.
 PROGRESS_PREFIX = "[bench]"

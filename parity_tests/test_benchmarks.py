@@ -372,3 +372,25 @@ def test_backend_groups_expand():
     assert harness.resolve_backends("torch,deploy") == ["torch", *schema.EXPORT_BACKENDS]
     with pytest.raises(ValueError, match=r"unknown backend 'onnx'.*'deploy' for the export runtimes"):
         harness.resolve_backends("onnx")
+
+
+@ONCE
+def test_a_contended_run_is_recorded_by_the_rule_the_report_reads(monkeypatch):
+    """The harness's load warning and the report's marks on a contended run (`twins_cli.report.deployment_table`)
+    come from one rule, `schema.contended`, on what the run recorded in its meta. A run whose every row is n/a (the
+    export runtimes do not train) starts no worker: it takes a moment."""
+    from twins_cli.report import deployment_table
+
+    rows = [{"model": "resnet18", "backend": backend, "mode": "infer", "batch": 32, "device": "cpu",
+             "dtype": "float32", "status": "ok", "samples_per_sec": sps, "ratio_to_torch": ratio, "compiler": None,
+             "export_error": None, "peer_of": None} for backend, sps, ratio in (("torch", 10.0, 1.0),
+                                                                                 ("onnxruntime", 25.0, 2.5))]
+    monkeypatch.setattr(harness.os, "cpu_count", lambda: 2)
+    for load, contended in ((4.27, True), (1.5, True), (1.0, False), (0.2, False)):
+        monkeypatch.setattr(harness.os, "getloadavg", lambda load=load: (load, load, load))
+        meta = benchmarks.run(backends=["litert"], device="cpu", models=["resnet18"], modes=["train"], img_size=32,
+                              batch_sizes=[1], verbose=False)["meta"]
+        assert meta["load_average_before"][0] == load and meta["cpu_count"] == 2
+        assert bool(meta["load_warning"]) is contended
+        assert (schema.contention(meta) is not None) is contended
+        assert (f"2.50x (contended run: load {load:.2f} on 2 CPUs)" in deployment_table(rows, None, meta)) is contended

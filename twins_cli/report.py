@@ -91,11 +91,19 @@ def _ok(rows):
     return [r for r in rows if r["status"] == "ok"]
 
 
-def deployment_table(bench_rows: list[dict], parity_rows: list[dict] | None = None) -> str:
+def deployment_table(bench_rows: list[dict], parity_rows: list[dict] | None = None,
+                     bench_meta: dict | None = None) -> str:
     """Per model and target, the fastest measured path: CPU server at batch 1 (latency p50) and at the server
     batch (infer throughput), GPU server (the same on CUDA rows), mobile (LiteRT at batch 1). Its ratio to native
     torch eager on the same target, and its parity error: an export runtime's against its eager twin, an eager
-    Keras backend's against the torch twin (eval output, from `parity_rows`)."""
+    Keras backend's against the torch twin (eval output, from `parity_rows`).
+
+    When the benchmark's `bench_meta` says its run was contended (`benchmarks.schema.contention`: the rule of the
+    harness's load warning), every ratio carries "(contended run: load L on N CPUs)" and a line under the table says
+    why they are not to be quoted as they are."""
+    from benchmarks.schema import CONTENDED_LOAD_PER_CPU, contention
+
+    contended = contention(bench_meta)
     lines = ["| model | target | fastest measured path | figure | vs torch eager | parity error | paths measured |",
              "|---|---|---|--:|--:|--:|--:|"]
 
@@ -140,9 +148,35 @@ def deployment_table(bench_rows: list[dict], parity_rows: list[dict] | None = No
                 best = max(measured, key=lambda r: r["samples_per_sec"])
                 figure = f"{best['samples_per_sec']:,.0f} img/s"
                 ratio = best.get("ratio_to_torch")
+            shown = "—" if ratio is None else f"{ratio:.2f}x"
+            if contended and ratio is not None:
+                shown += f" (contended run: {contended})"
             lines.append(f"| {model} | {target} | {best['backend']} ({best.get('compiler') or '—'}) | {figure} | "
-                         f"{'—' if ratio is None else f'{ratio:.2f}x'} | {error_of(best)} | {len(measured)} |")
+                         f"{shown} | {error_of(best)} | {len(measured)} |")
+    if contended:
+        lines += ["", f"**Every ratio above comes from a contended run** ({contended} before the benchmark started; "
+                      f"a run counts as contended past {CONTENDED_LOAD_PER_CPU:g} x the CPU count, the rule of its "
+                      "load warning): other processes competed for the cores, so every figure here is noisy, and "
+                      "torch eager's multi-threaded rows suffer most, which inflates a ratio to it. Re-run on an "
+                      "idle machine before quoting a ratio."]
     return "\n".join(lines)
+
+
+def chart_caption(bench_rows: list[dict], bench_meta: dict | None = None) -> str:
+    """The line under the report's chart: what its panels show, how many rows it leaves to the tables below
+    (`benchmarks.report.chart_note`), and whether its run was contended (`benchmarks.schema.contention`)."""
+    from benchmarks.report import chart_note
+    from benchmarks.schema import contention
+
+    text = ("The chart draws the rows that ran, each backend in its own colour: throughput in samples/s per mode "
+            "(higher is better) and batch-1 latency in ms (bar p50, dot p90, cap p99; lower is better).")
+    note = chart_note(bench_rows)
+    if note:
+        text += f" {note[0].upper()}{note[1:]} below."
+    contended = contention(bench_meta)
+    if contended:
+        text += f" **Contended run** ({contended}): its timings are noisy."
+    return text
 
 
 def markdown_to_html(text: str, title: str, image_png: bytes | None) -> str:
@@ -152,7 +186,7 @@ def markdown_to_html(text: str, title: str, image_png: bytes | None) -> str:
 
     if image_png:
         data = base64.b64encode(image_png).decode()
-        text = re.sub(r"!\[chart\]\([^)]*\)", f"![throughput chart](data:image/png;base64,{data})", text)
+        text = re.sub(r"!\[chart\]\([^)]*\)", f"![throughput and latency chart](data:image/png;base64,{data})", text)
     else:
         text = re.sub(r"!\[chart\]\([^)]*\)\n?", "", text)
     converter = markdown.Markdown(extensions=["tables"], output_format="html")
@@ -282,11 +316,13 @@ def build_report(out_dir="reports/latest", quick=False, parity_backends=None, be
         "`twins export` writes), its ratio to native torch eager on the same target, and its parity error. "
         "`twins export MODEL --framework F --format X` writes the artifact.",
         "",
-        deployment_table(bench["rows"], parity_rows),
+        deployment_table(bench["rows"], parity_rows, bench["meta"]),
         "",
-        "## Throughput",
+        "## Throughput and latency",
         "",
         "![chart](benchmark.png)",
+        "",
+        chart_caption(bench["rows"], bench["meta"]),
         "",
         benchmarks.render_markdown(bench["rows"], bench["meta"]).replace("# Benchmark results", "").strip(),
         "",
