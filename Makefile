@@ -30,6 +30,12 @@ export JAX_COMPILATION_CACHE_DIR := $(CURDIR)/.cache/jax
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS := 0
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES := 0
 
+# The documentation site's one script from a CDN, iframe-worker's shim (the offline search), from the npm registry
+# (see `docs` below); defined before the targets that name it, which expand it as they are read.
+DOCS_SHIM := .cache/docs/iframe-worker-shim.js
+IFRAME_WORKER := iframe-worker@1.0.4
+export NO_MKDOCS_2_WARNING := 1
+
 # The browser tests render the report and the `twins explain` pages in headless Chromium, a Debian package.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -87,9 +93,6 @@ test-backend: $(STAMP) chromium
 # site/, readable offline from file:// (Material's offline plugin; no fonts or scripts from a CDN). The one script
 # the offline search loads from a CDN, iframe-worker's shim, comes from the npm registry once and is served from
 # the site itself.
-DOCS_SHIM := .cache/docs/iframe-worker-shim.js
-IFRAME_WORKER := iframe-worker@1.0.4
-export NO_MKDOCS_2_WARNING := 1
 
 $(DOCS_SHIM):
 	mkdir -p $(@D) && tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
