@@ -276,7 +276,10 @@ def _drawn_value(row: dict):
 
 def chart_note(rows: list[dict]) -> str | None:
     """The chart's caption about the rows it does not draw (how many, by status), or None when it draws them all."""
-    left = [r for r in rows if _drawn_value(r) is None]
+    return _note([r for r in rows if _drawn_value(r) is None])
+
+
+def _note(left: list[dict]) -> str | None:
     if not left:
         return None
     counts: dict[str, int] = {}
@@ -295,10 +298,12 @@ def chart_layout(rows: list[dict]) -> dict:
     `panels`: one per mode with at least one drawn row, in `schema.MODES` order; each has `mode`, `unit`
     ("samples/s", or "ms" for latency), `log` (log scale), `title`, `groups` (one per model x batch x size (x dtype x
     device) with drawn rows: `label`, `center`) and `bars` (one per drawn row, packed side by side within its group:
-    `backend`, `group`, `x`, `value` (samples/s, or p50 ms), `p90`, `p99` (latency rows; None otherwise), `color`).
+    `backend`, `group`, `x`, `value` (samples/s, or p50 ms), `p90`, `p99` (latency rows; None otherwise), `top` (the
+    highest of the three: where the whisker ends and the label sits), `color`).
     `colors`: `{backend: colour}` of the backends drawn. `not_drawn`: the rows that did not run (status not ok), which
     the chart leaves to the tables; `note`: the caption that says so (`chart_note`)."""
     drawn = [r for r in rows if _drawn_value(r) is not None]
+    left = [r for r in rows if _drawn_value(r) is None]
     colours = backend_colors(sorted({r["backend"] for r in drawn}, key=lambda b: (_backend_rank(b), b)))
     model_order = _ordered_keys(rows, lambda r: r["model"])
     several = {column: len({r.get(column) for r in drawn}) > 1 for column in ("dtype", "device")}
@@ -306,9 +311,9 @@ def chart_layout(rows: list[dict]) -> dict:
     for mode in sorted({r["mode"] for r in drawn}, key=lambda m: (_mode_rank(m), m)):
         latency = mode == _LATENCY_MODE
         mine = [r for r in drawn if r["mode"] == mode]
+        group_of = lambda r: (r["model"], r["batch"], r["img_size"], r.get("dtype"), r.get("device"))  # noqa: E731
         group_keys = _ordered_keys(
-            sorted(mine, key=lambda r: (model_order.index(r["model"]), r["batch"], r["img_size"])),
-            lambda r: (r["model"], r["batch"], r["img_size"], r.get("dtype"), r.get("device")))
+            sorted(mine, key=lambda r: (model_order.index(r["model"]), r["batch"], r["img_size"])), group_of)
         batches = sorted({key[1] for key in group_keys})
         groups, bars, cursor = [], [], 0.0
         for key in group_keys:
@@ -318,26 +323,26 @@ def chart_layout(rows: list[dict]) -> dict:
                 ", ".join(filter(None, [f"batch {batch}" if len(batches) > 1 else None, f"{size}px",
                                         dtype if several["dtype"] else None, device if several["device"] else None])),
             ]))
-            members = sorted((r for r in mine if (r["model"], r["batch"], r["img_size"], r.get("dtype"),
-                                                   r.get("device")) == key),
+            members = sorted((r for r in mine if group_of(r) == key),
                              key=lambda r: (_backend_rank(r["backend"]), r["backend"]))
             for i, r in enumerate(members):
+                value = _drawn_value(r)
+                p90 = r.get("latency_ms_p90") if latency else None
+                p99 = r.get("latency_ms_p99") if latency else None
                 bars.append({
-                    "backend": r["backend"], "group": label, "x": cursor + i, "value": _drawn_value(r),
-                    "p90": r.get("latency_ms_p90") if latency else None,
-                    "p99": r.get("latency_ms_p99") if latency else None, "color": colours[r["backend"]],
+                    "backend": r["backend"], "group": label, "x": cursor + i, "value": value, "p90": p90, "p99": p99,
+                    "top": max(v for v in (value, p90, p99) if v is not None), "color": colours[r["backend"]],
                 })
             groups.append({"label": label, "center": cursor + (len(members) - 1) / 2})
             cursor += len(members) + 1  # one empty slot between groups
-        tops = [max(v for v in (b["value"], b["p90"], b["p99"]) if v is not None) for b in bars]
+        tops = [b["top"] for b in bars]
         lows = [b["value"] for b in bars]
         single = f", batch {batches[0]}" if len(batches) == 1 else ""
         title = (f"{mode}: ms per call{single}, lower is better (bar p50, dot p90, cap p99; label p50)" if latency
                  else f"{mode}: samples/s{single}, higher is better")
         panels.append({"mode": mode, "unit": "ms" if latency else "samples/s", "title": title,
                        "log": max(tops) / min(lows) > _LOG_SPAN, "groups": groups, "bars": bars})
-    return {"panels": panels, "colors": colours, "not_drawn": [r for r in rows if _drawn_value(r) is None],
-            "note": chart_note(rows)}
+    return {"panels": panels, "colors": colours, "not_drawn": left, "note": _note(left)}
 
 
 def _default_title(rows: list[dict], layout: dict) -> str:
@@ -383,8 +388,7 @@ def chart_figure(rows: list[dict], title: str | None = None):
             ax.bar(bar["x"], bar["value"], 0.85, color=bar["color"], zorder=2, gid=bar["backend"])
         whiskers = [b for b in bars if b["p99"] is not None or b["p90"] is not None]
         if whiskers:
-            ax.vlines([b["x"] for b in whiskers], [b["value"] for b in whiskers],
-                      [max(v for v in (b["p90"], b["p99"]) if v is not None) for b in whiskers],
+            ax.vlines([b["x"] for b in whiskers], [b["value"] for b in whiskers], [b["top"] for b in whiskers],
                       color="black", linewidth=0.9, zorder=3)
             p99 = [b for b in whiskers if b["p99"] is not None]
             ax.plot([b["x"] for b in p99], [b["p99"] for b in p99], linestyle="none", marker="_", markersize=9,
@@ -394,8 +398,7 @@ def chart_figure(rows: list[dict], title: str | None = None):
                     color="black", zorder=4, label="p90")
             ax.legend(fontsize=7, loc="best", framealpha=0.85)
         for bar in bars:
-            top = max(v for v in (bar["value"], bar["p90"], bar["p99"]) if v is not None)
-            ax.annotate(_fmt(bar["value"]), (bar["x"], top), xytext=(0, 2), textcoords="offset points",
+            ax.annotate(_fmt(bar["value"]), (bar["x"], bar["top"]), xytext=(0, 2), textcoords="offset points",
                         ha="center", va="bottom", fontsize=6.5, rotation=90 if rotate else 0)
         ax.set_xticks([g["center"] for g in panel["groups"]])
         ax.set_xticklabels([g["label"] for g in panel["groups"]], fontsize=8)

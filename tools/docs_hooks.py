@@ -7,7 +7,7 @@ Generated at build time, never written into docs/:
   commit, with which versions), the training runs under `docs/training/`, the benchmark rows under
   `benchmarks/results/`;
 - the `twins explain` page of every model (`explain/NAME.html`): `twins explain all` over the committed parity rows,
-  on Keras' jax backend when it is installed (the layer tables are the same on every backend), or the pages of
+  as the report makes its pages (`twins_cli.report.explain_command`: on jax when it is installed), or the pages of
   the folder `TWINS_DOCS_EXPLAIN` names (the docs test hands over the pages its session already made).
 
 A card says where each figure comes from (the file and its date); nothing on it is typed by hand.
@@ -303,16 +303,10 @@ def explain_pages(names: list[str]) -> dict[str, str]:
     if given:
         folder = Path(given)
         return {name: (folder / f"{name}.html").read_text() for name in names if (folder / f"{name}.html").is_file()}
-    with tempfile.TemporaryDirectory() as tmp:
-        backend = []
-        try:
-            import jax  # noqa: F401
+    from twins_cli.report import explain_command
 
-            backend = ["--backend", "jax"]
-        except ImportError:
-            pass
-        done = subprocess.run([sys.executable, "-m", "twins_cli.main", "explain", "all", "--out", tmp,
-                               "--parity", str(PARITY), *backend], capture_output=True, text=True, cwd=ROOT)
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run(explain_command(Path(tmp), PARITY), capture_output=True, text=True, cwd=ROOT)
         if done.returncode not in (0, 1):
             raise RuntimeError(f"twins explain all failed (exit {done.returncode}): {done.stderr[-2000:]}")
         return {name: (Path(tmp) / f"{name}.html").read_text() for name in names if (Path(tmp) / f"{name}.html").is_file()}

@@ -202,17 +202,22 @@ def markdown_to_html(text: str, title: str, image_png: bytes | None) -> str:
             f"<style>{style}</style></head><body>\n{body}\n</body></html>\n")
 
 
+def explain_command(out: Path, parity_file: Path) -> list[str]:
+    """`twins explain all` into `out` with the parity rows of `parity_file` (the report's pages, the documentation
+    site's). The layer tables (names and shapes: the same on every Keras backend) are built on jax when it is
+    installed, where a functional build is quickest (the 18 pages beside a test pass: 30 s on jax, 41 s on
+    tensorflow), whatever KERAS_BACKEND says."""
+    backend = ["--backend", "jax"] if "jax" in parity.installed_backends() else []
+    return [sys.executable, "-m", "twins_cli.main", "explain", "all", "--out", str(out), "--parity", str(parity_file),
+            *backend]
+
+
 def explain_pages(out: Path, log) -> str:
     """`twins explain all` into `out/explain` with this run's parity rows (a subprocess: it builds every model in
     both frameworks), as the report's Markdown table of links."""
     index = out / "explain" / "index.json"
     index.unlink(missing_ok=True)  # a failed run must not leave an earlier run's pages looking current
-    # The layer tables (names and shapes: the same on every Keras backend) built on jax when it is installed, where
-    # a functional build is quickest (the 18 pages beside a test pass: 30 s on jax, 41 s on tensorflow), whatever
-    # KERAS_BACKEND says.
-    backend = ["--backend", "jax"] if "jax" in parity.installed_backends() else []
-    done = subprocess.run([sys.executable, "-m", "twins_cli.main", "explain", "all", "--out", str(out / "explain"),
-                           "--parity", str(out / "parity.json"), *backend], capture_output=True, text=True)
+    done = subprocess.run(explain_command(out / "explain", out / "parity.json"), capture_output=True, text=True)
     if done.returncode not in (0, 1) or not index.is_file():
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])
         print(f"[report] twins explain failed (exit {done.returncode}): {tail}", file=log, flush=True)
