@@ -14,6 +14,7 @@ A card says where each figure comes from (the file and its date); nothing on it 
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -71,6 +72,8 @@ def on_config(config):
 
 def on_files(files, config):
     names = _STATE["names"]
+    _committed_runs.cache_clear()  # each build reads the committed results afresh (`mkdocs serve` rebuilds)
+    _committed_benchmarks.cache_clear()
     rows = json.loads(PARITY.read_text()) if PARITY.is_file() else []
     meta = json.loads(PARITY_META.read_text()) if PARITY_META.is_file() else {}
     files.append(File.generated(config, "models/index.md", content=models_index(names, rows)))
@@ -192,14 +195,30 @@ def size_rules(info) -> list[str]:
     return out
 
 
+@functools.cache
+def _committed_runs() -> tuple:
+    """`(config path, config, history path, history)` of every training run under docs/training/, read once."""
+    runs = []
+    for config_path in sorted(TRAINING.glob("*.config.json")):
+        history_path = config_path.with_name(config_path.name.replace(".config.json", ".history.json"))
+        runs.append((config_path, json.loads(config_path.read_text()), history_path,
+                     json.loads(history_path.read_text()) if history_path.is_file() else {}))
+    return tuple(runs)
+
+
+@functools.cache
+def _committed_benchmarks() -> tuple:
+    """`(path relative to the repository, meta, rows)` of every committed benchmark.json, read once."""
+    return tuple((Path(path).relative_to(ROOT).as_posix(), data.get("meta", {}), data.get("rows", []))
+                 for path in sorted(glob.glob(str(BENCHMARKS / "**" / "benchmark.json"), recursive=True))
+                 for data in [json.loads(Path(path).read_text())])
+
+
 def training_runs(name: str) -> list[str]:
     out = []
-    for config_path in sorted(TRAINING.glob("*.config.json")):
-        config = json.loads(config_path.read_text())
+    for config_path, config, history_path, history in _committed_runs():
         if config.get("model") != name:
             continue
-        history_path = config_path.with_name(config_path.name.replace(".config.json", ".history.json"))
-        history = json.loads(history_path.read_text()) if history_path.is_file() else {}
         best = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                          for k, v in history.items() if k.startswith("best_"))
         side = config["framework"] + (f" (Keras on {config['backend']})" if config.get("backend") else "")
@@ -213,11 +232,8 @@ def training_runs(name: str) -> list[str]:
 
 def benchmark_rows(name: str) -> list[str]:
     out = []
-    for path in sorted(glob.glob(str(BENCHMARKS / "**" / "benchmark.json"), recursive=True)):
-        data = json.loads(Path(path).read_text())
-        meta = data.get("meta", {})
-        source = Path(path).relative_to(ROOT).as_posix()
-        for r in data.get("rows", []):
+    for source, meta, rows in _committed_benchmarks():
+        for r in rows:
             if r.get("model") != name or r.get("peer_of"):
                 continue
             if r.get("status") != "ok":
